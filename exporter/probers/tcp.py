@@ -1,0 +1,52 @@
+"""The tcp prober: connect, optional TLS, optional query_response dialogue."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..failures import ProbeFailure
+from .connect import Connection, connect, split_host_port, start_tls
+
+if TYPE_CHECKING:
+    from ..config import Module, QueryStep
+    from ..engine import ProbeContext
+
+
+async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
+    cfg = module.tcp
+    try:
+        host, port = split_host_port(target)
+    except ValueError as exc:
+        raise ProbeFailure("invalid_target", str(exc)) from None
+    conn = await connect(ctx, host, port, module)
+    try:
+        if cfg.tls:
+            await start_tls(ctx, conn, host, cfg.tls_config)
+        for i, step in enumerate(cfg.query_response):
+            await _step(ctx, conn, host, module, i, step)
+    finally:
+        conn.close()
+
+
+async def _step(ctx: ProbeContext, conn: Connection, host: str, module: Module, index: int, step: QueryStep) -> None:
+    # Several expect/send steps add up into one first_byte/request phase each.
+    if step.expect is not None:
+        await ctx.phase("first_byte", _expect(ctx, conn, index, step), accumulate=True)
+    if step.send is not None:
+        conn.writer.write(step.send.encode() + b"\n")
+        await ctx.phase("request", conn.writer.drain(), accumulate=True)
+    if step.starttls:
+        await start_tls(ctx, conn, host, module.tcp.tls_config)
+
+
+async def _expect(ctx: ProbeContext, conn: Connection, index: int, step: QueryStep) -> None:
+    assert step.expect is not None
+    while True:
+        line = await conn.reader.readline()
+        if not line:
+            raise ProbeFailure(
+                "protocol_error",
+                f"query_response[{index}]: connection closed before a line matched {step.expect.pattern.decode()!r}",
+            )
+        if step.expect.search(line):
+            ctx.log(f"query_response[{index}]: matched {line.rstrip()!r}")
+            return
