@@ -1,7 +1,9 @@
 """Human-readable rendering of a ProbeResult: an httpstat-like waterfall."""
 from __future__ import annotations
 
+import ipaddress
 import time
+from urllib.parse import urlsplit
 
 from .failures import REASONS
 from .result import PHASES, ProbeResult
@@ -21,14 +23,21 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:9.2f} ms"
 
 
-def waterfall(phases: dict[str, float], width: int = _WIDTH) -> list[str]:
+def waterfall(phases: dict[str, float], failed_phase: str | None = None, ip_literal: bool = False,
+              width: int = _WIDTH) -> list[str]:
     total = sum(phases.values())
     lines = []
     offset = 0.0
     for name in PHASES:
         label = f"  {_LABELS[name]:<18}"
         if name not in phases:
-            lines.append(f"{label}{'—':>12}   (not reached)")
+            if name == failed_phase:
+                note = "✗ failed here"
+            elif name == "dns" and ip_literal:
+                note = "(skipped: IP address)"
+            else:
+                note = "(not reached)"
+            lines.append(f"{label}{'—':>12}   {note}")
             continue
         seconds = phases[name]
         start = int(round(offset / total * width)) if total else 0
@@ -56,11 +65,12 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if len(hops) > 1:
         for i, hop in enumerate(hops):
             out.append(f" hop {i + 1}: {hop.url}  -> {hop.status if hop.status is not None else 'no response'}")
-            out.extend(waterfall(hop.phases))
+            failed = result.failure.phase if result.failure and i == len(hops) - 1 else None
+            out.extend(waterfall(hop.phases, failed, _ip_literal(hop.url)))
         total = result.total_phases()
         out.append(f" all {len(hops)} hops (phases summed over hops): {sum(total.values()) * 1000:.2f} ms")
     else:
-        out.extend(waterfall(result.phases))
+        out.extend(waterfall(result.phases, result.failure.phase if result.failure else None, _ip_literal(result.target)))
     if result.http:
         h = result.http
         out.append("")
@@ -89,3 +99,12 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
         if reason:
             out.append(f"  Typical cause: {reason.typical_cause}.")
     return "\n".join(out)
+
+
+def _ip_literal(target: str) -> bool:
+    host = urlsplit(target).hostname if "://" in target else target.rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
