@@ -16,7 +16,7 @@ system-deps:
 	./scripts/install-system-deps.sh
 
 run: $(STAMP)
-	$(VENV)/bin/connhealth demo
+	$(VENV)/bin/connhealth serve --demo --web.listen-address 127.0.0.1:9115
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nameserver", action="append", default=[], metavar="HOST:PORT",
                    help="resolve with this DNS server instead of the system resolver (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the waterfall")
+
+    s = sub.add_parser("serve", help="run the exporter: /probe, /metrics, status page")
+    s.add_argument("--config.file", dest="config_file", help="config file (modules, targets, target_files, scheduler)")
+    s.add_argument("--web.listen-address", dest="listen", action="append", metavar="[HOST]:PORT",
+                   help="address to listen on (repeatable; default :9115)")
+    s.add_argument("--web.route-prefix", dest="route_prefix", default="/", help="prefix for all routes (default /)")
+    s.add_argument("--timeout-offset", dest="timeout_offset", type=float, default=0.5,
+                   help="seconds subtracted from Prometheus' scrape timeout (default 0.5)")
+    s.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+    s.add_argument("--history.limit", dest="history_limit", type=int, default=100, help="recent probes kept (default 100)")
+    s.add_argument("--shutdown-grace", dest="grace", type=float, default=10.0,
+                   help="seconds in-flight probes may finish after SIGTERM (default 10)")
+    s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
+
+    c = sub.add_parser("check-config", help="validate a config file (exit 0 if valid, 2 if not)")
+    c.add_argument("file")
 
     d = sub.add_parser("demo", help="start local demo targets and probe each once")
     d.add_argument("--json", action="store_true", help="print one JSON object per probe")
@@ -91,6 +108,44 @@ def _nameserver(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server import ServeOptions, serve
+
+    logging.basicConfig(level=args.log_level.upper().replace("WARN", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = ServeOptions(
+        config_file=args.config_file,
+        listen=args.listen or [":9115"],
+        route_prefix=args.route_prefix,
+        timeout_offset=args.timeout_offset,
+        history_limit=args.history_limit,
+        grace=args.grace,
+    )
+    if args.history_limit < 1:
+        print("connhealth: --history.limit must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.demo:
+            from .demo import serve_demo
+
+            return asyncio.run(serve_demo(options))
+        config = _load(args.config_file)
+        return asyncio.run(serve(options, config))
+    except ConfigError as exc:
+        print(f"connhealth: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"connhealth: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"{args.file}: OK ({len(config.modules)} modules, {len(config.targets)} targets, {len(config.target_files)} target file globs)")
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -99,7 +154,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"probe": _cmd_probe, "demo": _cmd_demo}
+    handlers = {"probe": _cmd_probe, "serve": _cmd_serve, "check-config": _cmd_check_config, "demo": _cmd_demo}
     return handlers[args.command](args)
 
 

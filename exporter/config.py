@@ -207,9 +207,46 @@ class Module:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """One continuously probed target."""
+
+    target: str
+    module: str
+    interval: float
+    timeout: float | None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        return (self.target, self.module, self.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetFiles:
+    files: tuple[str, ...]
+    module: str | None  # None: http_2xx for URLs, tcp_connect otherwise
+    interval: float
+    timeout: float | None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    concurrency: int = 256
+    default_interval: float = 30.0
+    min_interval: float = 1.0  # adaptive re-probing of failing targets never goes below this
+    file_refresh_interval: float = 5.0
+    buckets: tuple[float, ...] = ()  # empty: metrics.DEFAULT_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     modules: dict[str, Module]
     source: str | None = None
+    targets: tuple[TargetSpec, ...] = ()
+    target_files: tuple[TargetFiles, ...] = ()
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    raw_modules: dict[str, Any] = field(default_factory=dict)
 
 
 SUPPORTED_PROBERS = ("http", "tcp")
@@ -424,8 +461,98 @@ def parse_config(text: str, source: str | None = None, *, with_builtins: bool = 
         if not isinstance(name, str) or not name:
             raise ConfigError(f"modules: module names must be non-empty strings, got {name!r}")
         modules[name] = parse_module(name, module_raw, f"modules.{name}")
+    scheduler = _parse_scheduler(f.sub("scheduler"))
+    targets = tuple(
+        _parse_target(raw_t, f"targets[{i}]", modules, scheduler) for i, raw_t in enumerate(f.get("targets", list, []))
+    )
+    files = tuple(
+        _parse_target_files(raw_f, f"target_files[{i}]", modules, scheduler)
+        for i, raw_f in enumerate(f.get("target_files", list, []))
+    )
     f.done()
-    return Config(modules=modules, source=source)
+    return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
+                  raw_modules=dict(raw_modules))
+
+
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+RESERVED_LABELS = frozenset({"target", "module", "phase", "reason", "le", "version", "job", "instance", "hop", "quantile"})
+
+
+def parse_labels(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of label names to values")
+    out = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _LABEL_RE.fullmatch(name) or name.startswith("__"):
+            raise ConfigError(f"{path}.{name}: invalid label name (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)")
+        if name in RESERVED_LABELS:
+            raise ConfigError(f"{path}.{name}: label name is reserved by connhealth")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}.{name}: label value must be a string")
+        out.append((name, str(value)))
+    return tuple(sorted(out))
+
+
+def _parse_scheduler(f: _Fields) -> SchedulerConfig:
+    buckets = tuple(float(b) for b in f.list_of("buckets", (int, float)))  # type: ignore[arg-type]
+    if list(buckets) != sorted(set(buckets)) or any(b <= 0 for b in buckets):
+        raise ConfigError(f"{f.path}.buckets: must be positive and strictly increasing")
+    cfg = SchedulerConfig(
+        concurrency=f.get("concurrency", int, 256),
+        default_interval=f.duration("default_interval", 30.0) or 30.0,
+        min_interval=f.duration("min_interval", 1.0) or 1.0,
+        file_refresh_interval=f.duration("file_refresh_interval", 5.0) or 5.0,
+        buckets=buckets,
+    )
+    f.done()
+    if cfg.concurrency < 1:
+        raise ConfigError(f"{f.path}.concurrency: must be at least 1")
+    return cfg
+
+
+def _check_module(name: str | None, path: str, modules: dict[str, Module]) -> None:
+    if name is not None and name not in modules:
+        raise ConfigError(f"{path}: unknown module {name!r} (known: {', '.join(sorted(modules))})")
+
+
+def _interval(f: _Fields, scheduler: SchedulerConfig) -> tuple[float, float | None]:
+    interval = f.duration("interval", scheduler.default_interval) or scheduler.default_interval
+    if interval < 0.1:
+        raise ConfigError(f"{f.path}.interval: must be at least 100ms")
+    timeout = f.duration("timeout", None)
+    return interval, timeout
+
+
+def _parse_target(raw: Any, path: str, modules: dict[str, Module], scheduler: SchedulerConfig) -> TargetSpec:
+    if isinstance(raw, str):
+        raw = {"target": raw}
+    f = _Fields(raw, path)
+    target = f.get("target", str, None)
+    if not target:
+        raise ConfigError(f"{path}.target: required")
+    module = f.get("module", str, None) or default_module_for(target)
+    _check_module(module, f"{path}.module", modules)
+    interval, timeout = _interval(f, scheduler)
+    labels = parse_labels(f.raw.pop("labels", None), f"{path}.labels")
+    f.done()
+    return TargetSpec(target=target, module=module, interval=interval, timeout=timeout, labels=labels)
+
+
+def _parse_target_files(raw: Any, path: str, modules: dict[str, Module], scheduler: SchedulerConfig) -> TargetFiles:
+    if isinstance(raw, str):
+        raw = {"files": [raw]}
+    f = _Fields(raw, path)
+    files = tuple(f.list_of("files", str))
+    if not files:
+        raise ConfigError(f"{path}.files: at least one glob is required")
+    module = f.get("module", str, None)
+    _check_module(module, f"{path}.module", modules)
+    interval, timeout = _interval(f, scheduler)
+    labels = parse_labels(f.raw.pop("labels", None), f"{path}.labels")
+    f.done()
+    return TargetFiles(files=files, module=module, interval=interval, timeout=timeout, labels=labels)
 
 
 def load_config(path: str | Path) -> Config:

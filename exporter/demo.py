@@ -19,8 +19,10 @@ from .certs import CertFactory, server_context
 from .config import Config, parse_config
 from .engine import run_probe
 from .render import render
+from .server import ServeOptions, serve
 
 SLOW_SECONDS = 1.2
+SLOW_TLS_SECONDS = 0.4
 
 
 @dataclass
@@ -29,6 +31,8 @@ class DemoTarget:
     target: str
     module: str
     expect: str  # what the user should see
+    service: str = "demo"
+    region: str = "local"
 
 
 @dataclass
@@ -38,7 +42,10 @@ class DemoTargets:
     workdir: Path
     targets: list[DemoTarget] = field(default_factory=list)
     config: Config | None = None
+    modules_yaml: str = ""
     _runners: list[web.AppRunner] = field(default_factory=list)
+    _servers: list[asyncio.Server] = field(default_factory=list)
+    _flaky_count: int = 0
 
     async def start(self) -> None:
         certs = CertFactory(self.workdir)
@@ -50,9 +57,9 @@ class DemoTargets:
 
         healthy_port = await self._serve(server_context(good))
         expired_port = await self._serve(server_context(expired))
+        slow_tls_port = await self._delay_relay(healthy_port, SLOW_TLS_SECONDS)
         refused_port = _closed_port()
-        self.config = parse_config(
-            f"""
+        self.modules_yaml = f"""
 modules:
   demo_https:
     prober: http
@@ -67,21 +74,36 @@ modules:
     timeout: 5s
     tcp:
       preferred_ip_protocol: ip4
-""",
-            "demo",
-        )
+"""
+        self.config = parse_config(self.modules_yaml, "demo")
         base = f"https://127.0.0.1:{healthy_port}"
         self.targets = [
-            DemoTarget("healthy HTTPS", f"{base}/", "demo_https", "success"),
-            DemoTarget("slow first byte", f"{base}/slow", "demo_https", f"success, ~{SLOW_SECONDS:g}s in server processing"),
-            DemoTarget("expired certificate", f"https://127.0.0.1:{expired_port}/", "demo_https", "tls / tls_cert_expired"),
-            DemoTarget("refused port", f"127.0.0.1:{refused_port}", "demo_tcp", "connect / connect_refused"),
+            DemoTarget("healthy HTTPS", f"{base}/", "demo_https", "success", "web", "eu-west"),
+            DemoTarget("slow first byte", f"{base}/slow", "demo_https", f"success, ~{SLOW_SECONDS:g}s in server processing", "web", "eu-west"),
+            DemoTarget("slow TLS", f"https://127.0.0.1:{slow_tls_port}/", "demo_https",
+                       f"success, ~{SLOW_TLS_SECONDS:g}s in the TLS handshake", "edge", "us-east"),
+            DemoTarget("intermittent 5xx", f"{base}/flaky", "demo_https", "every third probe: first_byte / http_status_5xx", "api", "us-east"),
+            DemoTarget("expired certificate", f"https://127.0.0.1:{expired_port}/", "demo_https", "tls / tls_cert_expired", "legacy", "eu-west"),
+            DemoTarget("refused port", f"127.0.0.1:{refused_port}", "demo_tcp", "connect / connect_refused", "db", "us-east"),
         ]
+
+    def config_text(self, interval: str = "5s") -> str:
+        """The bundled continuous-mode config: the demo modules plus these targets."""
+        lines = [self.modules_yaml, "targets:"]
+        for t in self.targets:
+            lines += [
+                f"  - target: {t.target}",
+                f"    module: {t.module}",
+                f"    interval: {interval}",
+                f"    labels: {{service: {t.service}, region: {t.region}, cluster: demo}}",
+            ]
+        return "\n".join(lines) + "\n"
 
     async def _serve(self, sslctx: object) -> int:
         app = web.Application()
         app.router.add_get("/", _hello)
         app.router.add_get("/slow", _slow)
+        app.router.add_get("/flaky", self._flaky)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=sslctx)
@@ -89,9 +111,42 @@ modules:
         self._runners.append(runner)
         return runner.addresses[0][1]
 
+    async def _flaky(self, request: web.Request) -> web.Response:
+        self._flaky_count += 1
+        if self._flaky_count % 3 == 0:
+            return web.Response(status=503, text="upstream overloaded\n")
+        return web.Response(text="ok this time\n")
+
+    async def _delay_relay(self, upstream_port: int, delay: float) -> int:
+        """A TCP relay that waits ``delay`` before forwarding: accepts at once, so the TLS handshake is slow."""
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await asyncio.sleep(delay)
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+            except (OSError, asyncio.CancelledError):
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
     async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
         for runner in self._runners:
             await runner.cleanup()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
 
 
 async def _hello(request: web.Request) -> web.Response:
@@ -131,3 +186,24 @@ async def _run(as_json: bool) -> int:
 
 def run_demo(as_json: bool = False) -> int:
     return asyncio.run(_run(as_json))
+
+
+async def serve_demo(options: ServeOptions) -> int:
+    """``connhealth serve --demo``: the exporter in continuous mode over the demo targets."""
+    with tempfile.TemporaryDirectory(prefix="connhealth-demo-") as tmp:
+        demo = DemoTargets(Path(tmp))
+        await demo.start()
+        config_file = Path(tmp) / "demo.yml"
+        config_file.write_text(demo.config_text())
+        options.config_file = str(config_file)
+        try:
+            return await serve(options, on_started=_announce)
+        finally:
+            await demo.stop()
+
+
+def _announce(exporter: object, runner: web.AppRunner) -> None:
+    for host, port, *_ in runner.addresses:
+        shown = "localhost" if host in ("0.0.0.0", "::") else host
+        print(f"connhealth demo: status page http://{shown}:{port}/  metrics http://{shown}:{port}/metrics", flush=True)
+        break

@@ -1,0 +1,310 @@
+"""``connhealth serve``: /probe (blackbox-compatible), /metrics (continuous mode), status page, reload."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import platform
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import yaml
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import generate_latest
+
+from . import __version__
+from . import metrics as m
+from .config import Config, ConfigError, TargetSpec, builtin_modules, load_config
+from .engine import run_probe
+from .exposition import probe_text
+from .history import History, HistoryEntry
+from .result import ProbeResult
+from .scheduler import Scheduler
+from .status import render_status
+from .store import SeriesStore
+from .targets import TargetFileWatcher
+
+log = logging.getLogger("connhealth.server")
+
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+LOOP_LAG_INTERVAL = 0.25
+_SECRET_HEADERS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
+
+
+@dataclass
+class ServeOptions:
+    config_file: str | None = None
+    listen: Sequence[str] = (":9115",)
+    route_prefix: str = "/"
+    timeout_offset: float = 0.5
+    history_limit: int = 100
+    grace: float = 10.0
+
+
+class SelfMetrics:
+    """The exporter's own health, in a small prometheus_client registry."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        spec = {s.name: s for s in m.SELF}
+        Gauge(m.BUILD_INFO, spec[m.BUILD_INFO].help, ["version", "python"], registry=r).labels(__version__, platform.python_version()).set(1)
+        self.reload_ok = Gauge(m.RELOAD_SUCCESS, spec[m.RELOAD_SUCCESS].help, registry=r)
+        self.reload_ts = Gauge(m.RELOAD_TIMESTAMP, spec[m.RELOAD_TIMESTAMP].help, registry=r)
+        self.reloads = Counter(m.RELOADS.removesuffix("_total"), spec[m.RELOADS].help, ["result"], registry=r)
+        in_flight = Gauge(m.IN_FLIGHT, spec[m.IN_FLIGHT].help, ["mode"], registry=r)
+        in_flight.labels("scheduled").set_function(lambda: exporter.scheduler.in_flight)
+        in_flight.labels("probe_endpoint").set_function(lambda: exporter.probe_endpoint_in_flight)
+        buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+        self.scheduler_lag = Histogram(m.SCHEDULER_LAG, spec[m.SCHEDULER_LAG].help, buckets=buckets, registry=r)
+        self.loop_lag = Histogram(m.LOOP_LAG, spec[m.LOOP_LAG].help, buckets=buckets, registry=r)
+        self.skipped = Counter(m.SKIPPED.removesuffix("_total"), spec[m.SKIPPED].help, ["reason"], registry=r)
+        Gauge(m.SCHEDULED_TARGETS, spec[m.SCHEDULED_TARGETS].help, registry=r).set_function(lambda: len(exporter.scheduler.entries))
+        self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
+        ProcessCollector(registry=r)
+
+
+class Exporter:
+    def __init__(self, options: ServeOptions, config: Config) -> None:
+        self.options = options
+        self.config = config
+        self.history = History(options.history_limit)
+        self.probe_endpoint_in_flight = 0
+        self.self_metrics = SelfMetrics(self)
+        self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
+        self.scheduler = Scheduler(
+            config.modules, config.scheduler, self._on_result,
+            on_lag=self.self_metrics.scheduler_lag.observe,
+            on_skip=lambda reason: self.self_metrics.skipped.labels(reason).inc(),
+        )
+        self.watcher = TargetFileWatcher()
+        self.file_targets: list[TargetSpec] = []
+        self.ready = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.self_metrics.reload_ok.set(1)
+        self.self_metrics.reload_ts.set(time.time())
+
+    # --- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self._apply_targets()
+        self.scheduler.start()
+        self._spawn(self._loop_lag())
+        self._spawn(self._watch_files())
+        self.ready = True
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def stop(self) -> None:
+        self.ready = False
+        for task in list(self._background):
+            task.cancel()
+        await self.scheduler.stop(self.options.grace)
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; a bad one keeps the old config running."""
+        if self.options.config_file is None:
+            return True, "no config file: nothing to reload"
+        try:
+            config = load_config(self.options.config_file)
+        except ConfigError as exc:
+            self.self_metrics.reload_ok.set(0)
+            self.self_metrics.reloads.labels("failure").inc()
+            log.error("config reload failed, keeping the previous config: %s", exc)
+            return False, str(exc)
+        self.config = config
+        self.self_metrics.reload_ok.set(1)
+        self.self_metrics.reload_ts.set(time.time())
+        self.self_metrics.reloads.labels("success").inc()
+        self.watcher.reset()
+        self.file_targets, _ = self.watcher.scan(config)
+        self._apply_targets()
+        log.info("config reloaded: %d modules, %d targets", len(config.modules), len(self.scheduler.entries))
+        return True, "config reloaded"
+
+    def _all_targets(self) -> list[TargetSpec]:
+        return list(self.config.targets) + self.file_targets
+
+    def _apply_targets(self) -> None:
+        targets = self._all_targets()
+        self.store.set_label_names(_label_names(targets))
+        self.scheduler.update(targets, self.config.modules, self.config.scheduler)
+        self.store.retain({t.key for t in targets})
+
+    async def _watch_files(self) -> None:
+        while True:
+            errors_before = self.watcher.errors
+            targets, changed = self.watcher.scan(self.config)
+            if self.watcher.errors > errors_before:
+                self.self_metrics.file_errors.inc(self.watcher.errors - errors_before)
+            if changed:
+                self.file_targets = targets
+                self._apply_targets()
+            await asyncio.sleep(self.config.scheduler.file_refresh_interval)
+
+    async def _loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            planned = loop.time() + LOOP_LAG_INTERVAL
+            await asyncio.sleep(LOOP_LAG_INTERVAL)
+            self.self_metrics.loop_lag.observe(max(0.0, loop.time() - planned))
+
+    def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
+        self.store.observe(spec.target, spec.module, spec.labels, result, time.time())
+        self.history.add("scheduled", result)
+
+    # --- handlers -----------------------------------------------------------
+    async def handle_probe(self, request: web.Request) -> web.Response:
+        params = request.query
+        target = params.get("target", "")
+        if not target:
+            return web.Response(status=400, text="Target parameter is missing\n")
+        module_name = params.get("module", "http_2xx")
+        module = self.config.modules.get(module_name)
+        if module is None:
+            return web.Response(status=400, text=f"Unknown module {module_name!r}\n")
+        timeout = _scrape_timeout(request, self.options.timeout_offset)
+        if isinstance(timeout, str):
+            return web.Response(status=400, text=timeout + "\n")
+        self.probe_endpoint_in_flight += 1
+        try:
+            # A client that disconnects cancels this handler, and with it the probe.
+            result = await run_probe(target, module, timeout)
+        finally:
+            self.probe_endpoint_in_flight -= 1
+        text = probe_text(result)
+        entry = self.history.add("probe", result)
+        if params.get("debug", "").lower() == "true":
+            return web.Response(text=self.debug_output(entry, text), content_type="text/plain")
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_TEXT})
+
+    def debug_output(self, entry: HistoryEntry, metrics_text: str | None = None) -> str:
+        result = entry.result
+        raw = self.config.raw_modules.get(result.module)
+        if raw is None:
+            raw = {"prober": result.prober, "note": "built-in module"}
+        return (
+            "Logs for the probe:\n" + "\n".join(result.logs) + "\n\n"
+            "Metrics that would have been returned:\n" + (metrics_text or probe_text(result)) + "\n"
+            "Module configuration:\n" + yaml.safe_dump({result.module: redact(raw)}, sort_keys=False)
+        )
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        body = self.store.render().encode() + generate_latest(self.self_metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_TEXT})
+
+    async def handle_index(self, request: web.Request) -> web.Response:
+        html = render_status(self, _prefix(self.options.route_prefix))
+        return web.Response(text=html, content_type="text/html")
+
+    async def handle_logs(self, request: web.Request) -> web.Response:
+        try:
+            entry = self.history.get(int(request.query.get("id", "")))
+        except ValueError:
+            entry = None
+        if entry is None:
+            return web.Response(status=404, text="Probe not found (it may have left the history)\n")
+        return web.Response(text=self.debug_output(entry), content_type="text/plain")
+
+    async def handle_reload(self, request: web.Request) -> web.Response:
+        ok, message = self.reload()
+        return web.Response(status=200 if ok else 500, text=message + "\n")
+
+    async def handle_healthy(self, request: web.Request) -> web.Response:
+        return web.Response(text="Healthy\n")
+
+    async def handle_ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ready else 503, text="Ready\n" if self.ready else "Not ready\n")
+
+
+def redact(raw: object) -> object:
+    """A copy of a module's raw config with header secrets replaced."""
+    data = copy.deepcopy(raw)
+    if isinstance(data, dict):
+        for section in ("http", "tcp"):
+            sub = data.get(section)
+            if isinstance(sub, dict) and isinstance(sub.get("headers"), dict):
+                sub["headers"] = {
+                    k: "<secret>" if any(s in str(k).lower() for s in _SECRET_HEADERS) else v for k, v in sub["headers"].items()
+                }
+    return data
+
+
+def _scrape_timeout(request: web.Request, offset: float) -> float | None | str:
+    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+    if header is None:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return f"Failed to parse timeout from Prometheus header: {header!r}"
+    seconds -= offset
+    return max(seconds, 0.001)
+
+
+def _label_names(targets: Sequence[TargetSpec]) -> set[str]:
+    return {name for t in targets for name, _ in t.labels}
+
+
+def _prefix(route_prefix: str) -> str:
+    p = "/" + route_prefix.strip("/")
+    return "" if p == "/" else p
+
+
+def build_app(exporter: Exporter) -> web.Application:
+    app = web.Application()
+    p = _prefix(exporter.options.route_prefix)
+    app.router.add_get(p + "/probe", exporter.handle_probe)
+    app.router.add_get(p + "/metrics", exporter.handle_metrics)
+    app.router.add_get(p + "/", exporter.handle_index)
+    if p:
+        app.router.add_get(p, exporter.handle_index)
+    app.router.add_get(p + "/logs", exporter.handle_logs)
+    app.router.add_post(p + "/-/reload", exporter.handle_reload)
+    app.router.add_get(p + "/-/healthy", exporter.handle_healthy)
+    app.router.add_get(p + "/-/ready", exporter.handle_ready)
+    return app
+
+
+def _parse_listen(address: str) -> tuple[str | None, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--web.listen-address: invalid address {address!r} (expected [host]:port)")
+    return (host.strip("[]") or None), int(port)
+
+
+async def serve(options: ServeOptions, config: Config | None = None, *, on_started: object = None) -> int:
+    if config is None:
+        config = load_config(options.config_file) if options.config_file else Config(modules=builtin_modules())
+    listen = [_parse_listen(a) for a in options.listen]
+    exporter = Exporter(options, config)
+    app = build_app(exporter)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
+    await runner.setup()
+    for host, port in listen:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
+    log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
+    exporter.start()
+    if callable(on_started):
+        on_started(exporter, runner)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: exporter.reload())
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.info("shutting down: letting in-flight probes finish (grace %gs)", options.grace)
+    await exporter.stop()
+    await runner.cleanup()
+    return 0

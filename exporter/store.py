@@ -1,0 +1,179 @@
+"""Continuous-mode metrics sink: per-target counters and histograms, rendered as text.
+
+A scrape of 10k targets must not rebuild 10k targets' worth of samples: each
+target keeps its rendered lines per metric family and re-renders them only
+after a new probe result. A scrape then joins cached strings.
+"""
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from . import metrics as m
+from .exposition import escape, fmt
+from .result import PHASES, ProbeResult
+
+_FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
+_INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
+
+
+class _Histogram:
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * n  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, bounds: tuple[float, ...], value: float) -> None:
+        self.counts[bisect.bisect_left(bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, base: str, le_strings: tuple[str, ...]) -> list[str]:
+        out = []
+        cumulative = 0
+        for le, c in zip(le_strings, self.counts):
+            cumulative += c
+            out.append(f'{name}_bucket{{{base},le="{le}"}} {cumulative}')
+        out.append(f"{name}_sum{{{base}}} {fmt(self.sum)}")
+        out.append(f"{name}_count{{{base}}} {self.count}")
+        return out
+
+
+class TargetSeries:
+    """Everything one (target, module, labels) has accumulated."""
+
+    __slots__ = (
+        "base", "attempts", "successes", "failures", "duration", "phases", "last_success", "last_probe",
+        "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "last_failure",
+    )
+
+    def __init__(self, base: str, n_buckets: int) -> None:
+        self.base = base  # rendered label pairs, computed once
+        self.attempts = 0
+        self.successes = 0
+        self.failures: dict[tuple[str, str], int] = {}
+        self.duration = _Histogram(n_buckets)
+        self.phases: dict[str, _Histogram] = {}
+        self.last_success: float | None = None
+        self.last_probe: float | None = None
+        self.success: bool | None = None
+        self.cert_expiry: float | None = None
+        self.tls_version: str | None = None
+        self.rtt: float | None = None
+        self.retransmits: int | None = None
+        self.last_failure: tuple[str, str, str] | None = None
+        self._fragments: list[str] | None = None
+
+    def fragments(self, store: SeriesStore) -> list[str]:
+        if self._fragments is None:
+            self._fragments = self._render(store)
+        return self._fragments
+
+    def _render(self, store: SeriesStore) -> list[str]:
+        b = self.base
+        les = store.le_strings
+        out: list[list[str]] = [[] for _ in _FAMILIES]
+        out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
+        out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
+        out[_INDEX[m.PROBE_FAILURES]].extend(
+            f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}' for (phase, reason), n in self.failures.items()
+        )
+        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les))
+        phase_lines = out[_INDEX[m.PHASE_DURATION]]
+        for phase in PHASES:
+            hist = self.phases.get(phase)
+            if hist is not None:
+                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{phase}"', les))
+        if self.success is not None:
+            out[_INDEX[m.PROBE_SUCCESS]].append(f"{m.PROBE_SUCCESS}{{{b}}} {1 if self.success else 0}")
+        if self.last_success is not None:
+            out[_INDEX[m.LAST_SUCCESS]].append(f"{m.LAST_SUCCESS}{{{b}}} {fmt(self.last_success)}")
+        if self.last_probe is not None:
+            out[_INDEX[m.LAST_PROBE]].append(f"{m.LAST_PROBE}{{{b}}} {fmt(self.last_probe)}")
+        if self.cert_expiry is not None:
+            out[_INDEX[m.CERT_EXPIRY]].append(f"{m.CERT_EXPIRY}{{{b}}} {fmt(self.cert_expiry)}")
+        if self.tls_version is not None:
+            out[_INDEX[m.TLS_VERSION]].append(f'{m.TLS_VERSION}{{{b},version="{escape(self.tls_version)}"}} 1')
+        if self.rtt is not None:
+            out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
+        if self.retransmits is not None:
+            out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
+        return ["".join(line + "\n" for line in lines) for lines in out]
+
+    def observe(self, result: ProbeResult, bounds: tuple[float, ...], finished_at: float) -> None:
+        self.attempts += 1
+        self.last_probe = finished_at
+        self.success = result.success
+        if result.failure is None:
+            self.successes += 1
+            self.last_success = finished_at
+        else:
+            key = (result.failure.phase, result.failure.reason)
+            self.failures[key] = self.failures.get(key, 0) + 1
+            self.last_failure = (result.failure.phase, result.failure.reason, result.failure.message)
+        self.duration.observe(bounds, result.duration_seconds)
+        hops = result.http.hops if result.http is not None and result.http.hops else None
+        for phases in (hop.phases for hop in hops) if hops else (result.phases,):
+            for phase, seconds in phases.items():
+                hist = self.phases.get(phase)
+                if hist is None:
+                    hist = self.phases[phase] = _Histogram(len(bounds) + 1)
+                hist.observe(bounds, seconds)
+        if result.tls is not None:
+            self.cert_expiry = result.tls.earliest_expiry
+            self.tls_version = result.tls.version
+        if result.tcp is not None:
+            self.rtt = result.tcp.rtt_seconds
+            self.retransmits = result.tcp.retransmits
+        self._fragments = None
+
+
+class SeriesStore:
+    def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS) -> None:
+        self.bounds = tuple(buckets)
+        self.le_strings = tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in self.bounds) + ("+Inf",)
+        self.label_names = tuple(sorted(label_names))
+        self.series: dict[tuple[str, str, tuple[tuple[str, str], ...]], TargetSeries] = {}
+        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n" for s in _FAMILIES]
+
+    def set_label_names(self, names: Iterable[str]) -> None:
+        """A reload may add label names: every series then carries them (empty when unset)."""
+        new = tuple(sorted(names))
+        if new == self.label_names:
+            return
+        self.label_names = new
+        for (target, module, labels), series in self.series.items():
+            series.base = self._base(target, module, labels)
+            series._fragments = None
+
+    def _base(self, target: str, module: str, labels: tuple[tuple[str, str], ...]) -> str:
+        given = dict(labels)
+        pairs = [("target", target), ("module", module)] + [(n, given.get(n, "")) for n in self.label_names]
+        return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+
+    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...]) -> TargetSeries:
+        key = (target, module, labels)
+        series = self.series.get(key)
+        if series is None:
+            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1)
+        return series
+
+    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult, finished_at: float) -> None:
+        self.get(target, module, labels).observe(result, self.bounds, finished_at)
+
+    def retain(self, keys: set[tuple[str, str, tuple[tuple[str, str], ...]]]) -> None:
+        """Forget targets that are no longer configured (their series vanish, like blackbox's)."""
+        for key in [k for k in self.series if k not in keys]:
+            del self.series[key]
+
+    def render(self) -> str:
+        all_fragments = [s.fragments(self) for s in self.series.values()]
+        parts: list[str] = []
+        for i, header in enumerate(self._headers):
+            body = "".join(frag[i] for frag in all_fragments)
+            if body:
+                parts.append(header)
+                parts.append(body)
+        return "".join(parts)
