@@ -24,6 +24,7 @@ import os
 import re
 import ssl
 import threading
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -370,16 +371,20 @@ def server_context(
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(issued.cert_file, issued.key_file)
-    if min_version is not None:
-        ctx.minimum_version = min_version
-    elif _below_tls12(max_version):
-        # Python >= 3.10 sets the floor to TLS 1.2 on every new context, so
-        # "max_version=TLSv1" alone would leave an empty version range and
-        # fail every handshake; a caller asking for an old-only server means
-        # "speak only that", not "speak nothing".
-        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-    if max_version is not None:
-        ctx.maximum_version = max_version
+    # Python warns when TLS 1.0/1.1 is set; here the old version is the
+    # whole point (simulating a legacy server), so keep test output clean.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if min_version is not None:
+            ctx.minimum_version = min_version
+        elif _below_tls12(max_version):
+            # Python >= 3.10 sets the floor to TLS 1.2 on every new context,
+            # so "max_version=TLSv1" alone would leave an empty version range
+            # and fail every handshake; a caller asking for an old-only
+            # server means "speak only that", not "speak nothing".
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        if max_version is not None:
+            ctx.maximum_version = max_version
     if ciphers is not None:
         ctx.set_ciphers(ciphers)
     elif _below_tls12(min_version) or _below_tls12(max_version):

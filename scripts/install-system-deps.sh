@@ -1,8 +1,16 @@
 #!/bin/sh
-# Installs the Debian packages the tests need, only when something is missing.
+# Installs the Debian packages the tests need, only when something is missing:
+# real peers (Prometheus, blackbox_exporter, Alertmanager + amtool, promtool),
+# headless Chromium for the status page, iproute2 for test network namespaces.
 set -eu
 need=""
-command -v ip >/dev/null 2>&1 || need="$need iproute2"
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need="$need iproute2"
+have prometheus || need="$need prometheus"
+have promtool || need="$need prometheus"
+have prometheus-blackbox-exporter || need="$need prometheus-blackbox-exporter"
+have prometheus-alertmanager || need="$need prometheus-alertmanager"
+have chromium || need="$need chromium"
 if [ -n "$need" ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "missing Debian packages:$need (run as root or install them)" >&2
@@ -10,5 +18,12 @@ if [ -n "$need" ]; then
     fi
     echo "installing Debian packages:$need"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need
+    # policy-rc.d: packages must not try to start their daemons here.
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 fi

@@ -44,6 +44,7 @@ __all__ = [
     "DNSServer",
     "RawTCPServer",
     "HTTPServer",
+    "TLSTerminator",
     "BlackholeNet",
     "LOCALHOST",
     "errno_name",
@@ -499,6 +500,161 @@ class RawTCPServer(_AsyncPeer):
 
 
 # ---------------------------------------------------------------------------
+# TLS termination that tells the client *why* (sends alerts)
+# ---------------------------------------------------------------------------
+
+
+class TLSTerminator(_AsyncPeer):
+    """Terminates TLS on ``port`` and relays plaintext to ``backend``.
+
+    Why not asyncio's own ``ssl=`` server support: when a server-side
+    handshake fails (no shared protocol version, no shared cipher), asyncio
+    aborts the transport without flushing the alert OpenSSL produced, so the
+    client sees a bare EOF/reset instead of e.g. ``protocol_version``
+    (measured on 3.11: UNEXPECTED_EOF_WHILE_READING vs the
+    TLSV1_ALERT_PROTOCOL_VERSION a blocking OpenSSL server sends). Driving
+    OpenSSL through memory BIOs ourselves lets us write the alert before
+    closing, so the prober is tested against what a real server sends.
+
+    ``handshake_errors`` collects the server-side SSLErrors, ``handshakes``
+    counts successful handshakes.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        backend: tuple[str, int],
+        *,
+        host: str = LOCALHOST,
+    ) -> None:
+        self.ssl_context = ssl_context
+        self.backend = backend
+        self.host = host
+        self.port = 0
+        self.handshakes = 0
+        self.handshake_errors: list[ssl.SSLError] = []
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> "TLSTerminator":
+        self._server = await asyncio.start_server(self._on_client, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+
+    def _track(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._track(writer)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.ssl_context.wrap_bio(incoming, outgoing, server_side=True)
+
+        def flush() -> None:
+            pending = outgoing.read()
+            if pending:
+                writer.write(pending)
+
+        backend_writer: asyncio.StreamWriter | None = None
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    flush()
+                    await writer.drain()
+                    data = await reader.read(65536)
+                    if not data:
+                        return  # client gave up mid-handshake
+                    incoming.write(data)
+                except ssl.SSLError as exc:
+                    # The point of this class: the alert is in `outgoing`.
+                    self.handshake_errors.append(exc)
+                    flush()
+                    await writer.drain()
+                    return
+            self.handshakes += 1
+            flush()  # last flight (+ TLS 1.3 session tickets)
+            await writer.drain()
+
+            backend_reader, backend_writer = await asyncio.open_connection(*self.backend)
+            self._writers.add(backend_writer)
+            await asyncio.gather(
+                self._client_to_backend(reader, tls, incoming, flush, writer, backend_writer),
+                self._backend_to_client(backend_reader, tls, flush, writer),
+                return_exceptions=True,
+            )
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            for w in (writer, backend_writer):
+                if w is not None:
+                    self._writers.discard(w)
+                    if not w.is_closing():
+                        w.close()
+
+    @staticmethod
+    async def _client_to_backend(reader, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, flush, writer, backend_writer) -> None:
+        try:
+            # The first pass uses no new bytes: a TLS 1.3 client sends its
+            # request in the same flight as Finished, so it can already sit
+            # in `incoming` when the handshake completes; waiting for more
+            # data first would deadlock with the client waiting on us.
+            data = b""
+            while True:
+                incoming.write(data)
+                while True:
+                    try:
+                        plain = tls.read(65536)
+                    except ssl.SSLWantReadError:
+                        break
+                    except ssl.SSLZeroReturnError:  # close_notify
+                        return
+                    if not plain:
+                        return
+                    backend_writer.write(plain)
+                flush()  # OpenSSL may owe the client something (e.g. KeyUpdate)
+                await backend_writer.drain()
+                data = await reader.read(65536)
+                if not data:
+                    return
+        finally:
+            # Closing the backend makes it close its side too, which ends the
+            # other pump; otherwise a vanished client would leave it waiting.
+            backend_writer.close()
+
+    @staticmethod
+    async def _backend_to_client(backend_reader, tls: ssl.SSLObject, flush, writer) -> None:
+        try:
+            while data := await backend_reader.read(65536):
+                tls.write(data)
+                flush()
+                await writer.drain()
+            with contextlib.suppress(ssl.SSLError):
+                tls.unwrap()  # queue close_notify; raises WantRead awaiting the peer's
+            flush()
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+# ---------------------------------------------------------------------------
 # HTTP(S)
 # ---------------------------------------------------------------------------
 
@@ -519,6 +675,9 @@ class HTTPServer(_AsyncPeer):
     echoes method and body as JSON).
 
     ``requests`` records ``(path, headers_dict)`` for every request served.
+    With ``ssl_context`` the public ``port`` is a ``TLSTerminator`` relaying
+    to the aiohttp site on ``backend_port``; ``tls`` exposes it (handshake
+    counters and server-side errors).
     """
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None, *, host: str = LOCALHOST) -> None:
@@ -526,6 +685,8 @@ class HTTPServer(_AsyncPeer):
         self.host = host
         self.port = 0
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.backend_port = 0  # the plain-HTTP aiohttp port (== port without TLS)
+        self.tls: TLSTerminator | None = None  # set when serving HTTPS
         self._runner: web.AppRunner | None = None
 
     @property
@@ -560,12 +721,23 @@ class HTTPServer(_AsyncPeer):
         # the default 60 s for an in-flight /slow request.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0, ssl_context=self.ssl_context)
+        # TLS is terminated in front of a plain site rather than by aiohttp
+        # itself, so that handshake failures reach the client as proper
+        # alerts (see TLSTerminator).
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.backend_port = self._runner.addresses[0][1]
+        if self.ssl_context is None:
+            self.port = self.backend_port
+        else:
+            self.tls = TLSTerminator(self.ssl_context, (self.host, self.backend_port), host=self.host)
+            await self.tls.start()
+            self.port = self.tls.port
         return self
 
     async def stop(self) -> None:
+        if self.tls is not None:
+            await self.tls.stop()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
