@@ -193,9 +193,14 @@ class Exporter:
             "Module configuration:\n" + yaml.safe_dump({result.module: redact(raw)}, sort_keys=False)
         )
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
-        body = self.store.render().encode() + generate_latest(self.self_metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_TEXT})
+    async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_TEXT})
+        await response.prepare(request)
+        for chunk in self.store.render_chunks():
+            await response.write(chunk)
+        await response.write(generate_latest(self.self_metrics.registry))
+        await response.write_eof()
+        return response
 
     async def handle_index(self, request: web.Request) -> web.Response:
         html = render_status(self, _prefix(self.options.route_prefix))

@@ -7,7 +7,7 @@ after a new probe result. A scrape then joins cached strings.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from . import metrics as m
 from .exposition import escape, fmt
@@ -64,14 +64,14 @@ class TargetSeries:
         self.rtt: float | None = None
         self.retransmits: int | None = None
         self.last_failure: tuple[str, str, str] | None = None
-        self._fragments: list[str] | None = None
+        self._fragments: list[bytes] | None = None
 
-    def fragments(self, store: SeriesStore) -> list[str]:
+    def fragments(self, store: SeriesStore) -> list[bytes]:
         if self._fragments is None:
             self._fragments = self._render(store)
         return self._fragments
 
-    def _render(self, store: SeriesStore) -> list[str]:
+    def _render(self, store: SeriesStore) -> list[bytes]:
         b = self.base
         les = store.le_strings
         out: list[list[str]] = [[] for _ in _FAMILIES]
@@ -100,7 +100,7 @@ class TargetSeries:
             out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
         if self.retransmits is not None:
             out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
-        return ["".join(line + "\n" for line in lines) for lines in out]
+        return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
 
     def observe(self, result: ProbeResult, bounds: tuple[float, ...], finished_at: float) -> None:
         self.attempts += 1
@@ -136,7 +136,7 @@ class SeriesStore:
         self.le_strings = tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in self.bounds) + ("+Inf",)
         self.label_names = tuple(sorted(label_names))
         self.series: dict[tuple[str, str, tuple[tuple[str, str], ...]], TargetSeries] = {}
-        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n" for s in _FAMILIES]
+        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES]
 
     def set_label_names(self, names: Iterable[str]) -> None:
         """A reload may add label names: every series then carries them (empty when unset)."""
@@ -168,12 +168,22 @@ class SeriesStore:
         for key in [k for k in self.series if k not in keys]:
             del self.series[key]
 
-    def render(self) -> str:
+    def render_chunks(self, chunk_targets: int = 512) -> Iterator[bytes]:
+        """The exposition in pieces of at most ``chunk_targets`` targets per family.
+
+        Streaming pieces keeps a 10k-target scrape from allocating (and
+        page-faulting) one buffer of hundreds of MB.
+        """
         all_fragments = [s.fragments(self) for s in self.series.values()]
-        parts: list[str] = []
         for i, header in enumerate(self._headers):
-            body = "".join(frag[i] for frag in all_fragments)
-            if body:
-                parts.append(header)
-                parts.append(body)
-        return "".join(parts)
+            started = False
+            for start in range(0, len(all_fragments), chunk_targets):
+                body = b"".join(frag[i] for frag in all_fragments[start:start + chunk_targets])
+                if body:
+                    if not started:
+                        yield header
+                        started = True
+                    yield body
+
+    def render(self) -> bytes:
+        return b"".join(self.render_chunks())

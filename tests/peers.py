@@ -18,7 +18,6 @@ import atexit
 import contextlib
 import errno
 import itertools
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,6 @@ import ssl
 import struct
 import subprocess
 import threading
-import weakref
 from typing import Awaitable, Callable, Mapping, NamedTuple
 
 import dns.exception
@@ -704,7 +702,9 @@ class HTTPServer(_AsyncPeer):
         return f"{self.scheme}://{h}:{self.port}{path}"
 
     async def start(self) -> "HTTPServer":
-        app = web.Application(middlewares=[self._record])
+        # client_max_size: aiohttp's 1 MiB default would turn a large POST
+        # probe body into a 413 that looks like a prober bug.
+        app = web.Application(middlewares=[self._record], client_max_size=64 * 2**20)
         r = app.router
         r.add_route("*", "/", self._ok)
         r.add_route("*", "/ok", self._ok)
@@ -801,7 +801,9 @@ _NS_PREFIX = "chtest-"
 _VETH_PREFIX = "chbh"
 _NOARP_DEV = "noarp"  # lives inside the namespace only, so a fixed name is fine
 _CMD_TIMEOUT = 15.0
-_instances: "weakref.WeakSet[BlackholeNet]" = weakref.WeakSet()
+# Strong references on purpose: an instance dropped without stop() must still
+# be cleaned up at exit, which a WeakSet would forget.
+_instances: "set[BlackholeNet]" = set()
 _counter = itertools.count()
 _counter_lock = threading.Lock()
 
