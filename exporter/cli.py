@@ -13,6 +13,7 @@ from .config import Config, ConfigError, ResolverConfig, builtin_modules, defaul
 from .engine import run_probe
 from .failures import ProbeFailure
 from .render import render
+from .telemetry import TracingOptions, setup_tracing, shutdown_tracing
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -36,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nameserver", action="append", default=[], metavar="HOST:PORT",
                    help="resolve with this DNS server instead of the system resolver (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the waterfall")
+    _tracing_flags(p)
 
     s = sub.add_parser("serve", help="run the exporter: /probe, /metrics, status page")
     s.add_argument("--config.file", dest="config_file", help="config file (modules, targets, target_files, scheduler)")
@@ -49,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--shutdown-grace", dest="grace", type=float, default=10.0,
                    help="seconds in-flight probes may finish after SIGTERM (default 10)")
     s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
+    _tracing_flags(s)
 
     c = sub.add_parser("check-config", help="validate a config file (exit 0 if valid, 2 if not)")
     c.add_argument("file")
@@ -56,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start local demo targets and probe each once")
     d.add_argument("--json", action="store_true", help="print one JSON object per probe")
     return parser
+
+
+def _tracing_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--otlp.endpoint", dest="otlp_endpoint",
+                   help="export a trace per probe to this OTLP endpoint (default: OTEL_EXPORTER_OTLP_ENDPOINT; none: no export)")
+    p.add_argument("--otlp.protocol", dest="otlp_protocol", choices=["http/protobuf", "grpc"],
+                   help="OTLP protocol (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)")
+
+
+def _tracing_options(args: argparse.Namespace) -> TracingOptions:
+    return TracingOptions(endpoint=args.otlp_endpoint, protocol=args.otlp_protocol)
 
 
 def _load(path: str | None) -> Config:
@@ -80,7 +94,13 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"connhealth: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        processor = setup_tracing(_tracing_options(args))
+    except ValueError as exc:
+        print(f"connhealth: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     result = asyncio.run(run_probe(args.target, module, args.timeout))
+    shutdown_tracing(processor)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -120,6 +140,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         timeout_offset=args.timeout_offset,
         history_limit=args.history_limit,
         grace=args.grace,
+        tracing=_tracing_options(args),
     )
     if args.history_limit < 1:
         print("connhealth: --history.limit must be at least 1", file=sys.stderr)

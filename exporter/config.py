@@ -177,6 +177,15 @@ class ResolverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """connhealth extension: trace-context propagation into probe requests."""
+
+    inject: bool = True
+    # W3C baggage sent with every request: marks probe traffic as synthetic.
+    baggage: tuple[tuple[str, str], ...] = (("synthetic", "true"),)
+
+
+@dataclass(frozen=True, slots=True)
 class Module:
     name: str
     prober: str
@@ -186,6 +195,7 @@ class Module:
     # connhealth extensions
     phase_timeouts: tuple[tuple[str, float], ...] = ()
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     def phase_timeout(self, phase: str) -> float | None:
         for name, seconds in self.phase_timeouts:
@@ -401,6 +411,22 @@ def _parse_resolver(f: _Fields) -> ResolverConfig:
     return cfg
 
 
+_BAGGAGE_KEY_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _parse_tracing(f: _Fields, module: str) -> TracingConfig:
+    inject = f.get("inject", bool, True)
+    baggage = {"synthetic": "true", "probe.module": module}
+    for key, value in f.get("baggage", dict, {}).items():
+        if not isinstance(key, str) or not _BAGGAGE_KEY_RE.fullmatch(key):
+            raise ConfigError(f"{f.path}.baggage.{key}: invalid baggage key")
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{f.path}.baggage.{key}: value must be a string")
+        baggage[key] = str(value)
+    f.done()
+    return TracingConfig(inject=inject, baggage=tuple(baggage.items()))
+
+
 def parse_module(name: str, raw: Any, path: str) -> Module:
     f = _Fields(raw, path)
     prober = f.get("prober", str, None)
@@ -423,11 +449,12 @@ def parse_module(name: str, raw: Any, path: str) -> Module:
             phase_timeouts.append((phase, seconds))
     pf.done()
     resolver = _parse_resolver(f.sub("resolver"))
+    tracing = _parse_tracing(f.sub("tracing"), name)
     for other in _BLACKBOX_PROBERS:
         if other in f.raw:
             raise ConfigError(f"{path}.{other}: unsupported field (prober {other!r} is not supported by connhealth)")
     f.done()
-    return Module(name=name, prober=prober, timeout=timeout, http=http, tcp=tcp, phase_timeouts=tuple(phase_timeouts), resolver=resolver)
+    return Module(name=name, prober=prober, timeout=timeout, http=http, tcp=tcp, phase_timeouts=tuple(phase_timeouts), resolver=resolver, tracing=tracing)
 
 
 BUILTIN_MODULES_YAML = """

@@ -8,17 +8,26 @@ reached in ``probe_http_duration_seconds``. connhealth's own truthful view
 """
 from __future__ import annotations
 
+import ipaddress
+
 from . import metrics as m
 from .result import ProbeResult
 
-# blackbox phase names for probe_http_duration_seconds, mapped from ours
+# blackbox phase names for probe_http_duration_seconds, mapped from ours. Its
+# "processing" runs from getting the connection to the first response byte
+# (Go's httptrace GotConn -> GotFirstResponseByte), so it includes writing the
+# request: our request + first_byte.
 _BLACKBOX_HTTP_PHASES = (
-    ("connect", "connect"),
-    ("processing", "first_byte"),
-    ("resolve", "dns"),
-    ("tls", "tls"),
-    ("transfer", "transfer"),
+    ("connect", ("connect",)),
+    ("processing", ("request", "first_byte")),
+    ("resolve", ("dns",)),
+    ("tls", ("tls",)),
+    ("transfer", ("transfer",)),
 )
+
+
+# time.Time{}.Unix() in Go: what blackbox reports for a chain expiry it does not know.
+_GO_ZERO_TIME_UNIX = -62135596800.0
 
 
 def escape(value: str) -> str:
@@ -39,11 +48,30 @@ def fmt(value: float) -> str:
     return repr(float(value))
 
 
-def fnv32a(text: str) -> int:
+def fnv32a(data: bytes | str) -> int:
     h = 0x811C9DC5
-    for byte in text.encode():
+    for byte in data.encode() if isinstance(data, str) else data:
         h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
     return h
+
+
+def ip_hash(ip: str) -> int:
+    """blackbox's probe_ip_addr_hash: FNV-1a 32 of the address bytes (4 for IPv4, incl. v4-mapped v6; else 16)."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return fnv32a(addr.packed)
+
+
+def _dns_sans(sans: tuple[str, ...]) -> list[str]:
+    """blackbox's subjectalternative label lists the leaf's DNS names only, not its IP SANs."""
+    out = []
+    for san in sans:
+        try:
+            ipaddress.ip_address(san)
+        except ValueError:
+            out.append(san)
+    return out
 
 
 class _Writer:
@@ -70,7 +98,7 @@ def probe_text(result: ProbeResult) -> str:
     w.gauge("probe_duration_seconds", "Returns how long the probe took to complete in seconds", result.duration_seconds)
     w.gauge("probe_failed_due_to_regex", "Indicates if probe failed due to regex", 1.0 if result.failed_due_to_regex else 0.0)
     if result.peer is not None:
-        w.gauge("probe_ip_addr_hash", "Specifies the hash of IP address. It's useful to detect if the IP address changes.", float(fnv32a(result.peer.ip)))
+        w.gauge("probe_ip_addr_hash", "Specifies the hash of IP address. It's useful to detect if the IP address changes.", float(ip_hash(result.peer.ip)))
         w.gauge("probe_ip_protocol", "Specifies whether probe ip protocol is IP4 or IP6", 6.0 if result.peer.family == "ipv6" else 4.0)
     if result.prober == "http":
         _http(w, result, phases_total)
@@ -78,14 +106,20 @@ def probe_text(result: ProbeResult) -> str:
     if tls is not None:
         expiry = tls.earliest_expiry
         if expiry is not None:
+            # blackbox: earliest notAfter of the presented certificates ...
             w.gauge("probe_ssl_earliest_cert_expiry", "Returns last SSL chain expiry in unixtime", expiry)
-            w.gauge("probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp", expiry)
+            # ... and, of the verified chain(s), including the trust anchor the
+            # server did not send. Without verification (insecure_skip_verify)
+            # blackbox has no verified chain and reports Go's zero time.
+            last_chain = tls.verified_chain_expiry
+            w.gauge("probe_ssl_last_chain_expiry_timestamp_seconds", "Returns last SSL chain expiry in timestamp",
+                    last_chain if last_chain is not None else _GO_ZERO_TIME_UNIX)
         if tls.chain:
             leaf = tls.chain[0]
             w.family(
                 "probe_ssl_last_chain_info", "gauge", "Contains SSL leaf certificate information",
                 [(labels([("fingerprint_sha256", leaf.fingerprint_sha256), ("issuer", leaf.issuer), ("subject", leaf.subject),
-                          ("subjectalternative", ",".join(leaf.sans))]), 1.0)],
+                          ("subjectalternative", ",".join(_dns_sans(leaf.sans)))]), 1.0)],
             )
         if tls.version:
             w.family("probe_tls_version_info", "gauge", "Returns the TLS version used or NaN when unknown", [(labels([("version", tls.version)]), 1.0)])
@@ -101,7 +135,7 @@ def _http(w: _Writer, result: ProbeResult, phases_total: dict[str, float]) -> No
     http = result.http
     w.family(
         "probe_http_duration_seconds", "gauge", "Duration of http request by phase, summed over all redirects",
-        [(f'phase="{bb}"', phases_total.get(ours, 0.0)) for bb, ours in _BLACKBOX_HTTP_PHASES],
+        [(f'phase="{bb}"', sum(phases_total.get(p, 0.0) for p in ours)) for bb, ours in _BLACKBOX_HTTP_PHASES],
     )
     w.gauge("probe_http_content_length", "Length of http content response",
             float(http.content_length) if http and http.content_length is not None else -1.0 if http else 0.0)

@@ -137,6 +137,13 @@ def classify(exc: BaseException, phase: str, prober: str = "http") -> Failure:
         return Failure(phase, "protocol_error", f"TLS error after the handshake: {exc}")
     if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
         code = exc.errno
+        if code is None and isinstance(exc, ConnectionError):
+            # asyncio's own "connection lost" (no errno): sslproto raises a bare
+            # ConnectionResetError when the peer sends a FIN mid-handshake.
+            # That is a hang-up, not a TCP reset.
+            if phase == "tls":
+                return Failure("tls", "tls_handshake_error", f"server closed the connection during the TLS handshake{_detail(exc)}")
+            return Failure(phase, "connection_reset", f"connection lost in phase {phase}{_detail(exc)}")
         if code == errno.ECONNREFUSED:
             return Failure(phase, "connect_refused", f"connection refused{_detail(exc)}")
         if code in _UNREACHABLE_ERRNOS:

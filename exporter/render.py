@@ -58,6 +58,8 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.peer:
         peer = result.peer
         out.append(f"  peer {peer.ip} port {peer.port} ({peer.family})")
+    if result.trace_id:
+        out.append(f"  trace {result.trace_id}{'' if result.sampled else ' (not sampled: no span exported)'}")
     if result.tcp:
         out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}")
     out.append("")

@@ -40,6 +40,10 @@ class TLSInfo:
     # "verified", "skipped" (insecure_skip_verify) or "failed: <reason>"
     verification: str
     chain: tuple[Certificate, ...] = ()
+    # Earliest notAfter of the chain OpenSSL verified, trust anchor included
+    # (blackbox's probe_ssl_last_chain_expiry_timestamp_seconds); None when
+    # verification was skipped.
+    verified_chain_expiry: float | None = None
 
     @property
     def earliest_expiry(self) -> float | None:
@@ -106,6 +110,10 @@ class ProbeResult:
     http: HTTPInfo | None = None
     failed_due_to_regex: bool = False
     logs: tuple[str, ...] = ()
+    # The probe's trace; sampled=False means no span was exported for it.
+    trace_id: str | None = None
+    span_id: str | None = None
+    sampled: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -138,6 +146,8 @@ class ProbeResult:
             "tls": None,
             "http": asdict(self.http) if self.http else None,
             "failed_due_to_regex": self.failed_due_to_regex,
+            "trace_id": self.trace_id,
+            "trace_sampled": self.sampled,
         }
         if self.tls is not None:
             tls = asdict(self.tls)

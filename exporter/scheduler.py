@@ -111,10 +111,13 @@ class Scheduler:
 
     def next_interval(self, entry: _Entry) -> float:
         interval = entry.spec.interval
+        floor = 0.0
         if entry.consecutive_failures:
             # Re-check a failing target sooner: halve per consecutive failure, bounded.
-            interval = max(min(self.config.min_interval, interval), interval / (2 ** min(entry.consecutive_failures, 6)))
-        return interval * (1 + self.rng.uniform(-JITTER, JITTER))
+            floor = min(self.config.min_interval, interval)
+            interval = max(floor, interval / (2 ** min(entry.consecutive_failures, 6)))
+        # The jitter must not take a failing target below min_interval either.
+        return max(floor, interval * (1 + self.rng.uniform(-JITTER, JITTER)))
 
     # --- running ----------------------------------------------------------
     def start(self) -> None:
@@ -170,6 +173,14 @@ class Scheduler:
                 finally:
                     self.in_flight -= 1
             entry.consecutive_failures = 0 if result.success else entry.consecutive_failures + 1
+            if entry.consecutive_failures and not entry.removed and not self._stopping:
+                # The next due time was set at dispatch, before this failure was
+                # known: bring it forward now, not one full period later.
+                sooner = planned + self.next_interval(entry)
+                if sooner < entry.due:
+                    entry.due = max(sooner, time.monotonic())
+                    self._push(entry)
+                    self._wake.set()
             if not entry.removed:
                 try:
                     self.sink(entry.spec, result)

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 
 import yaml
 from aiohttp import web
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
 from . import metrics as m
@@ -26,11 +30,13 @@ from .scheduler import Scheduler
 from .status import render_status
 from .store import SeriesStore
 from .targets import TargetFileWatcher
+from .telemetry import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("connhealth.server")
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 LOOP_LAG_INTERVAL = 0.25
+_PROPAGATOR = TraceContextTextMapPropagator()
 _SECRET_HEADERS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
 
 
@@ -42,6 +48,7 @@ class ServeOptions:
     timeout_offset: float = 0.5
     history_limit: int = 100
     grace: float = 10.0
+    tracing: TracingOptions = TracingOptions()
 
 
 class SelfMetrics:
@@ -64,12 +71,27 @@ class SelfMetrics:
         Gauge(m.SCHEDULED_TARGETS, spec[m.SCHEDULED_TARGETS].help, registry=r).set_function(lambda: len(exporter.scheduler.entries))
         self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
         ProcessCollector(registry=r)
+        r.register(_TraceDropCollector(exporter))
+
+
+class _TraceDropCollector:
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            m.TRACE_EXPORT_DROPS.removesuffix("_total"), {s.name: s for s in m.SELF}[m.TRACE_EXPORT_DROPS].help, labels=["reason"]
+        )
+        for reason, count in dropped_samples(self.exporter.span_processor):
+            family.add_metric([reason], count)
+        return [family]
 
 
 class Exporter:
-    def __init__(self, options: ServeOptions, config: Config) -> None:
+    def __init__(self, options: ServeOptions, config: Config, span_processor: DroppingSpanProcessor | None = None) -> None:
         self.options = options
         self.config = config
+        self.span_processor = span_processor
         self.history = History(options.history_limit)
         self.probe_endpoint_in_flight = 0
         self.self_metrics = SelfMetrics(self)
@@ -121,7 +143,7 @@ class Exporter:
         self.self_metrics.reload_ts.set(time.time())
         self.self_metrics.reloads.labels("success").inc()
         self.watcher.reset()
-        self.file_targets, _ = self.watcher.scan(config)
+        self.file_targets, _ = self._scan_files()
         self._apply_targets()
         log.info("config reloaded: %d modules, %d targets", len(config.modules), len(self.scheduler.entries))
         return True, "config reloaded"
@@ -135,12 +157,16 @@ class Exporter:
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
         self.store.retain({t.key for t in targets})
 
+    def _scan_files(self) -> tuple[list[TargetSpec], bool]:
+        errors_before = self.watcher.errors
+        targets, changed = self.watcher.scan(self.config)
+        if self.watcher.errors > errors_before:
+            self.self_metrics.file_errors.inc(self.watcher.errors - errors_before)
+        return targets, changed
+
     async def _watch_files(self) -> None:
         while True:
-            errors_before = self.watcher.errors
-            targets, changed = self.watcher.scan(self.config)
-            if self.watcher.errors > errors_before:
-                self.self_metrics.file_errors.inc(self.watcher.errors - errors_before)
+            targets, changed = self._scan_files()
             if changed:
                 self.file_targets = targets
                 self._apply_targets()
@@ -170,10 +196,12 @@ class Exporter:
         timeout = _scrape_timeout(request, self.options.timeout_offset)
         if isinstance(timeout, str):
             return web.Response(status=400, text=timeout + "\n")
+        # Prometheus can trace its scrapes: the probe then continues that trace.
+        parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
         self.probe_endpoint_in_flight += 1
         try:
             # A client that disconnects cancels this handler, and with it the probe.
-            result = await run_probe(target, module, timeout)
+            result = await run_probe(target, module, timeout, parent)
         finally:
             self.probe_endpoint_in_flight -= 1
         text = probe_text(result)
@@ -194,11 +222,16 @@ class Exporter:
         )
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_TEXT})
+        # Exemplars (trace ids) exist only in OpenMetrics, which Prometheus asks for.
+        openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+        response = web.StreamResponse(headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else CONTENT_TYPE_TEXT})
         await response.prepare(request)
-        for chunk in self.store.render_chunks():
+        for chunk in self.store.render_chunks(openmetrics=openmetrics):
             await response.write(chunk)
-        await response.write(generate_latest(self.self_metrics.registry))
+        if openmetrics:
+            await response.write(generate_openmetrics(self.self_metrics.registry))  # ends with "# EOF"
+        else:
+            await response.write(generate_latest(self.self_metrics.registry))
         await response.write_eof()
         return response
 
@@ -286,7 +319,8 @@ async def serve(options: ServeOptions, config: Config | None = None, *, on_start
     if config is None:
         config = load_config(options.config_file) if options.config_file else Config(modules=builtin_modules())
     listen = [_parse_listen(a) for a in options.listen]
-    exporter = Exporter(options, config)
+    span_processor = setup_tracing(options.tracing)
+    exporter = Exporter(options, config, span_processor)
     app = build_app(exporter)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
     await runner.setup()
@@ -310,6 +344,9 @@ async def serve(options: ServeOptions, config: Config | None = None, *, on_start
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("shutting down: letting in-flight probes finish (grace %gs)", options.grace)
-    await exporter.stop()
-    await runner.cleanup()
+    # Together, not one after the other: runner.cleanup() closes the listeners
+    # at once (no new /probe requests while scheduled probes drain), and both
+    # drains share one grace period instead of taking up to twice it.
+    await asyncio.gather(exporter.stop(), runner.cleanup())
+    await asyncio.get_running_loop().run_in_executor(None, shutdown_tracing, span_processor)
     return 0

@@ -17,25 +17,40 @@ _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
 _INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
 
 
+Exemplar = tuple[str, float, float]  # (trace_id, value, unix time)
+
+
+def exemplar_suffix(ex: Exemplar | None) -> str:
+    return f' # {{trace_id="{ex[0]}"}} {fmt(ex[1])} {ex[2]:.3f}' if ex is not None else ""
+
+
 class _Histogram:
-    __slots__ = ("counts", "sum", "count")
+    __slots__ = ("counts", "sum", "count", "exemplars")
 
     def __init__(self, n: int) -> None:
         self.counts = [0] * n  # per bucket, not cumulative; the last is +Inf
         self.sum = 0.0
         self.count = 0
+        self.exemplars: list[Exemplar | None] | None = None  # latest sampled trace per bucket
 
-    def observe(self, bounds: tuple[float, ...], value: float) -> None:
-        self.counts[bisect.bisect_left(bounds, value)] += 1
+    def observe(self, bounds: tuple[float, ...], value: float, exemplar: Exemplar | None) -> None:
+        i = bisect.bisect_left(bounds, value)
+        self.counts[i] += 1
         self.sum += value
         self.count += 1
+        if exemplar is not None:
+            if self.exemplars is None:
+                self.exemplars = [None] * len(self.counts)
+            self.exemplars[i] = exemplar
 
-    def lines(self, name: str, base: str, le_strings: tuple[str, ...]) -> list[str]:
+    def lines(self, name: str, base: str, le_strings: tuple[str, ...], openmetrics: bool) -> list[str]:
         out = []
         cumulative = 0
-        for le, c in zip(le_strings, self.counts):
+        exemplars = self.exemplars if openmetrics and self.exemplars else None
+        for i, (le, c) in enumerate(zip(le_strings, self.counts)):
             cumulative += c
-            out.append(f'{name}_bucket{{{base},le="{le}"}} {cumulative}')
+            line = f'{name}_bucket{{{base},le="{le}"}} {cumulative}'
+            out.append(line + exemplar_suffix(exemplars[i]) if exemplars else line)
         out.append(f"{name}_sum{{{base}}} {fmt(self.sum)}")
         out.append(f"{name}_count{{{base}}} {self.count}")
         return out
@@ -46,7 +61,8 @@ class TargetSeries:
 
     __slots__ = (
         "base", "attempts", "successes", "failures", "duration", "phases", "last_success", "last_probe",
-        "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "last_failure",
+        "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
+        "last_failure", "failure_exemplars",
     )
 
     def __init__(self, base: str, n_buckets: int) -> None:
@@ -64,28 +80,39 @@ class TargetSeries:
         self.rtt: float | None = None
         self.retransmits: int | None = None
         self.last_failure: tuple[str, str, str] | None = None
+        self.failure_exemplars: dict[tuple[str, str], Exemplar] = {}
         self._fragments: list[bytes] | None = None
+        self._om_fragments: list[bytes] | None = None
 
-    def fragments(self, store: SeriesStore) -> list[bytes]:
+    def invalidate(self) -> None:
+        self._fragments = self._om_fragments = None
+
+    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
+        if openmetrics:
+            if self._om_fragments is None:
+                self._om_fragments = self._render(store, True)
+            return self._om_fragments
         if self._fragments is None:
-            self._fragments = self._render(store)
+            self._fragments = self._render(store, False)
         return self._fragments
 
-    def _render(self, store: SeriesStore) -> list[bytes]:
+    def _render(self, store: SeriesStore, om: bool) -> list[bytes]:
         b = self.base
         les = store.le_strings
         out: list[list[str]] = [[] for _ in _FAMILIES]
         out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
         out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
+        ex = self.failure_exemplars if om else {}
         out[_INDEX[m.PROBE_FAILURES]].extend(
-            f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}' for (phase, reason), n in self.failures.items()
+            f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}'
+            for (phase, reason), n in self.failures.items()
         )
-        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les))
+        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
         phase_lines = out[_INDEX[m.PHASE_DURATION]]
         for phase in PHASES:
             hist = self.phases.get(phase)
             if hist is not None:
-                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{phase}"', les))
+                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{phase}"', les, om))
         if self.success is not None:
             out[_INDEX[m.PROBE_SUCCESS]].append(f"{m.PROBE_SUCCESS}{{{b}}} {1 if self.success else 0}")
         if self.last_success is not None:
@@ -106,6 +133,8 @@ class TargetSeries:
         self.attempts += 1
         self.last_probe = finished_at
         self.success = result.success
+        # No exemplar for an unsampled trace: nothing to click through to.
+        trace_id = result.trace_id if result.sampled else None
         if result.failure is None:
             self.successes += 1
             self.last_success = finished_at
@@ -113,21 +142,23 @@ class TargetSeries:
             key = (result.failure.phase, result.failure.reason)
             self.failures[key] = self.failures.get(key, 0) + 1
             self.last_failure = (result.failure.phase, result.failure.reason, result.failure.message)
-        self.duration.observe(bounds, result.duration_seconds)
+            if trace_id:
+                self.failure_exemplars[key] = (trace_id, 1.0, finished_at)
+        self.duration.observe(bounds, result.duration_seconds, (trace_id, result.duration_seconds, finished_at) if trace_id else None)
         hops = result.http.hops if result.http is not None and result.http.hops else None
         for phases in (hop.phases for hop in hops) if hops else (result.phases,):
             for phase, seconds in phases.items():
                 hist = self.phases.get(phase)
                 if hist is None:
                     hist = self.phases[phase] = _Histogram(len(bounds) + 1)
-                hist.observe(bounds, seconds)
+                hist.observe(bounds, seconds, (trace_id, seconds, finished_at) if trace_id else None)
         if result.tls is not None:
             self.cert_expiry = result.tls.earliest_expiry
             self.tls_version = result.tls.version
         if result.tcp is not None:
             self.rtt = result.tcp.rtt_seconds
             self.retransmits = result.tcp.retransmits
-        self._fragments = None
+        self.invalidate()
 
 
 class SeriesStore:
@@ -137,6 +168,12 @@ class SeriesStore:
         self.label_names = tuple(sorted(label_names))
         self.series: dict[tuple[str, str, tuple[tuple[str, str], ...]], TargetSeries] = {}
         self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES]
+        # OpenMetrics names a counter family without its _total suffix.
+        self._om_headers = [
+            f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n".encode()
+            for s in _FAMILIES
+            for n in [s.name.removesuffix("_total") if s.type == "counter" else s.name]
+        ]
 
     def set_label_names(self, names: Iterable[str]) -> None:
         """A reload may add label names: every series then carries them (empty when unset)."""
@@ -146,7 +183,7 @@ class SeriesStore:
         self.label_names = new
         for (target, module, labels), series in self.series.items():
             series.base = self._base(target, module, labels)
-            series._fragments = None
+            series.invalidate()
 
     def _base(self, target: str, module: str, labels: tuple[tuple[str, str], ...]) -> str:
         given = dict(labels)
@@ -168,14 +205,14 @@ class SeriesStore:
         for key in [k for k in self.series if k not in keys]:
             del self.series[key]
 
-    def render_chunks(self, chunk_targets: int = 512) -> Iterator[bytes]:
+    def render_chunks(self, chunk_targets: int = 512, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``chunk_targets`` targets per family.
 
         Streaming pieces keeps a 10k-target scrape from allocating (and
         page-faulting) one buffer of hundreds of MB.
         """
-        all_fragments = [s.fragments(self) for s in self.series.values()]
-        for i, header in enumerate(self._headers):
+        all_fragments = [s.fragments(self, openmetrics) for s in self.series.values()]
+        for i, header in enumerate(self._om_headers if openmetrics else self._headers):
             started = False
             for start in range(0, len(all_fragments), chunk_targets):
                 body = b"".join(frag[i] for frag in all_fragments[start:start + chunk_targets])

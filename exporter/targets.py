@@ -51,25 +51,27 @@ class TargetFileWatcher:
     """Polls the globs' files by (mtime, size); a broken file keeps its last good targets."""
 
     def __init__(self) -> None:
-        self._stamps: dict[str, tuple[float, int]] = {}
-        self._cache: dict[str, list[TargetSpec]] = {}
+        # Keyed by (the target_files entry, path): an entry with the same
+        # settings after a reload keeps a broken file's last good targets.
+        self._stamps: dict[tuple[TargetFiles, str], tuple[int, int]] = {}
+        self._cache: dict[tuple[TargetFiles, str], list[TargetSpec]] = {}
         self.errors = 0
 
     def scan(self, config: Config) -> tuple[list[TargetSpec], bool]:
         """All file targets, and whether anything changed since the last scan."""
         changed = False
-        seen: set[str] = set()
+        seen: set[tuple[TargetFiles, str]] = set()
         targets: list[TargetSpec] = []
         for tf in config.target_files:
             for pattern in tf.files:
                 for path in sorted(glob.glob(pattern)):
-                    key = f"{id(tf)}:{path}"
+                    key = (tf, path)
                     seen.add(key)
                     try:
                         st = os.stat(path)
                     except OSError:
                         continue
-                    stamp = (st.st_mtime, st.st_size)
+                    stamp = (st.st_mtime_ns, st.st_size)
                     if self._stamps.get(key) != stamp:
                         self._stamps[key] = stamp
                         changed = True
@@ -80,13 +82,16 @@ class TargetFileWatcher:
                             self.errors += 1
                             log.error("target file %s: %s (keeping its previous targets)", path, exc)
                     targets.extend(self._cache.get(key, []))
-        for key in [k for k in self._stamps if k not in seen]:
-            del self._stamps[key]
+        for key in [k for k in self._stamps.keys() | self._cache.keys() if k not in seen]:
+            self._stamps.pop(key, None)
             self._cache.pop(key, None)
             changed = True
         return targets, changed
 
     def reset(self) -> None:
-        """After a config reload: re-read everything under the new settings."""
+        """After a config reload: re-read every file under the new settings.
+
+        The last good targets stay cached, so a file that is broken at reload
+        time keeps them (if its target_files entry did not change).
+        """
         self._stamps.clear()
-        self._cache.clear()

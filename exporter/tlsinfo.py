@@ -92,6 +92,14 @@ def describe(ssl_object: ssl.SSLObject, server_name: str | None, verified: bool)
         leaf = ssl_object.getpeercert(binary_form=True)
         if leaf:
             chain_der.append(leaf)
+    verified_expiry: float | None = None
+    verified_getter = getattr(ssl_object, "get_verified_chain", None) or getattr(inner, "get_verified_chain", None)
+    if verified and verified_getter is not None:
+        verified_der = [c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+                        for c in verified_getter() or ()]
+        verified_expiry = min((parse_certificate(der).not_after for der in verified_der), default=None)
+    elif verified and chain_der:  # no access to the verified chain: the presented one is the best guess
+        verified_expiry = min(parse_certificate(der).not_after for der in chain_der)
     cipher = ssl_object.cipher()
     version = ssl_object.version()
     return TLSInfo(
@@ -101,4 +109,5 @@ def describe(ssl_object: ssl.SSLObject, server_name: str | None, verified: bool)
         server_name=server_name,
         verification="verified" if verified else "skipped",
         chain=tuple(parse_certificate(der) for der in chain_der),
+        verified_chain_expiry=verified_expiry,
     )

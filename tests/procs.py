@@ -104,6 +104,17 @@ class ManagedProcess:
                     raise ProcessFailed(f"{self.name} not ready on {url} after {timeout:g}s:\n{self.log_tail()}")
                 await asyncio.sleep(0.05)
 
+    async def astop(self, grace: float = 5.0) -> None:
+        """stop() that keeps the event loop (and the in-loop peers a probe may be talking to) running."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        self.stop(grace=0.1)  # reaps it, or SIGKILLs what is still running
+
     def stop(self, grace: float = 5.0) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:

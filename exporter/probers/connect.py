@@ -143,9 +143,11 @@ async def connect(ctx: ProbeContext, host: str, port: int, module: Module) -> Co
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx.log(f"connecting to {ip}:{port}")
+        # The address chosen, known even when the connect fails (blackbox sets
+        # probe_ip_protocol / probe_ip_addr_hash right after resolution too).
+        ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
         await ctx.phase("connect", loop.sock_connect(sock, (ip, port)))
         ctx.tcp = _tcp_info(sock)
-        ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
     except BaseException:
         sock.close()

@@ -106,11 +106,13 @@ async def _exchange(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig, module: M
     port = port or (443 if tls else 80)
     response: _Response | None = None
     conn: Connection | None = None
+    ctx.begin_hop(cfg.method, url, host, port)
     try:
         conn = await connect(ctx, host, port, module)
         if tls:
             await start_tls(ctx, conn, host, cfg.tls_config, ("http/1.1",))
-        conn.writer.write(_request_bytes(cfg, parts.path or "/", parts.query, host, port, tls))
+        request = _request_bytes(cfg, parts.path or "/", parts.query, host, port, tls, ctx.propagation_headers())
+        conn.writer.write(request)
         await ctx.phase("request", conn.writer.drain())
         status_line = await ctx.phase("first_byte", conn.reader.readuntil(b"\n"))
         response = await ctx.phase("transfer", _read_response(conn, status_line, cfg))
@@ -120,11 +122,13 @@ async def _exchange(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig, module: M
         hops.append(
             Hop(url=url, phases=dict(ctx.phases), status=response.status if response else None, peer=ctx.peer)
         )
+        ctx.end_hop(response.status if response else None)
         if conn is not None:
             conn.close()
 
 
-def _request_bytes(cfg: HTTPProbeConfig, path: str, query: str, host: str, port: int, tls: bool) -> bytes:
+def _request_bytes(cfg: HTTPProbeConfig, path: str, query: str, host: str, port: int, tls: bool,
+                   extra_headers: list[tuple[str, str]]) -> bytes:
     target = path + ("?" + query if query else "")
     default_port = 443 if tls else 80
     host_header = f"[{host}]" if ":" in host else host
@@ -139,6 +143,7 @@ def _request_bytes(cfg: HTTPProbeConfig, path: str, query: str, host: str, port:
     if "accept" not in names:
         lines.append("Accept: */*")
     lines.extend(f"{name}: {value}" for name, value in cfg.headers)
+    lines.extend(f"{name}: {value}" for name, value in extra_headers if name not in names)
     body = cfg.body.encode() if cfg.body is not None else b""
     if body or cfg.method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")
@@ -150,7 +155,8 @@ def _request_bytes(cfg: HTTPProbeConfig, path: str, query: str, host: str, port:
 async def _read_response(conn: Connection, status_line: bytes, cfg: HTTPProbeConfig) -> _Response:
     m = _STATUS_RE.fullmatch(status_line)
     if not m:
-        raise ProbeFailure("protocol_error", f"malformed status line {status_line[:80]!r}")
+        # The status line is what the first_byte phase waited for; it is not a valid one.
+        raise ProbeFailure("protocol_error", f"malformed status line {status_line[:80]!r}", phase="first_byte")
     version = f"HTTP/{m.group(1).decode()}.{m.group(2).decode()}"
     status = int(m.group(3))
     headers: list[tuple[str, str]] = []

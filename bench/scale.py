@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""10k continuous targets in one ``connhealth serve`` process.
+
+Starts (127.0.0.1 / 127.0.0.x only):
+  * bench/_tcp_listener.py in its own process: ``--addresses`` × ``--per-address``
+    listening sockets on 127.0.0.1 … 127.0.0.N (default 100 × 100 = 10 000
+    distinct ``host:port`` targets), accept-and-close;
+  * ``connhealth serve`` with a file_sd target file listing them all, module
+    tcp_connect (ip4, 5 s timeout), interval ``--interval`` (default 30 s),
+    default scheduler (concurrency 256).
+After a warm-up longer than one interval, it scrapes ``/metrics`` every
+``--scrape-every`` seconds for ``--window`` seconds (like Prometheus would),
+timing each scrape (wall time until the full body is read), and reports:
+  * scheduler lag p99 from the ``connhealth_scheduler_lag_seconds`` bucket
+    deltas between the first and last scrape of the window (the bucket that
+    holds the 99th percentile, and histogram_quantile-style interpolation);
+    the same for ``connhealth_event_loop_lag_seconds``;
+  * the median / max scrape time and body size;
+  * probe attempts / successes in the window (all must succeed);
+  * process RSS and CPU% over the window.
+
+Usage:
+  .venv/bin/python bench/scale.py [--targets-per-address 100] [--addresses 100]
+      [--interval 30] [--warmup 40] [--window 90] [--scrape-every 15] [--pin split|none]
+Stops by itself after ≈ warmup + window + start-up seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import (  # noqa: E402
+    CONNHEALTH, LOCALHOST, PYTHON, cpu_seconds, free_port, get, median, rss_mib, start, stop_all, wait_port,
+)
+
+CONFIG = """
+modules:
+  tcp_connect:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      preferred_ip_protocol: ip4
+scheduler:
+  default_interval: {interval}s
+target_files:
+  - files: ["{targets_file}"]
+    module: tcp_connect
+    interval: {interval}s
+"""
+
+
+def parse_histogram(body: bytes, name: str) -> dict[str, float]:
+    """{le: cumulative count} for an unlabelled histogram, plus '_count'."""
+    out: dict[str, float] = {}
+    prefix = f"{name}_bucket{{le=\"".encode()
+    count_prefix = f"{name}_count ".encode()
+    for line in body.split(b"\n"):
+        if line.startswith(prefix):
+            le, _, value = line[len(prefix):].partition(b'"}')
+            out[le.decode()] = float(value)
+        elif line.startswith(count_prefix):
+            out["_count"] = float(line[len(count_prefix):])
+    return out
+
+
+def sum_family(body: bytes, name: str) -> float:
+    prefix = (name + "{").encode()
+    total = 0.0
+    for line in body.split(b"\n"):
+        if line.startswith(prefix):
+            total += float(line.rsplit(b" ", 1)[1])
+    return total
+
+
+def quantile(delta: dict[str, float], q: float) -> tuple[float, str]:
+    """histogram_quantile-style estimate and the bucket (lower, upper] that holds it."""
+    buckets = sorted(((float(le), c) for le, c in delta.items() if le != "_count"), key=lambda x: x[0])
+    total = buckets[-1][1] if buckets else 0
+    if total <= 0:
+        return float("nan"), "no observations"
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le, f"({prev_le:g}, +Inf]"
+            est = prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+            return est, f"({prev_le:g}, {le:g}]"
+        prev_le, prev_c = le, c
+    return float("nan"), "?"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--addresses", type=int, default=100)
+    ap.add_argument("--per-address", type=int, default=100)
+    ap.add_argument("--interval", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=40.0, help="seconds after all targets are loaded (> interval)")
+    ap.add_argument("--window", type=float, default=90.0)
+    ap.add_argument("--scrape-every", type=float, default=15.0)
+    ap.add_argument("--pin", choices=("split", "none"), default="split",
+                    help="split: connhealth on CPU 0, the listener on CPU 1 (default); none: no pinning")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+    n_targets = args.addresses * args.per_address
+    exp_cpus = "0" if args.pin == "split" else None
+    load_cpus = "1" if args.pin == "split" else None
+
+    tmp = Path(tempfile.mkdtemp(prefix="connhealth-scale-"))
+    listener_out = tmp / "targets.list.json"
+    listener = start([PYTHON, str(Path(__file__).with_name("_tcp_listener.py")), "--addresses", str(args.addresses),
+                      "--per-address", str(args.per_address), "--out", str(listener_out),
+                      "--lifetime", str(args.warmup + args.window + 300)], tmp / "listener.log", cpus=load_cpus)
+    deadline = time.monotonic() + 60
+    while not listener_out.exists():
+        if listener.poll() is not None or time.monotonic() > deadline:
+            print((tmp / "listener.log").read_text(), file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    targets = json.loads(listener_out.read_text())
+    targets_file = tmp / "targets.json"
+    targets_file.write_text(json.dumps([{"targets": targets, "labels": {"bench": "scale"}}]))
+    (tmp / "connhealth.yml").write_text(CONFIG.format(interval=f"{args.interval:g}", targets_file=targets_file))
+
+    port = free_port()
+    proc = start([CONNHEALTH, "serve", "--config.file", str(tmp / "connhealth.yml"),
+                  "--web.listen-address", f"{LOCALHOST}:{port}", "--log.level", "warn"], tmp / "connhealth.log", cpus=exp_cpus)
+    wait_port(port, proc)
+    t_start = time.monotonic()
+    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  {n_targets} tcp_connect targets, interval "
+          f"{args.interval:g}s, pin={args.pin}, connhealth pid {proc.pid} on :{port}", flush=True)
+    # Wait until the target file is loaded.
+    while True:
+        _, body = get(port, "/metrics")
+        loaded = [line for line in body.split(b"\n") if line.startswith(b"connhealth_scheduled_targets ")]
+        if loaded and float(loaded[0].split()[1]) >= n_targets:
+            break
+        if time.monotonic() - t_start > 60:
+            print("targets not loaded after 60 s", file=sys.stderr)
+            return 1
+        time.sleep(1)
+    print(f"# targets loaded after {time.monotonic() - t_start:.1f}s; warming up {args.warmup:g}s", flush=True)
+    time.sleep(args.warmup)
+
+    scrapes: list[dict] = []
+    bodies: list[tuple[float, bytes]] = []
+    cpu0 = cpu_seconds(proc.pid)
+    w0 = time.monotonic()
+    next_at = w0
+    while True:
+        now = time.monotonic()
+        if now < next_at:
+            time.sleep(next_at - now)
+        t0 = time.monotonic()
+        status, body = get(port, "/metrics", timeout=60)
+        dt = time.monotonic() - t0
+        assert status == 200, status
+        scrapes.append({"seconds": dt, "bytes": len(body), "at": t0 - w0})
+        print(f"scrape at +{t0 - w0:5.1f}s: {dt:.3f} s, {len(body) / 1e6:.1f} MB", flush=True)
+        bodies = [bodies[0], (t0, body)] if bodies else [(t0, body)]
+        next_at += args.scrape_every
+        if next_at - w0 > args.window + 1e-6:
+            break
+    cpu1 = cpu_seconds(proc.pid)
+    w1 = time.monotonic()
+    rss = rss_mib(proc.pid)
+
+    first, last = bodies[0][1], bodies[-1][1]
+    report: dict = {"targets": n_targets, "interval": args.interval, "window_seconds": w1 - w0, "pin": args.pin}
+    for hist in ("connhealth_scheduler_lag_seconds", "connhealth_event_loop_lag_seconds"):
+        h0, h1 = parse_histogram(first, hist), parse_histogram(last, hist)
+        delta = {le: h1[le] - h0.get(le, 0.0) for le in h1}
+        p99, bucket = quantile(delta, 0.99)
+        p50, _ = quantile(delta, 0.50)
+        report[hist] = {"observations": delta.get("_count", 0), "p50": p50, "p99": p99, "p99_bucket": bucket,
+                        "buckets_delta": delta}
+    attempts = sum_family(last, "connhealth_probe_attempts_total") - sum_family(first, "connhealth_probe_attempts_total")
+    successes = sum_family(last, "connhealth_probe_successes_total") - sum_family(first, "connhealth_probe_successes_total")
+    skipped = sum_family(last, "connhealth_probes_skipped_total") - sum_family(first, "connhealth_probes_skipped_total")
+    span = bodies[-1][0] - bodies[0][0]
+    times = [s["seconds"] for s in scrapes]
+    report.update({
+        "scrape_median_s": median(times), "scrape_max_s": max(times), "scrape_count": len(times),
+        "body_mb": scrapes[-1]["bytes"] / 1e6,
+        "probes_per_s": attempts / span if span else float("nan"), "attempts": attempts, "successes": successes,
+        "skipped": skipped, "cpu_pct": 100 * (cpu1 - cpu0) / (w1 - w0), "rss_mib": rss, "scrapes": scrapes,
+    })
+    sl, el = report["connhealth_scheduler_lag_seconds"], report["connhealth_event_loop_lag_seconds"]
+    print()
+    print("| metric | value |")
+    print("|---|---|")
+    print(f"| targets / interval | {n_targets} tcp_connect / {args.interval:g} s |")
+    print(f"| probes/s in window (expected {n_targets / args.interval:.0f}) | {report['probes_per_s']:.0f} |")
+    print(f"| successes / attempts in window | {successes:.0f} / {attempts:.0f} (skipped {skipped:.0f}) |")
+    print(f"| scheduler lag p50 / p99 (interpolated) | {sl['p50'] * 1e3:.1f} ms / {sl['p99'] * 1e3:.1f} ms |")
+    print(f"| scheduler lag p99 bucket | {sl['p99_bucket']} s ({sl['observations']:.0f} observations) |")
+    print(f"| event-loop lag p50 / p99 | {el['p50'] * 1e3:.1f} ms / {el['p99'] * 1e3:.1f} ms, bucket {el['p99_bucket']} s |")
+    print(f"| /metrics scrape wall time median / max (n={len(times)}) | {report['scrape_median_s']:.3f} s / "
+          f"{report['scrape_max_s']:.3f} s |")
+    print(f"| /metrics body | {report['body_mb']:.1f} MB |")
+    print(f"| connhealth CPU (window, incl. scrapes) | {report['cpu_pct']:.0f}% of one core |")
+    print(f"| connhealth RSS | {rss:.0f} MiB |")
+    print(f"\nscheduler lag bucket deltas: { {k: v for k, v in sl['buckets_delta'].items()} }")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        stop_all()

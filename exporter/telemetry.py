@@ -1,0 +1,172 @@
+"""OpenTelemetry SDK set-up: configured once at start-up, from OTEL_* variables and flags.
+
+Probers and the engine import only the API. Nothing here may slow or fail a
+probe: spans go into a bounded queue that a background thread exports;
+a full queue or a failed export drops spans and counts them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+log = logging.getLogger("connhealth.telemetry")
+
+PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True, slots=True)
+class TracingOptions:
+    endpoint: str | None = None  # None: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT
+    protocol: str | None = None  # None: OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL, else http/protobuf
+    queue_size: int = 2048
+    batch_size: int = 512
+    export_interval: float = 1.0
+
+
+class DroppingSpanProcessor(SpanProcessor):
+    """Bounded queue + one exporting thread; never blocks the event loop."""
+
+    def __init__(self, exporter: SpanExporter, queue_size: int, batch_size: int, interval: float) -> None:
+        self.exporter = exporter
+        self.batch_size = batch_size
+        self.interval = interval
+        self._queue: queue.Queue[ReadableSpan] = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self.dropped = {"queue_full": 0, "export_failed": 0}
+        self.exported = 0
+        self._stop = threading.Event()
+        self._flush_requested = threading.Event()
+        self._thread = threading.Thread(target=self._worker, name="connhealth-otlp", daemon=True)
+        self._thread.start()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        try:
+            self._queue.put_nowait(span)
+        except queue.Full:
+            with self._lock:
+                self.dropped["queue_full"] += 1
+
+    def _drain(self) -> list[ReadableSpan]:
+        batch: list[ReadableSpan] = []
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _export(self, batch: list[ReadableSpan]) -> None:
+        try:
+            result = self.exporter.export(batch)
+        except Exception as exc:  # an exporter bug must not kill the thread
+            log.warning("span export raised: %s", exc)
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result == SpanExportResult.SUCCESS:
+                self.exported += len(batch)
+            else:
+                self.dropped["export_failed"] += len(batch)
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            self._flush_requested.wait(self.interval)
+            self._flush_requested.clear()
+            while batch := self._drain():
+                self._export(batch)
+                if self._stop.is_set():
+                    break
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        self._flush_requested.set()
+        deadline = timeout_millis / 1000
+        waited = 0.0
+        while not self._queue.empty() and waited < deadline:
+            self._stop.wait(0.05)
+            waited += 0.05
+        return self._queue.empty()
+
+    def shutdown(self) -> None:
+        self.force_flush(2000)
+        self._stop.set()
+        self._flush_requested.set()
+        self._thread.join(timeout=2)
+        self.exporter.shutdown()
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def _headers(text: str | None) -> dict[str, str]:
+    out = {}
+    for item in (text or "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def make_exporter(endpoint: str, protocol: str, headers: dict[str, str]) -> SpanExporter:
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GRPCExporter
+
+        target = endpoint.split("://", 1)[-1]
+        return GRPCExporter(endpoint=target, insecure=not endpoint.startswith("https://"), headers=headers or None, timeout=5)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPExporter
+
+    url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
+    return HTTPExporter(endpoint=url, headers=headers or None, timeout=5)
+
+
+def setup_tracing(options: TracingOptions) -> DroppingSpanProcessor | None:
+    """Install the SDK when an endpoint is configured; otherwise leave the no-op API in place."""
+    endpoint = options.endpoint or _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint or _env("OTEL_SDK_DISABLED") == "true" or _env("OTEL_TRACES_EXPORTER") == "none":
+        return None
+    protocol = options.protocol or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"OTLP protocol {protocol!r} is not supported (one of {', '.join(PROTOCOLS)})")
+    headers = _headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
+    exporter = make_exporter(endpoint, protocol, headers)
+    processor = DroppingSpanProcessor(exporter, options.queue_size, options.batch_size, options.export_interval)
+    attributes = {} if _env("OTEL_SERVICE_NAME") else {"service.name": "connhealth"}
+    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based always-on).
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    log.info("exporting traces with OTLP %s to %s", protocol, endpoint)
+    return processor
+
+
+def shutdown_tracing(processor: DroppingSpanProcessor | None) -> None:
+    if processor is None:
+        return
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
+def dropped_samples(processor: DroppingSpanProcessor | None) -> Sequence[tuple[str, int]]:
+    if processor is None:
+        return [("queue_full", 0), ("export_failed", 0)]
+    return sorted(processor.dropped.items())

@@ -1,0 +1,164 @@
+"""A real Prometheus scraping connhealth in both modes, queried through its HTTP API.
+
+* blackbox-style: metrics_path /probe, params module, the usual relabelling of
+  __address__ into __param_target and the exporter's address into __address__;
+* continuous mode: /metrics of a connhealth whose config has ``targets:``
+  (one healthy HTTPS target, one refused TCP port, with service/region labels).
+
+Everything runs on 127.0.0.1; every wait is a bounded poll.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from exporter.certs import CertFactory, server_context
+try:  # works whether or not tests/ becomes a package later
+    from tests import procs
+    from tests.peers import HTTPServer
+except ImportError:  # pragma: no cover
+    import procs  # type: ignore[no-redef]
+    from peers import HTTPServer  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.timeout(90)
+
+QUANTILE_QUERY = (
+    'histogram_quantile(0.95, sum by (le) '
+    '(rate(connhealth_probe_phase_duration_seconds_bucket{phase="connect"}[1m])))'
+)
+
+
+async def query(session: aiohttp.ClientSession, base: str, promql: str) -> list[dict]:
+    async with session.get(base + "/api/v1/query", params={"query": promql}) as resp:
+        body = await resp.json()
+    assert resp.status == 200 and body.get("status") == "success", body
+    assert body["data"]["resultType"] == "vector", body
+    return body["data"]["result"]
+
+
+async def poll(session: aiohttp.ClientSession, base: str, promql: str, done, deadline: float) -> list[dict]:
+    """Re-run ``promql`` until ``done(result)``; fail with the last result when ``deadline`` passes."""
+    result: list[dict] = []
+    while True:
+        result = await query(session, base, promql)
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{promql}: condition not met in time; last result {json.dumps(result)}")
+        await asyncio.sleep(0.5)
+
+
+def by(result: list[dict], label: str) -> dict[str, float]:
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in result}
+
+
+async def test_prometheus_scrapes_both_modes(tmp_path: Path) -> None:
+    started = time.monotonic()
+    certs = CertFactory(tmp_path / "certs")
+    ca = certs.ca()
+    refused = procs.free_port()
+
+    async with HTTPServer(server_context(certs.leaf(ca))) as https:
+        healthy_url = https.url("/ok")
+        connhealth_config = tmp_path / "connhealth.yml"
+        connhealth_config.write_text(f"""
+modules:
+  http_ca:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      tls_config:
+        ca_file: {ca.cert_file}
+  tcp_plain:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      preferred_ip_protocol: ip4
+scheduler:
+  default_interval: 1s
+  min_interval: 1s
+targets:
+  - target: {healthy_url}
+    module: http_ca
+    interval: 500ms
+    labels: {{service: api, region: eu-west}}
+  - target: 127.0.0.1:{refused}
+    module: tcp_plain
+    interval: 500ms
+    labels: {{service: db, region: us-east}}
+""")
+        ch = await procs.start_connhealth(connhealth_config, tmp_path)
+        prom = None
+        try:
+            prom_config = tmp_path / "prometheus.yml"
+            prom_config.write_text(f"""
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: connhealth-probe
+    metrics_path: /probe
+    params: {{module: [http_ca]}}
+    static_configs:
+      - targets: ["{healthy_url}", "http://127.0.0.1:{refused}/"]
+    relabel_configs:
+      - source_labels: [__address__]
+        target_label: __param_target
+      - source_labels: [__param_target]
+        target_label: instance
+      - target_label: __address__
+        replacement: {ch.address}
+  - job_name: connhealth
+    static_configs:
+      - targets: ["{ch.address}"]
+""")
+            prom = await procs.start_prometheus(prom_config, tmp_path)
+            deadline = time.monotonic() + 40
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                base = prom.base_url
+
+                # blackbox-style: one series per relabelled target, instance = the probed URL.
+                want = {healthy_url: 1.0, f"http://127.0.0.1:{refused}/": 0.0}
+                result = await poll(session, base, 'probe_success{job="connhealth-probe"}',
+                                    lambda r: by(r, "instance") == want, deadline)
+                assert by(result, "instance") == want
+
+                # continuous mode: the refused port is counted under its reason, with the target labels.
+                result = await poll(session, base, "sum by (reason) (connhealth_probe_failures_total)",
+                                    lambda r: by(r, "reason").get("connect_refused", 0) > 0, deadline)
+                assert by(result, "reason")["connect_refused"] > 0
+                result = await query(session, base, 'connhealth_probe_failures_total{reason="connect_refused"}')
+                assert {(r["metric"]["service"], r["metric"]["region"], r["metric"]["phase"]) for r in result} == {
+                    ("db", "us-east", "connect")
+                }, result
+
+                # P95 connect latency from the histogram: needs two scrapes with new observations.
+                def finite(r: list[dict]) -> bool:
+                    return len(r) == 1 and math.isfinite(float(r[0]["value"][1]))
+
+                result = await poll(session, base, QUANTILE_QUERY, finite, deadline)
+                p95 = float(result[0]["value"][1])
+                assert 0 <= p95 < 0.3, p95
+
+                # Both connhealth targets were scraped with their labels (attempts > 0 each).
+                result = await query(session, base, "sum by (service, region) (connhealth_probe_attempts_total)")
+                attempts = {(r["metric"]["service"], r["metric"]["region"]): float(r["value"][1]) for r in result}
+                assert set(attempts) == {("api", "eu-west"), ("db", "us-east")}, attempts
+                assert all(v > 0 for v in attempts.values()), attempts
+
+                # Every scrape job is up.
+                result = await query(session, base, "up")
+                assert result and all(r["value"][1] == "1" for r in result), result
+        finally:
+            if prom is not None:
+                await prom.astop()
+            await ch.astop()
+    assert time.monotonic() - started < 60

@@ -1,0 +1,205 @@
+"""The status page as a browser renders it: headless Chromium against a real exporter process.
+
+The exporter runs in continuous mode with one healthy and one failing (refused
+port) target; a few /probe requests fill the recent-probes table. Chromium's
+``--dump-dom`` output (the DOM after parsing) is checked, every Logs link is
+followed, and a screenshot is left for humans (path printed; set
+CONNHEALTH_SCREENSHOT_DIR to keep it somewhere specific).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlparse
+
+import pytest
+
+try:
+    from tests.exporter_proc import ExporterProcess, refused_port, value
+    from tests.peers import HTTPServer
+except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
+    from exporter_proc import ExporterProcess, refused_port, value
+    from peers import HTTPServer
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="chromium is not installed"),
+]
+BROWSER_TIMEOUT = 45.0
+
+
+class Tables(HTMLParser):
+    """Rows of every <table id=...>: each row is {"class", "attrs", "cells": [text], "links": [href]}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[dict]] = {}
+        self._table: str | None = None
+        self._row: dict | None = None
+        self._cell: list[str] | None = None
+        self._in_head = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table" and a.get("id"):
+            self._table = a["id"]
+            self.tables[self._table] = []
+        elif tag == "thead":
+            self._in_head = True
+        elif tag == "tr" and self._table and not self._in_head:
+            self._row = {"class": a.get("class") or "", "attrs": a, "cells": [], "cell_classes": [], "links": []}
+        elif tag == "td" and self._row is not None:
+            self._cell = []
+            self._row["cell_classes"].append(a.get("class") or "")
+        elif tag == "a" and self._row is not None and a.get("href"):
+            self._row["links"].append((a["href"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._table = None
+        elif tag == "thead":
+            self._in_head = False
+        elif tag == "td" and self._row is not None and self._cell is not None:
+            self._row["cells"].append(" ".join("".join(self._cell).split()))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table:
+            self.tables[self._table].append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+async def chromium(tmp_path: Path, *args: str) -> str:
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir(exist_ok=True)
+    cmd = [
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", *args,
+    ]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), BROWSER_TIMEOUT)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"chromium did not finish within {BROWSER_TIMEOUT}s: {cmd}")
+    assert proc.returncode == 0, f"chromium exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}"
+    return out.decode(errors="replace")
+
+
+async def test_status_page_in_headless_chromium(tmp_path: Path) -> None:
+    async with HTTPServer() as http:
+        healthy = http.url("/ok")
+        failing = f"127.0.0.1:{refused_port()}"
+        config = tmp_path / "connhealth.yml"
+        config.write_text(f"""
+scheduler:
+  min_interval: 200ms
+targets:
+  - target: {healthy}
+    interval: 300ms
+    labels: {{service: web}}
+  - target: {failing}
+    module: tcp_connect
+    interval: 300ms
+    labels: {{service: db}}
+""")
+        exporter = ExporterProcess(config, tmp_path, "--history.limit", "8", "--shutdown-grace", "1")
+        await exporter.start()
+        try:
+            # A couple of /probe requests, one ok and one failing, with a module the scheduler does not use.
+            status, text = await exporter.get("/probe", params={"target": http.url("/status/200"), "module": "http_2xx"})
+            assert status == 200 and value(text, "probe_success") == 1
+            status, text = await exporter.get("/probe", params={"target": failing, "module": "tls_connect"})
+            assert status == 200 and value(text, "probe_success") == 0
+            await exporter.wait_metrics(
+                lambda t: (value(t, "connhealth_probe_attempts_total", target=healthy) or 0) >= 2
+                and (value(t, "connhealth_probe_attempts_total", target=failing) or 0) >= 2,
+                5.0, "both scheduled targets to be probed",
+            )
+            url = exporter.base + "/"
+            dom = await chromium(tmp_path, "--dump-dom", url)
+            shot_dir = Path(os.environ.get("CONNHEALTH_SCREENSHOT_DIR") or tmp_path)
+            shot_dir.mkdir(parents=True, exist_ok=True)
+            shot = shot_dir / "status.png"
+            await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars", url)
+            print(f"\nstatus page screenshot: {shot}")
+            (tmp_path / "status.html").write_text(dom)
+
+            assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            parser = Tables()
+            parser.feed(dom)
+            assert "<h1>connhealth</h1>" in dom
+            assert set(parser.tables) >= {"recent", "targets"}, f"tables found: {list(parser.tables)}"
+
+            # Recent probes: target, module, result, reason; the newest first, both sources present.
+            recent = parser.tables["recent"]
+            assert 4 <= len(recent) <= 8, f"{len(recent)} recent rows (history limit 8)"
+            by_key: dict[tuple[str, str, str], dict] = {}
+            for row in recent:
+                _, source, target, module, result, duration, reason, _debug = row["cells"]
+                assert result in ("Success", "Failure") and duration.endswith(" ms")
+                assert row["class"] == ("ok" if result == "Success" else "fail")
+                assert row["attrs"].get("data-target") == target
+                by_key.setdefault((source, target, module), row)
+                if result == "Failure":
+                    assert reason, f"failing row without a reason: {row['cells']}"
+                else:
+                    assert reason == ""
+            ok_probe = by_key[("probe", http.url("/status/200"), "http_2xx")]
+            assert ok_probe["cells"][4] == "Success"
+            bad_probe = by_key[("probe", failing, "tls_connect")]
+            assert bad_probe["cells"][4] == "Failure" and bad_probe["cells"][6] == "connect / connect_refused"
+            assert by_key[("scheduled", healthy, "http_2xx")]["cells"][4] == "Success"
+            sched_fail = by_key[("scheduled", failing, "tcp_connect")]
+            assert sched_fail["cells"][4] == "Failure" and sched_fail["cells"][6] == "connect / connect_refused"
+
+            # Every recent row's Logs link works and shows that probe's logs.
+            ids = set()
+            for row in recent:
+                target = row["cells"][2]
+                (href,) = row["links"]
+                link = urljoin(url, href)
+                assert urlparse(link).path == "/logs"
+                ids.add(parse_qs(urlparse(link).query)["id"][0])
+                status, logs = await exporter.get(urlparse(link).path + "?" + urlparse(link).query)
+                assert status == 200, logs
+                assert logs.startswith("Logs for the probe:")
+                assert f"probing {target} with module {row['cells'][3]}" in logs
+                if row["cells"][4] == "Failure":
+                    assert "FAILED in phase connect: connect_refused" in logs
+                else:
+                    assert "probe succeeded" in logs
+                assert "Module configuration:" in logs
+            assert len(ids) == len(recent), "two rows link to the same probe"
+            status, _ = await exporter.get("/logs?id=999999")
+            assert status == 404
+
+            # Targets: state, success ratio, last failure.
+            targets = {row["cells"][0]: row for row in parser.tables["targets"]}
+            assert set(targets) == {healthy, failing}
+            up = targets[healthy]["cells"]
+            assert up[1] == "http_2xx" and up[2] == "service=web" and up[3] == "Up"
+            assert up[4].startswith("100.00% (") and up[6] == "—"
+            down = targets[failing]["cells"]
+            assert down[1] == "tcp_connect" and down[2] == "service=db" and down[3] == "Down"
+            assert down[4].startswith("0.00% (0/") and down[5] == "—"
+            assert down[6].startswith("connect / connect_refused")
+            assert targets[failing]["class"] == "fail" and targets[healthy]["class"] == "ok"
+            # "Probe now" runs a debug probe of that target.
+            (probe_href,) = targets[failing]["links"]
+            probe_link = urlparse(urljoin(url, probe_href))
+            q = {k: v[0] for k, v in parse_qs(probe_link.query).items()}
+            assert q == {"target": failing, "module": "tcp_connect", "debug": "true"}
+            status, text = await exporter.get(probe_link.path, params=q)
+            assert status == 200 and "Logs for the probe" in text and "probe_success 0" in text
+        finally:
+            await exporter.stop()
