@@ -108,6 +108,7 @@ def main() -> int:
     ap.add_argument("--pin", choices=("split", "none"), default="split",
                     help="split: connhealth on CPU 0, the listener on CPU 1 (default); none: no pinning")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--profile", help="record connhealth with py-spy during the window (collapsed stacks to this file)")
     args = ap.parse_args()
     n_targets = args.addresses * args.per_address
     exp_cpus = "0" if args.pin == "split" else None
@@ -149,6 +150,12 @@ def main() -> int:
     print(f"# targets loaded after {time.monotonic() - t_start:.1f}s; warming up {args.warmup:g}s", flush=True)
     time.sleep(args.warmup)
 
+    spy = None
+    if args.profile:
+        import subprocess
+        spy = subprocess.Popen([str(Path(CONNHEALTH).with_name("py-spy")), "record", "--pid", str(proc.pid), "--rate", "100",
+                                "--duration", f"{args.window + 5:g}", "--format", "raw", "--nonblocking", "-o", args.profile],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scrapes: list[dict] = []
     bodies: list[tuple[float, bytes]] = []
     cpu0 = cpu_seconds(proc.pid)
@@ -210,6 +217,11 @@ def main() -> int:
     print(f"\nscheduler lag bucket deltas: { {k: v for k, v in sl['buckets_delta'].items()} }")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    if spy is not None:
+        spy.wait(timeout=120)
+        from bench.probe_throughput import summarize_collapsed
+        print(f"\n## py-spy profile of the window ({args.profile})")
+        print(summarize_collapsed(Path(args.profile)))
     stop_all()
     return 0
 

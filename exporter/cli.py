@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="start local demo targets and probe each once")
     d.add_argument("--json", action="store_true", help="print one JSON object per probe")
+
+    gen = sub.add_parser("generate", help="write dashboards, rule files and Grafana provisioning from the SLO spec")
+    gen.add_argument("--config", help="config file with a slos: section (default: built-in modules, no SLOs)")
+    gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
     return parser
 
 
@@ -173,9 +177,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(as_json=args.json)
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"connhealth: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    written = generate(config, args.out)
+    print(f"wrote {len(written)} files under {args.out}")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"probe": _cmd_probe, "serve": _cmd_serve, "check-config": _cmd_check_config, "demo": _cmd_demo}
+    handlers = {"probe": _cmd_probe, "serve": _cmd_serve, "check-config": _cmd_check_config, "demo": _cmd_demo,
+                "generate": _cmd_generate}
     return handlers[args.command](args)
 
 

@@ -257,6 +257,7 @@ class Config:
     target_files: tuple[TargetFiles, ...] = ()
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     raw_modules: dict[str, Any] = field(default_factory=dict)
+    slos: Any = None  # exporter.slo.SLOSpec | None: the `slos:` section (used by `connhealth generate`)
 
 
 SUPPORTED_PROBERS = ("http", "tcp")
@@ -496,9 +497,12 @@ def parse_config(text: str, source: str | None = None, *, with_builtins: bool = 
         _parse_target_files(raw_f, f"target_files[{i}]", modules, scheduler)
         for i, raw_f in enumerate(f.get("target_files", list, []))
     )
+    from .slo import parse_slos  # late: slo.py builds on this module's helpers
+
+    slos = parse_slos(f.raw.pop("slos", None), scheduler.buckets)
     f.done()
     return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
-                  raw_modules=dict(raw_modules))
+                  raw_modules=dict(raw_modules), slos=slos)
 
 
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")

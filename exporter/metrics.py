@@ -84,6 +84,7 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(SKIPPED, "counter", ("reason",), "Scheduled probes not run: still_running (previous probe of the target not finished), shutting_down."),
     MetricSpec(SCHEDULED_TARGETS, "gauge", (), "Targets the scheduler runs."),
     MetricSpec(TARGET_FILE_ERRORS, "counter", (), "Target files that could not be read or parsed."),
+    MetricSpec(TRACE_EXPORT_DROPS, "counter", ("reason",), "Trace spans dropped instead of exported, by reason (queue_full, export_failed)."),
 )
 
 PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (

@@ -12,10 +12,11 @@ import queue
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -117,38 +118,60 @@ def _env(*names: str) -> str | None:
 
 
 def _headers(text: str | None) -> dict[str, str]:
+    """OTEL_EXPORTER_OTLP_HEADERS: comma-separated key=value pairs, values URL-encoded (W3C baggage format)."""
     out = {}
     for item in (text or "").split(","):
         key, sep, value = item.partition("=")
         if sep and key.strip():
-            out[key.strip()] = value.strip()
+            out[unquote(key.strip())] = unquote(value.strip())
     return out
 
 
-def make_exporter(endpoint: str, protocol: str, headers: dict[str, str]) -> SpanExporter:
+def _service_name_attributes() -> dict[str, str]:
+    """connhealth's default service.name, unless the user set one.
+
+    Precedence (OTel spec): OTEL_SERVICE_NAME, then service.name in
+    OTEL_RESOURCE_ATTRIBUTES, then our default. ``Resource.create`` lets
+    explicit attributes win over both variables, so the default is only
+    passed when neither variable names the service.
+    """
+    if OTELResourceDetector().detect().attributes.get("service.name"):
+        return {}
+    return {"service.name": "connhealth"}
+
+
+def make_exporter(endpoint: str, protocol: str, headers: dict[str, str], *, signal_url: bool = False) -> SpanExporter:
+    """``signal_url``: ``endpoint`` came from OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and, for OTLP/HTTP, is
+    used as-is (spec); a base endpoint (flag or OTEL_EXPORTER_OTLP_ENDPOINT) gets ``/v1/traces``."""
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GRPCExporter
 
-        target = endpoint.split("://", 1)[-1]
+        # gRPC wants host:port: drop the scheme and any path ("http://collector:4317/" is common).
+        target = endpoint.split("://", 1)[-1].split("/", 1)[0]
         return GRPCExporter(endpoint=target, insecure=not endpoint.startswith("https://"), headers=headers or None, timeout=5)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HTTPExporter
 
-    url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
+    if signal_url or endpoint.rstrip("/").endswith("/v1/traces"):
+        url = endpoint
+    else:
+        url = endpoint.rstrip("/") + "/v1/traces"
     return HTTPExporter(endpoint=url, headers=headers or None, timeout=5)
 
 
 def setup_tracing(options: TracingOptions) -> DroppingSpanProcessor | None:
     """Install the SDK when an endpoint is configured; otherwise leave the no-op API in place."""
+    signal_url = not options.endpoint and bool(_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
     endpoint = options.endpoint or _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-    if not endpoint or _env("OTEL_SDK_DISABLED") == "true" or _env("OTEL_TRACES_EXPORTER") == "none":
+    disabled = (_env("OTEL_SDK_DISABLED") or "").strip().lower() == "true"
+    if not endpoint or disabled or (_env("OTEL_TRACES_EXPORTER") or "").strip().lower() == "none":
         return None
     protocol = options.protocol or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
     if protocol not in PROTOCOLS:
         raise ValueError(f"OTLP protocol {protocol!r} is not supported (one of {', '.join(PROTOCOLS)})")
     headers = _headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
-    exporter = make_exporter(endpoint, protocol, headers)
+    exporter = make_exporter(endpoint, protocol, headers, signal_url=signal_url)
     processor = DroppingSpanProcessor(exporter, options.queue_size, options.batch_size, options.export_interval)
-    attributes = {} if _env("OTEL_SERVICE_NAME") else {"service.name": "connhealth"}
+    attributes = _service_name_attributes()
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based always-on).
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(processor)

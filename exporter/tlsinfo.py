@@ -27,7 +27,8 @@ def client_context(cfg: TLSConfig, alpn: tuple[str, ...] = ()) -> ssl.SSLContext
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cfg.ca_file:
         ctx.load_verify_locations(cafile=cfg.ca_file)
-    else:
+    elif not cfg.insecure_skip_verify:
+        # Loading the system trust store costs ~60 ms; pointless when nothing is verified.
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     if cfg.insecure_skip_verify:
         ctx.check_hostname = False

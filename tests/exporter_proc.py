@@ -84,18 +84,27 @@ class ExporterProcess:
                 *cmd, cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
             )
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        deadline = time.monotonic() + ready_timeout
+        try:
+            await self._wait_ready(ready_timeout)
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None and self.session is not None
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.returncode is not None:
                 raise AssertionError(f"exporter exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 async with self.session.get(self.base + "/-/ready", timeout=aiohttp.ClientTimeout(total=1)) as resp:
                     if resp.status == 200:
-                        return self
+                        return
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 pass
             await asyncio.sleep(0.05)
-        raise AssertionError(f"exporter not ready within {ready_timeout}s:\n{self.log()}")
+        raise AssertionError(f"exporter not ready within {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         try:

@@ -165,7 +165,9 @@ async def test_probe_waterfall_tls_failure_in_words(cmd, secure):
     ("args", "message"),
     [
         (["probe", "http://127.0.0.1:1/", "--module", "nope"], "unknown module 'nope'"),
-        (["probe", "not a url"], "invalid target for prober http"),
+        (["probe", "https://:8443/"], "invalid target for prober http"),
+        (["probe", "http://127.0.0.1:99999/"], "invalid target for prober http"),
+        (["probe", "not a url"], "invalid target for prober tcp"),  # not a URL: tcp_connect's host:port
         (["probe", "127.0.0.1", "--module", "tcp_connect"], "invalid target for prober tcp"),
         (["probe", "http://127.0.0.1:1/", "--config", str(FIXTURES / "bad_configs" / "unknown_field_http.yml")],
          "modules.web.http.foo: unknown field"),
@@ -175,7 +177,7 @@ async def test_probe_waterfall_tls_failure_in_words(cmd, secure):
         (["frobnicate"], "invalid choice"),
         (["check-config", str(FIXTURES / "bad_configs" / "missing_ca_file.yml")], "ca_file: file '/nonexistent/connhealth-test/ca.pem' does not exist"),
     ],
-    ids=["bad_module", "bad_url", "bad_hostport", "bad_config", "missing_config", "bad_timeout", "no_target",
+    ids=["bad_module", "url_no_host", "url_bad_port", "not_a_url", "bad_hostport", "bad_config", "missing_config", "bad_timeout", "no_target",
          "bad_command", "check_config_bad"],
 )
 async def test_usage_errors_exit_2(cmd, args, message):

@@ -8,6 +8,7 @@ reached it must be absent from ``result.phases``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 import time
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,7 @@ import pytest
 
 from exporter.certs import server_context
 from exporter.engine import run_probe
-from exporter.result import ProbeResult
+from exporter.result import Peer, ProbeResult
 
 try:  # works whether or not tests/ becomes a package later
     from tests.peers import DNSServer, HTTPServer, RawTCPServer
@@ -91,6 +92,16 @@ async def test_dns_timeout_on_resolver_timeout():
     assert elapsed < 1.0  # the resolver's 300 ms, not the 5 s deadline
 
 
+async def test_dns_timeout_on_phase_limit():
+    async with DNSServer(ZONE) as dns:
+        m = mod("http", phase_timeouts={"dns": "300ms"}, resolver=resolver_for(dns))
+        t0 = time.monotonic()
+        result = await run_probe("http://silent.example.test/", m, 5)
+        elapsed = time.monotonic() - t0
+    pin(result, "dns", "dns_timeout")
+    assert 0.3 <= elapsed < 1.0
+
+
 async def test_dns_no_address_nodata():
     async with DNSServer(ZONE) as dns:
         result = await run_probe("http://nodata.example.test/", mod("http", resolver=resolver_for(dns)), 5)
@@ -124,6 +135,8 @@ async def test_connect_refused(closed_port):
     result = await run_probe(f"http://127.0.0.1:{closed_port}/", mod("http"), 5)
     pin(result, "connect", "connect_refused")
     assert result.phases == {}  # IP literal: no dns; connect not completed: absent
+    assert result.peer == Peer(ip="127.0.0.1", family="ipv4", port=closed_port)  # the address that refused
+    assert result.tcp is None
 
 
 async def test_connect_refused_tcp(closed_port):
@@ -531,6 +544,20 @@ async def test_probe_timeout_stalled_body():
     assert 1.0 <= elapsed < 1.5
 
 
+async def test_probe_timeout_writing_the_request():
+    # A server that never reads: once the kernel buffers on both ends are full
+    # (a few MB on loopback), writing the 32 MB request body blocks.
+    async def never_read(reader, writer):
+        await asyncio.sleep(3600)
+
+    base = mod("http", http={"method": "POST"})
+    m = dataclasses.replace(base, http=dataclasses.replace(base.http, body="x" * (32 << 20)))
+    async with RawTCPServer(never_read) as srv:
+        result = await run_probe(f"http://127.0.0.1:{srv.port}/", m, 1)
+    pin(result, "request", "probe_timeout")
+    assert set(result.phases) == {"connect"}
+
+
 # ---------------------------------------------------------------------------
 # tcp query_response
 # ---------------------------------------------------------------------------
@@ -542,6 +569,56 @@ async def test_tcp_query_response_success():
         result = await run_probe(f"127.0.0.1:{srv.port}", m, 5)
     assert result.success, result.failure
     assert set(result.phases) == {"connect", "first_byte", "request"}
+
+
+async def test_tcp_query_response_starttls(leaf, ca):
+    tls_ctx = server_context(leaf)
+
+    async def smtp(reader, writer):
+        writer.write(b"220 mail.test ESMTP\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"EHLO")
+        writer.write(b"250-mail.test\r\n250-STARTTLS\r\n250 OK\r\n")
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"STARTTLS")
+        writer.write(b"220 go ahead\r\n")
+        await writer.drain()
+        await writer.start_tls(tls_ctx)
+        await reader.read()  # until the prober closes
+
+    m = mod(
+        "tcp",
+        tcp={
+            "query_response": [
+                {"expect": "^220 "},
+                {"send": "EHLO prober"},
+                {"expect": "^250-STARTTLS"},
+                {"send": "STARTTLS"},
+                {"expect": "^220 "},
+                {"starttls": True},
+            ],
+            "tls_config": {"ca_file": ca.cert_file},
+        },
+    )
+    async with RawTCPServer(smtp) as srv:
+        result = await run_probe(f"127.0.0.1:{srv.port}", m, 5)
+    assert result.success, result.failure
+    assert set(result.phases) == {"connect", "first_byte", "request", "tls"}
+    assert result.tls.version == "TLS 1.3" and result.tls.verification == "verified"
+
+
+async def test_tcp_query_response_starttls_untrusted(leaf):
+    tls_ctx = server_context(leaf)
+
+    async def upgrade_at_once(reader, writer):
+        writer.write(b"220 ready\r\n")
+        await writer.drain()
+        await writer.start_tls(tls_ctx)
+
+    m = mod("tcp", tcp={"query_response": [{"expect": "^220 "}, {"starttls": True}]})
+    async with RawTCPServer(upgrade_at_once) as srv:
+        result = await run_probe(f"127.0.0.1:{srv.port}", m, 5)
+    pin(result, "tls", "tls_cert_untrusted")  # the private CA is not in the system store
 
 
 async def test_tcp_query_response_closed_before_match():

@@ -305,3 +305,14 @@ async def test_result_is_json_serialisable(secure, ca):
     assert d["peer"] == {"ip": "127.0.0.1", "family": "ipv4", "port": secure.port}
     assert d["http"]["status"] == 200 and len(d["http"]["hops"]) == 2
     assert d["tcp"]["rtt_seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    ("module_timeout", "given", "effective"),
+    [(None, None, 10.0), ("2s", None, 2.0), ("2s", 5, 2.0), ("2s", 1, 1.0), (None, 3, 3.0)],
+)
+async def test_effective_timeout_is_the_smallest(web, module_timeout, given, effective):
+    fields = {"timeout": module_timeout} if module_timeout else {}
+    result = await run_probe(web.url("/ok"), mod("http", **fields), given)
+    assert result.success, result.failure
+    assert result.timeout_seconds == effective

@@ -1,0 +1,183 @@
+"""SLO spec: the ``slos:`` section of the config, parsed strictly.
+
+One spec drives both the Prometheus rules (``alerts/rules.py``) and the
+Grafana dashboards (``dashboards/``)::
+
+    slos:
+      grafana_url: https://grafana.example.com   # base of dashboard links in alerts ("" = relative)
+      runbook_url: https://runbooks.example.com/connhealth   # base; "#<alert>" is appended
+      stale_after: 10m                            # a target whose last probe is older than this is stale
+      objectives:
+        - service: api                  # value of the `service` label on every recorded series
+          selector: {service: api}      # label equalities picking the probe series (default {service: <service>})
+          period: 30d                   # 30d, 28d or 7d
+          min_probes: 20                # burn alerts stay silent below this many probes in their long window
+          availability:
+            objective: 99.9             # percent of probes that succeed
+          latency:
+            objective: 95               # percent of connects at or under threshold ("P95 connect <= 300 ms")
+            threshold: 300ms            # must be a histogram bucket boundary
+            phase: connect              # phase histogram used (default connect)
+
+Unknown keys are errors naming their path, as in the rest of the config.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import metrics as m
+from .config import ConfigError, _Fields, parse_duration
+
+PERIODS = {"7d": 7 * 86400.0, "28d": 28 * 86400.0, "30d": 30 * 86400.0}
+PHASES = ("dns", "connect", "tls", "request", "first_byte", "transfer")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Labels the selector may not use: they are connhealth's own dimensions or are set by the rules.
+_SELECTOR_RESERVED = frozenset({"phase", "reason", "le", "slo", "window", "__name__"})
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    objective: float  # fraction, e.g. 0.999
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    objective: float  # fraction of observations at or under threshold, e.g. 0.95
+    threshold: float  # seconds, a bucket boundary
+    phase: str = "connect"
+
+    @property
+    def le(self) -> str:
+        return le_string(self.threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    service: str
+    selector: tuple[tuple[str, str], ...]
+    period: str  # "30d" | "28d" | "7d"
+    min_probes: int = 0
+    availability: Availability | None = None
+    latency: Latency | None = None
+    runbook_url: str | None = None  # overrides the spec-wide base for this SLO's alerts
+
+    @property
+    def period_seconds(self) -> float:
+        return PERIODS[self.period]
+
+    def matchers(self, **extra: str) -> str:
+        """PromQL label matchers for this SLO's probe series, e.g. ``service="api",phase="connect"``."""
+        pairs = list(self.selector) + sorted(extra.items())
+        return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class SLOSpec:
+    objectives: tuple[Objective, ...] = ()
+    grafana_url: str = ""
+    runbook_url: str = "https://github.com/connhealth/connhealth/blob/main/alerts/RUNBOOKS.md"
+    stale_after: float = 600.0
+    buckets: tuple[float, ...] = field(default=m.DEFAULT_BUCKETS)
+
+
+def le_string(bound: float) -> str:
+    """The ``le`` label value the exporter writes for a bucket bound (0.3 -> "0.3", 1 -> "1.0")."""
+    return repr(float(bound))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _percent(f: _Fields, key: str) -> float:
+    value = f.get(key, (int, float), None)
+    if value is None:
+        raise ConfigError(f"{f.path}.{key}: required (a percentage, e.g. 99.9)")
+    value = float(value)
+    if not 0 < value < 100:
+        raise ConfigError(f"{f.path}.{key}: must be a percentage strictly between 0 and 100, got {value:g}")
+    return round(value / 100.0, 10)
+
+
+def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objective:
+    f = _Fields(raw, path)
+    service = f.get("service", str, None)
+    if not service or not _NAME_RE.fullmatch(service):
+        raise ConfigError(f"{path}.service: required, letters, digits, '_', '-', '.' (got {service!r})")
+    selector_raw = f.get("selector", dict, None)
+    if selector_raw is None:
+        selector = (("service", service),)
+    else:
+        if not selector_raw:
+            raise ConfigError(f"{path}.selector: must name at least one label")
+        pairs = []
+        for name, value in selector_raw.items():
+            if not isinstance(name, str) or not _LABEL_RE.fullmatch(name) or name in _SELECTOR_RESERVED:
+                raise ConfigError(f"{path}.selector.{name}: invalid or reserved label name")
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{path}.selector.{name}: label value must be a string")
+            pairs.append((name, str(value)))
+        selector = tuple(sorted(pairs))
+    period = f.get("period", str, "30d")
+    if period not in PERIODS:
+        raise ConfigError(f"{path}.period: unsupported period {period!r} (one of {', '.join(PERIODS)})")
+    min_probes = f.get("min_probes", int, 0)
+    if min_probes < 0:
+        raise ConfigError(f"{path}.min_probes: must not be negative")
+    runbook = f.get("runbook_url", str, None)
+
+    availability = None
+    if "availability" in f.raw:
+        af = f.sub("availability")
+        availability = Availability(objective=_percent(af, "objective"))
+        af.done()
+    latency = None
+    if "latency" in f.raw:
+        lf = f.sub("latency")
+        objective = _percent(lf, "objective")
+        if "threshold" not in lf.raw:
+            raise ConfigError(f"{lf.path}.threshold: required (a duration that is a histogram bucket boundary, e.g. 300ms)")
+        threshold = parse_duration(lf.raw.pop("threshold"), f"{lf.path}.threshold")
+        phase = lf.get("phase", str, "connect")
+        if phase not in PHASES:
+            raise ConfigError(f"{lf.path}.phase: unknown phase {phase!r} (one of {', '.join(PHASES)})")
+        lf.done()
+        match = [b for b in buckets if abs(b - threshold) < 1e-9]
+        if not match:
+            names = ", ".join(f"{b:g}" for b in buckets)
+            raise ConfigError(
+                f"{lf.path}.threshold: {threshold:g}s is not a histogram bucket boundary; "
+                f"the share of observations under it cannot be measured exactly. Buckets (seconds): {names}"
+            )
+        latency = Latency(objective=objective, threshold=match[0], phase=phase)
+    f.done()
+    if availability is None and latency is None:
+        raise ConfigError(f"{path}: needs an availability and/or a latency objective")
+    return Objective(service=service, selector=selector, period=period, min_probes=min_probes,
+                     availability=availability, latency=latency, runbook_url=runbook)
+
+
+def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") -> SLOSpec | None:
+    """Parse the ``slos:`` section; ``buckets`` are the scheduler's histogram buckets (empty: the default)."""
+    if raw is None:
+        return None
+    buckets = tuple(buckets) or m.DEFAULT_BUCKETS
+    f = _Fields(raw, path)
+    defaults = SLOSpec()
+    grafana_url = f.get("grafana_url", str, "").rstrip("/")
+    runbook_url = f.get("runbook_url", str, defaults.runbook_url)
+    stale_after = f.duration("stale_after", defaults.stale_after) or defaults.stale_after
+    objectives = tuple(
+        _parse_objective(item, f"{path}.objectives[{i}]", buckets) for i, item in enumerate(f.get("objectives", list, []))
+    )
+    f.done()
+    seen: set[str] = set()
+    for i, o in enumerate(objectives):
+        if o.service in seen:
+            raise ConfigError(f"{path}.objectives[{i}].service: duplicate service {o.service!r} (one entry per service)")
+        seen.add(o.service)
+    return SLOSpec(objectives=objectives, grafana_url=grafana_url, runbook_url=runbook_url,
+                   stale_after=stale_after, buckets=buckets)
