@@ -121,7 +121,8 @@ def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
                 rules.append({"record": "connhealth_slo:burn_rate_threshold",
                               "expr": f"vector({num(p.factor_for(o.period_seconds))})",
                               "labels": {**labels, "severity": p.severity, "long_window": p.long, "short_window": p.short}})
-            for w in (*WINDOWS, o.period):
+            extra = [w for p in policy for w in (p.long, p.short) if w not in WINDOWS]
+            for w in dict.fromkeys((*WINDOWS, *extra, o.period)):
                 wl = {**labels, "window": w}
                 wsel = f'{sel},window="{w}"'
                 total, good = total_t.replace("@W@", w), good_t.replace("@W@", w)

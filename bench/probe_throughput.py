@@ -299,7 +299,7 @@ def main() -> int:
         for proto in protocols:
             raw = out / f"{proto}.collapsed"
             spy = subprocess.Popen([str(Path(CONNHEALTH).with_name("py-spy")), "record", "--pid", str(pid), "--rate", "250",
-                                    "--duration", f"{args.duration:g}", "--format", "raw", "--nonblocking", "-o", str(raw)],
+                                    "--duration", f"{args.duration:g}", "--format", "raw", "-o", str(raw)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
             r = run_wrk(url("connhealth", proto), args.duration, args.connections, lua, load_cpus)

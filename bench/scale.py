@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +114,8 @@ def main() -> int:
     n_targets = args.addresses * args.per_address
     exp_cpus = "0" if args.pin == "split" else None
     load_cpus = "1" if args.pin == "split" else None
+    if args.pin == "split":
+        os.sched_setaffinity(0, {1})  # this script (and its curl scrapes) stay off connhealth's core
 
     tmp = Path(tempfile.mkdtemp(prefix="connhealth-scale-"))
     listener_out = tmp / "targets.list.json"
@@ -152,9 +155,8 @@ def main() -> int:
 
     spy = None
     if args.profile:
-        import subprocess
         spy = subprocess.Popen([str(Path(CONNHEALTH).with_name("py-spy")), "record", "--pid", str(proc.pid), "--rate", "100",
-                                "--duration", f"{args.window + 5:g}", "--format", "raw", "--nonblocking", "-o", args.profile],
+                                "--duration", f"{args.window + 5:g}", "--format", "raw", "-o", args.profile],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scrapes: list[dict] = []
     bodies: list[tuple[float, bytes]] = []
@@ -166,10 +168,14 @@ def main() -> int:
         if now < next_at:
             time.sleep(next_at - now)
         t0 = time.monotonic()
-        status, body = get(port, "/metrics", timeout=60)
-        dt = time.monotonic() - t0
-        assert status == 200, status
-        scrapes.append({"seconds": dt, "bytes": len(body), "at": t0 - w0})
+        # curl (C) reads the body: the wall time is the server's, not a Python client's.
+        dump = tmp / "scrape.txt"
+        out = subprocess.run(["curl", "-sS", "--max-time", "60", "-o", str(dump), "-w", "%{http_code} %{time_total}",
+                              f"http://{LOCALHOST}:{port}/metrics"], capture_output=True, text=True, timeout=90).stdout
+        status_text, dt_text = out.split()
+        assert status_text == "200", out
+        dt = float(dt_text)
+        body = dump.read_bytes()
         print(f"scrape at +{t0 - w0:5.1f}s: {dt:.3f} s, {len(body) / 1e6:.1f} MB", flush=True)
         bodies = [bodies[0], (t0, body)] if bodies else [(t0, body)]
         next_at += args.scrape_every

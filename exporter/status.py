@@ -68,11 +68,15 @@ def render_status(exporter: Exporter, prefix: str) -> str:
             "<th>Success ratio</th><th>Last success</th><th>Last failure</th><th></th></tr></thead><tbody>"
             + "".join(target_rows) + "</tbody></table>"
         )
+    modules = "".join(f'<option value="{escape(name)}">{escape(name)}</option>' for name in sorted(exporter.config.modules))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>connhealth</title><style>{_CSS}</style></head>
 <body>
 <h1>connhealth</h1>
-<p>Version {escape(__version__)} · <a href="{prefix}/metrics">Metrics</a> · <a href="{prefix}/probe?target=prometheus.io&amp;module=http_2xx&amp;debug=true">Probe with debug</a> (edit the target)</p>
+<p>Version {escape(__version__)} · <a href="{prefix}/metrics">Metrics</a></p>
+<form action="{prefix}/probe" method="get" id="probe-form">Probe now (debug output):
+<input name="target" placeholder="https://host/path or host:port" size="40" required>
+<select name="module">{modules}</select><input type="hidden" name="debug" value="true"> <button type="submit">Probe</button></form>
 {targets_html}
 <h2>Recent probes</h2>
 <table id="recent"><thead><tr><th>Time</th><th>Source</th><th>Target</th><th>Module</th><th>Result</th><th>Duration</th><th>Failure (phase / reason)</th><th>Debug</th></tr></thead>

@@ -70,9 +70,11 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float 
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"connhealth probe {args} did not exit within {timeout:g}s")
+        raise AssertionError(f"connhealth probe {args} did not exit within {timeout:g}s") from None
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: never leave it running
+            proc.kill()
+            await proc.wait()
     try:
         data = json.loads(out)
     except ValueError:

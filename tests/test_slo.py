@@ -1,0 +1,84 @@
+"""The `slos:` section: parsing, defaults, strict errors."""
+from __future__ import annotations
+
+import pytest
+
+from exporter import metrics as m
+from exporter.config import ConfigError, load_config, parse_config
+from exporter.slo import le_string
+
+BASE = """
+slos:
+  objectives:
+    - service: api
+      availability: {objective: 99.9}
+      latency: {objective: 95, threshold: 300ms}
+"""
+
+
+def test_example_config_parses() -> None:
+    cfg = load_config("examples/connhealth.yml")
+    spec = cfg.slos
+    assert [o.service for o in spec.objectives] == ["api", "checkout", "batch"]
+    api = spec.objectives[0]
+    assert api.period == "30d" and api.min_probes == 20
+    assert api.availability.objective == pytest.approx(0.999)
+    assert api.latency.threshold == 0.3 and api.latency.le == "0.3" and api.latency.phase == "connect"
+    assert spec.objectives[2].period == "7d"
+
+
+def test_defaults() -> None:
+    o = parse_config(BASE).slos.objectives[0]
+    assert o.selector == (("service", "api"),) and o.period == "30d" and o.min_probes == 0
+    assert o.matchers(phase="connect") == 'service="api",phase="connect"'
+    assert parse_config("modules: {}").slos is None
+
+
+def test_threshold_must_be_a_bucket_boundary() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(BASE.replace("300ms", "250ms"))
+    msg = str(exc.value)
+    assert "slos.objectives[0].latency.threshold" in msg and "0.25s is not a histogram bucket boundary" in msg
+    assert "0.2, 0.3, 0.5" in msg  # names the buckets
+
+
+def test_threshold_checked_against_configured_buckets() -> None:
+    text = "scheduler: {buckets: [0.1, 0.25, 1]}\n" + BASE.replace("300ms", "250ms")
+    assert parse_config(text).slos.objectives[0].latency.threshold == 0.25
+    with pytest.raises(ConfigError, match="Buckets \\(seconds\\): 0.1, 0.25, 1"):
+        parse_config("scheduler: {buckets: [0.1, 0.25, 1]}\n" + BASE)
+
+
+@pytest.mark.parametrize("bad, where", [
+    ("availability: {objective: 99.9, foo: 1}", "slos.objectives[0].availability.foo: unknown field"),
+    ("availability: {objective: 100}", "strictly between 0 and 100"),
+    ("availability: {}", "slos.objectives[0].availability.objective: required"),
+    ("period: 14d\n      availability: {objective: 99}", "unsupported period '14d'"),
+    ("min_probes: -1\n      availability: {objective: 99}", "min_probes: must not be negative"),
+    ("latency: {objective: 95, threshold: 300ms, phase: tcp}", "unknown phase 'tcp'"),
+    ("latency: {objective: 95}", "latency.threshold: required"),
+    ("selector: {le: x}\n      availability: {objective: 99}", "selector.le: invalid or reserved"),
+    ("period: 30d", "needs an availability and/or a latency objective"),
+])
+def test_invalid(bad: str, where: str) -> None:
+    text = f"slos:\n  objectives:\n    - service: api\n      {bad}\n"
+    with pytest.raises(ConfigError, match=None) as exc:
+        parse_config(text)
+    assert where in str(exc.value)
+
+
+def test_unknown_top_level_key_in_slos() -> None:
+    with pytest.raises(ConfigError, match="slos.bogus: unknown field"):
+        parse_config("slos: {bogus: 1}")
+
+
+def test_duplicate_service() -> None:
+    text = BASE + "    - service: api\n      availability: {objective: 99}\n"
+    with pytest.raises(ConfigError, match="duplicate service 'api'"):
+        parse_config(text)
+
+
+def test_le_string_matches_exporter_rendering() -> None:
+    # The store renders bucket bounds this way; the latency rule selects le="<this>".
+    assert [le_string(b) for b in m.DEFAULT_BUCKETS][:7] == ["0.005", "0.01", "0.025", "0.05", "0.1", "0.2", "0.3"]
+    assert le_string(1.0) == "1.0" and le_string(10) == "10.0"
