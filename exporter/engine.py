@@ -140,6 +140,7 @@ class ProbeContext:
             return
         self._hop_span = _tracer.start_span(
             method, context=trace.set_span_in_context(self.span), kind=SpanKind.CLIENT,
+            start_time=self._epoch(time.perf_counter_ns()),
             attributes={"http.request.method": method, "url.full": url, "server.address": host, "server.port": port},
         )
 
@@ -156,7 +157,8 @@ class ProbeContext:
                 span.set_status(Status(StatusCode.ERROR))
         else:
             span.set_status(Status(StatusCode.ERROR, "no response"))
-        span.end()
+        # One clock for every span of a probe: epoch at start + monotonic offsets.
+        span.end(end_time=self._epoch(time.perf_counter_ns()))
 
     def propagation_headers(self) -> list[tuple[str, str]]:
         """W3C traceparent/tracestate for the current request, and baggage marking it synthetic."""
