@@ -25,6 +25,18 @@ BLACKBOX = "/usr/bin/prometheus-blackbox-exporter"
 
 _procs: list[subprocess.Popen] = []
 
+_UVLOOP_MAIN = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+                "from exporter.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def connhealth_argv(uvloop_dir: str | None = None) -> list[str]:
+    """The connhealth command; with ``uvloop_dir``, the same CLI on a uvloop event loop (an experiment)."""
+    return [PYTHON, "-c", _UVLOOP_MAIN] if uvloop_dir else [CONNHEALTH]
+
+
+def connhealth_env(uvloop_dir: str | None = None) -> dict[str, str]:
+    return {"PYTHONPATH": uvloop_dir} if uvloop_dir else {}
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
-    BLACKBOX, CONNHEALTH, LOCALHOST, cpu_seconds, free_port, get, median, start, stop_all, wait_port,
+    BLACKBOX, CONNHEALTH, LOCALHOST, connhealth_argv, connhealth_env, cpu_seconds, free_port, get, median, start, stop_all, wait_port,
 )
 from exporter.certs import CertFactory  # noqa: E402
 
@@ -191,6 +191,8 @@ def main() -> int:
     ap.add_argument("--pin", choices=("split", "none"), default="split")
     ap.add_argument("--protocols", default="tcp,http,https")
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load per exporter/protocol first")
+    ap.add_argument("--uvloop", metavar="DIR", help="experiment: run connhealth on uvloop, importable from DIR "
+                    "(pip install --target DIR uvloop); exporter/ is not modified")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--profile-dir", help="after the comparison, profile connhealth with py-spy (one wrk run per "
                     "protocol) and write collapsed stacks + a summary here; --reps 0 profiles only")
@@ -224,9 +226,9 @@ def main() -> int:
     exporters = {
         "blackbox": start([BLACKBOX, f"--config.file={tmp / 'blackbox.yml'}", f"--web.listen-address={LOCALHOST}:{bb_port}",
                            "--log.level=warn"], tmp / "blackbox.log", cpus=exp_cpus),
-        "connhealth": start([CONNHEALTH, "serve", "--config.file", str(tmp / "blackbox.yml"),
+        "connhealth": start([*connhealth_argv(args.uvloop), "serve", "--config.file", str(tmp / "blackbox.yml"),
                              "--web.listen-address", f"{LOCALHOST}:{ch_port}", "--log.level", "warn"],
-                            tmp / "connhealth.log", cpus=exp_cpus),
+                            tmp / "connhealth.log", cpus=exp_cpus, env=connhealth_env(args.uvloop)),
     }
     ports = {"blackbox": bb_port, "connhealth": ch_port}
     for name, proc in exporters.items():
@@ -251,7 +253,7 @@ def main() -> int:
                 print(f"SANITY FAILED: {exporter} {proto}: {status}\n{body.decode(errors='replace')}", file=sys.stderr)
                 return 1
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  pin={args.pin}  wrk -t1 -c{args.connections} "
-          f"-d{args.duration:g}s  reps={args.reps}  nproc={os.cpu_count()}", flush=True)
+          f"-d{args.duration:g}s  reps={args.reps}{'  connhealth on uvloop' if args.uvloop else ''}  nproc={os.cpu_count()}", flush=True)
     print(f"# nginx http :{http_port} https :{https_port} tcp :{tcp_port}; blackbox :{bb_port}; connhealth :{ch_port}", flush=True)
 
     if args.warmup > 0:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
-    CONNHEALTH, LOCALHOST, PYTHON, cpu_seconds, free_port, get, median, rss_mib, start, stop_all, wait_port,
+    CONNHEALTH, LOCALHOST, PYTHON, connhealth_argv, connhealth_env, cpu_seconds, free_port, get, median, rss_mib, start, stop_all, wait_port,
 )
 
 CONFIG = """
@@ -108,6 +108,8 @@ def main() -> int:
     ap.add_argument("--scrape-every", type=float, default=15.0)
     ap.add_argument("--pin", choices=("split", "none"), default="split",
                     help="split: connhealth on CPU 0, the listener on CPU 1 (default); none: no pinning")
+    ap.add_argument("--uvloop", metavar="DIR", help="experiment: run connhealth on uvloop, importable from DIR "
+                    "(pip install --target DIR uvloop); exporter/ is not modified")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--profile", help="record connhealth with py-spy during the window (collapsed stacks to this file)")
     args = ap.parse_args()
@@ -134,12 +136,13 @@ def main() -> int:
     (tmp / "connhealth.yml").write_text(CONFIG.format(interval=f"{args.interval:g}", targets_file=targets_file))
 
     port = free_port()
-    proc = start([CONNHEALTH, "serve", "--config.file", str(tmp / "connhealth.yml"),
-                  "--web.listen-address", f"{LOCALHOST}:{port}", "--log.level", "warn"], tmp / "connhealth.log", cpus=exp_cpus)
+    proc = start([*connhealth_argv(args.uvloop), "serve", "--config.file", str(tmp / "connhealth.yml"),
+                  "--web.listen-address", f"{LOCALHOST}:{port}", "--log.level", "warn"], tmp / "connhealth.log", cpus=exp_cpus,
+                 env=connhealth_env(args.uvloop))
     wait_port(port, proc)
     t_start = time.monotonic()
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  {n_targets} tcp_connect targets, interval "
-          f"{args.interval:g}s, pin={args.pin}, connhealth pid {proc.pid} on :{port}", flush=True)
+          f"{args.interval:g}s, pin={args.pin}{', uvloop' if args.uvloop else ''}, connhealth pid {proc.pid} on :{port}", flush=True)
     # Wait until the target file is loaded.
     while True:
         _, body = get(port, "/metrics")
@@ -176,6 +179,7 @@ def main() -> int:
         assert status_text == "200", out
         dt = float(dt_text)
         body = dump.read_bytes()
+        scrapes.append({"seconds": dt, "bytes": len(body), "at": t0 - w0})
         print(f"scrape at +{t0 - w0:5.1f}s: {dt:.3f} s, {len(body) / 1e6:.1f} MB", flush=True)
         bodies = [bodies[0], (t0, body)] if bodies else [(t0, body)]
         next_at += args.scrape_every
@@ -221,6 +225,7 @@ def main() -> int:
     print(f"| connhealth CPU (window, incl. scrapes) | {report['cpu_pct']:.0f}% of one core |")
     print(f"| connhealth RSS | {rss:.0f} MiB |")
     print(f"\nscheduler lag bucket deltas: { {k: v for k, v in sl['buckets_delta'].items()} }")
+    (tmp / "scrape.txt").unlink(missing_ok=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     if spy is not None:

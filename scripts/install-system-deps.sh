@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages the tests need, only when something is missing:
 # real peers (Prometheus, blackbox_exporter, Alertmanager + amtool, promtool),
-# headless Chromium for the status page, iproute2 for test network namespaces.
+# headless Chromium for the status page, iproute2 for test network namespaces,
+# docker-compose to validate docker-compose.yml (no Docker engine runs here).
 set -eu
 need=""
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -11,6 +12,7 @@ have promtool || need="$need prometheus"
 have prometheus-blackbox-exporter || need="$need prometheus-blackbox-exporter"
 have prometheus-alertmanager || need="$need prometheus-alertmanager"
 have chromium || need="$need chromium"
+have docker-compose || need="$need docker-compose"
 if [ -n "$need" ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "missing Debian packages:$need (run as root or install them)" >&2

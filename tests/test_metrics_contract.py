@@ -25,3 +25,8 @@ def test_metric_names_are_unique_and_well_formed() -> None:
 def test_default_buckets_contain_the_300ms_slo_threshold() -> None:
     assert 0.3 in m.DEFAULT_BUCKETS
     assert list(m.DEFAULT_BUCKETS) == sorted(set(m.DEFAULT_BUCKETS))
+
+
+def test_docs_state_the_default_buckets_of_the_code() -> None:
+    listed = ", ".join(str(b) for b in m.DEFAULT_BUCKETS)
+    assert f"`{listed}`" in DOC

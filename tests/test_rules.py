@@ -84,3 +84,12 @@ def test_ratios_never_divide_by_zero() -> None:
         for r in group["rules"]:
             if r.get("record") == "connhealth_slo:error_ratio":
                 assert "/ clamp_min(" in r["expr"], r["expr"]
+
+
+def test_cli_generate(tmp_path: Path) -> None:
+    from exporter.cli import main
+
+    assert main(["generate", "--config", str(EXAMPLE), "--out", str(tmp_path)]) == 0
+    for rel, text in outputs(load_config(EXAMPLE)).items():
+        assert (tmp_path / rel).read_text() == text
+    assert main(["generate", "--config", str(tmp_path / "missing.yml"), "--out", str(tmp_path)]) == 2
