@@ -146,7 +146,13 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
                 for r in await instant(session, prom.base_url, '{__name__=~"connhealth_slo:.*"}'):
                     assert r["value"][1] not in ("NaN", "+Inf", "-Inf"), r
                 # the refused db target burns its budget: the page alert is at least pending
-                alerts = await instant(session, prom.base_url, 'ALERTS{alertname="ConnhealthErrorBudgetBurn",service="db"}')
+                # (polled: the rule group needs a few evaluations once enough probes exist)
+                deadline = time.monotonic() + 30
+                while True:
+                    alerts = await instant(session, prom.base_url, 'ALERTS{alertname="ConnhealthErrorBudgetBurn",service="db"}')
+                    if any(a["metric"]["severity"] == "page" for a in alerts) or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(1)
                 assert any(a["metric"]["severity"] == "page" for a in alerts), alerts
         finally:
             if prom is not None:
