@@ -150,8 +150,11 @@ def _http(w: _Writer, result: ProbeResult, phases_total: dict[str, float]) -> No
     w.gauge("probe_http_version", "Returns the version of HTTP of the probe response", version)
 
 
+_EXTRA = {s.name: s for s in m.PROBE_ENDPOINT_EXTRA}
+
+
 def _connhealth(w: _Writer, result: ProbeResult) -> None:
-    spec = {s.name: s for s in m.PROBE_ENDPOINT_EXTRA}
+    spec = _EXTRA
     if result.failure is not None:
         f = result.failure
         w.family(m.FAILURE_INFO, "gauge", spec[m.FAILURE_INFO].help, [(labels([("phase", f.phase), ("reason", f.reason)]), 1.0)])

@@ -228,6 +228,8 @@ class Exporter:
         await response.prepare(request)
         for chunk in self.store.render_chunks(openmetrics=openmetrics):
             await response.write(chunk)
+            # A 10k-target render must not stall scheduled probes for its whole duration.
+            await asyncio.sleep(0)
         if openmetrics:
             await response.write(generate_openmetrics(self.self_metrics.registry))  # ends with "# EOF"
         else:

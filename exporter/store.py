@@ -211,11 +211,18 @@ class SeriesStore:
         Streaming pieces keeps a 10k-target scrape from allocating (and
         page-faulting) one buffer of hundreds of MB.
         """
-        all_fragments = [s.fragments(self, openmetrics) for s in self.series.values()]
+        # Dirty targets render lazily, slice by slice, during the first family,
+        # so the caller can yield to the event loop between chunks. The
+        # fragments taken then are reused for every family: one consistent
+        # snapshot per target even if it is probed again mid-scrape.
+        series = list(self.series.values())
+        snapshot: list[list[bytes]] = []
         for i, header in enumerate(self._om_headers if openmetrics else self._headers):
             started = False
-            for start in range(0, len(all_fragments), chunk_targets):
-                body = b"".join(frag[i] for frag in all_fragments[start:start + chunk_targets])
+            for start in range(0, len(series), chunk_targets):
+                if i == 0:
+                    snapshot.extend(s.fragments(self, openmetrics) for s in series[start:start + chunk_targets])
+                body = b"".join(frag[i] for frag in snapshot[start:start + chunk_targets])
                 if body:
                     if not started:
                         yield header
