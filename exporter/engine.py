@@ -100,13 +100,23 @@ class ProbeContext:
         try:
             if budget <= 0:
                 raise TimeoutError()
-            async with asyncio.timeout(budget):
+            if limit is None:
+                # Only the overall deadline applies: run_probe's own timeout
+                # covers it (and phase_name says where it hit); a second timer
+                # per phase costs ~5 % of a loopback probe.
                 value = await awaitable
+            else:
+                async with asyncio.timeout(budget):
+                    value = await awaitable
         except TimeoutError as exc:
             self._phase_span(name, start, time.perf_counter_ns(), "timeout")
             if by_deadline:
                 raise DeadlineExceeded(f"after {self.timeout:g}s") from exc
             raise TimeoutError(f"phase limit {limit:g}s exceeded") from exc
+        except asyncio.CancelledError:
+            # The overall deadline, or the caller gave up (e.g. the scraper left).
+            self._phase_span(name, start, time.perf_counter_ns(), "timeout" if self.remaining() <= 0 else "cancelled")
+            raise
         except Exception as exc:
             self._phase_span(name, start, time.perf_counter_ns(), type(exc).__name__)
             raise

@@ -17,10 +17,10 @@ from exporter.result import ProbeResult
 from exporter.scheduler import JITTER, Scheduler
 
 try:
-    from tests.exporter_proc import refused_port
+    from tests.procs import refused_port
     from tests.peers import HTTPServer, RawTCPServer
 except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
-    from exporter_proc import refused_port
+    from procs import refused_port  # type: ignore[no-redef]
     from peers import HTTPServer, RawTCPServer
 
 pytestmark = pytest.mark.timeout(30)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 try:
-    from tests.exporter_proc import HOST, ExporterProcess, refused_port, samples, value
+    from tests.procs import LOCALHOST, ExporterProcess, samples, value
     from tests.peers import HTTPServer
 except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
-    from exporter_proc import HOST, ExporterProcess, refused_port, samples, value
+    from procs import LOCALHOST, ExporterProcess, samples, value  # type: ignore[no-redef]
     from peers import HTTPServer
 
 pytestmark = pytest.mark.timeout(45)
@@ -51,7 +51,7 @@ async def spawn(tmp_path: Path):
 
     yield _spawn
     for proc in procs:
-        await proc.stop()
+        await proc.astop()
 
 
 def attempts(text: str, target: str, **labels: str) -> float | None:
@@ -133,11 +133,11 @@ async def test_client_disconnect_cancels_probe(spawn, http_peer: HTTPServer) -> 
     in_flight = lambda t: value(t, "connhealth_probes_in_flight", mode="probe_endpoint")  # noqa: E731
     assert in_flight(await exporter.metrics()) == 0
 
-    reader, writer = await asyncio.open_connection(HOST, exporter.port)
+    reader, writer = await asyncio.open_connection(LOCALHOST, exporter.port)
     from urllib.parse import quote
 
     target = quote(http_peer.url("/slow?delay=5"), safe="")
-    writer.write(f"GET /probe?target={target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    writer.write(f"GET /probe?target={target} HTTP/1.1\r\nHost: {LOCALHOST}\r\n\r\n".encode())
     await writer.drain()
     await exporter.wait_metrics(lambda t: in_flight(t) == 1, 2.0, "the /probe request to be in flight")
     await asyncio.sleep(0.3)
@@ -306,7 +306,7 @@ async def test_sigterm_lets_in_flight_probe_finish_and_exits_0(spawn, http_peer:
     assert not probe.done()
     # It stops accepting right away, while the probes are still running.
     with pytest.raises(OSError):
-        _, w = await asyncio.wait_for(asyncio.open_connection(HOST, exporter.port), 1.0)
+        _, w = await asyncio.wait_for(asyncio.open_connection(LOCALHOST, exporter.port), 1.0)
         w.close()
     status, text = await asyncio.wait_for(probe, 5.0)
     assert status == 200, text

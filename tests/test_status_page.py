@@ -18,10 +18,10 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import pytest
 
 try:
-    from tests.exporter_proc import ExporterProcess, refused_port, value
+    from tests.procs import ExporterProcess, refused_port, value
     from tests.peers import HTTPServer
 except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
-    from exporter_proc import ExporterProcess, refused_port, value
+    from procs import ExporterProcess, refused_port, value  # type: ignore[no-redef]
     from peers import HTTPServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -125,7 +125,7 @@ targets:
                 and (value(t, "connhealth_probe_attempts_total", target=failing) or 0) >= 2,
                 5.0, "both scheduled targets to be probed",
             )
-            url = exporter.base + "/"
+            url = exporter.base_url + "/"
             dom = await chromium(tmp_path, "--dump-dom", url)
             shot_dir = Path(os.environ.get("CONNHEALTH_SCREENSHOT_DIR") or tmp_path)
             shot_dir.mkdir(parents=True, exist_ok=True)
@@ -202,4 +202,4 @@ targets:
             status, text = await exporter.get(probe_link.path, params=q)
             assert status == 200 and "Logs for the probe" in text and "probe_success 0" in text
         finally:
-            await exporter.stop()
+            await exporter.astop()

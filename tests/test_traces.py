@@ -12,8 +12,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import sys
 import time
@@ -41,16 +39,10 @@ HOST = "127.0.0.1"
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 PHASE_TOLERANCE_S = 0.001  # span durations vs. the JSON phases
 SPAN_WAIT = 10.0  # export interval is 1 s; a span that is not there after 10 s is not coming
+STOP_GRACE = 8.0  # serve flushes its spans on SIGTERM
 
 
 # --- helpers ---------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    """A 127.0.0.1 port with nothing listening: connect() is refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -82,66 +74,9 @@ async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float 
     return proc.returncode, data, err.decode(errors="replace")
 
 
-class Serve:
-    """``connhealth serve`` as a subprocess with a controlled environment; always stopped by its own pid."""
-
-    def __init__(self, workdir: Path, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.workdir, self.name, self.args, self.env = workdir, name, args, env or clean_env()
-        self.port = 0
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log_path = workdir / f"serve-{name}.log"
-
-    @property
-    def base(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
-
-    async def start(self, timeout: float = 15.0) -> Serve:
-        for _ in range(3):  # a lost race for the free port is retried on a new one
-            self.port = closed_port()
-            with open(self.log_path, "ab") as log:
-                self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "exporter", "serve", "--web.listen-address", f"{HOST}:{self.port}", *self.args,
-                    cwd=REPO, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                )
-            deadline = time.monotonic() + timeout
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-                while self.proc.returncode is None and time.monotonic() < deadline:
-                    try:
-                        async with session.get(self.base + "/-/ready") as resp:
-                            if resp.status == 200:
-                                return self
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
-                        pass
-                    await asyncio.sleep(0.05)
-            if self.proc.returncode is None:
-                await self.stop()
-                raise AssertionError(f"serve {self.name} not ready within {timeout:g}s:\n{self.log()}")
-            if "address already in use" not in self.log().lower():
-                break
-        raise AssertionError(f"serve {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-
-    async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 8)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await asyncio.wait_for(proc.wait(), 5)
-
-    async def get(self, path: str, *, params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
-                  timeout: float = 10.0) -> tuple[int, str, str]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.get(self.base + path, params=params, headers=headers) as resp:
-                return resp.status, await resp.text(), resp.headers.get("Content-Type", "")
+async def start_serve(workdir: Path, name: str, *args: str) -> procs.ExporterProcess:
+    """``connhealth serve`` with the clean environment (no config file unless ``args`` has one); stop with astop(STOP_GRACE)."""
+    return await procs.ExporterProcess(None, workdir, *args, name=f"serve-{name}", env=clean_env()).start()
 
 
 def parse_traceparent(value: str | None) -> tuple[str, str, str]:
@@ -323,7 +258,7 @@ async def test_cli_probe_exports_over_otlp_grpc(receiver: OTLPReceiver, target: 
 
 async def test_failed_probe_and_redirect_hops(receiver: OTLPReceiver, target: HTTPServer):
     ep = receiver.http_endpoint
-    port = closed_port()
+    port = procs.refused_port()
     refused_url = f"http://{HOST}:{port}/"
     redirect_url = target.url("/redirect/1")
     (rc_fail, fail, _), (rc_tcp, tcp, _), (rc_redir, redir, err) = await asyncio.gather(
@@ -383,11 +318,11 @@ async def test_failed_probe_and_redirect_hops(receiver: OTLPReceiver, target: HT
 
 
 async def test_probe_endpoint_continues_incoming_trace(receiver: OTLPReceiver, target: HTTPServer, tmp_path: Path):
-    serve = await Serve(tmp_path, "traced", "--otlp.endpoint", receiver.http_endpoint).start()
+    serve = await start_serve(tmp_path, "traced", "--otlp.endpoint", receiver.http_endpoint)
     try:
         trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
         tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
-        status, text, _ = await serve.get("/probe", params={"target": target.url("/ok"), "module": "http_2xx"}, headers={
+        status, text = await serve.get("/probe", params={"target": target.url("/ok"), "module": "http_2xx"}, headers={
             "traceparent": f"00-{trace_id}-{parent_id}-01", "tracestate": tracestate})
         assert status == 200 and "probe_success 1" in text, text
 
@@ -401,19 +336,19 @@ async def test_probe_endpoint_continues_incoming_trace(receiver: OTLPReceiver, t
 
         # An unsampled scrape (flags 00): the target still gets the scrape's trace id, unsampled; nothing is exported.
         unsampled = "0af7651916cd43dd8448eb211c80319c"
-        status, text, _ = await serve.get("/probe", params={"target": target.url("/ok")}, headers={
+        status, text = await serve.get("/probe", params={"target": target.url("/ok")}, headers={
             "traceparent": f"00-{unsampled}-b7ad6b7169203331-00"})
         assert status == 200 and "probe_success 1" in text, text
         [(_, headers)] = requests_of_trace(target, unsampled)
         assert parse_traceparent(headers["traceparent"])[2] == "00"
         # A sampled probe after it: once its span is here, the (FIFO) unsampled one would have been too.
-        status, _, _ = await serve.get("/probe", params={"target": target.url("/ok")})
+        status, _ = await serve.get("/probe", params={"target": target.url("/ok")})
         assert status == 200
         later = parse_traceparent({k.lower(): v for k, v in target.requests[-1][1].items()}.get("traceparent"))[0]
         await receiver.wait_for_spans(lambda s: s.trace_id == later and s.name == "probe http_2xx", SPAN_WAIT)
         assert receiver.trace(unsampled) == [], "an unsampled probe must not be exported"
     finally:
-        await serve.stop()
+        await serve.astop(STOP_GRACE)
 
 
 # --- 5. a dead collector costs the probes nothing ------------------------------------
@@ -437,15 +372,15 @@ def within_bound(slower: float, base: float) -> bool:
 
 async def test_collector_down_does_not_slow_probes(receiver: OTLPReceiver, target: HTTPServer, tmp_path: Path):
     n = 40
-    dead_endpoint = f"http://{HOST}:{closed_port()}"
+    dead_endpoint = f"http://{HOST}:{procs.refused_port()}"
     url = target.url("/ok")
     # The CLI with a dead collector: same result, and it still exits promptly (the export gives up, bounded).
     cli = asyncio.create_task(run_cli(url, "--otlp.endpoint", dead_endpoint, timeout=15))
     cli_started = time.monotonic()
     dead, none, live = await asyncio.gather(
-        Serve(tmp_path, "dead-collector", "--otlp.endpoint", dead_endpoint).start(),
-        Serve(tmp_path, "no-collector").start(),
-        Serve(tmp_path, "live-collector", "--otlp.endpoint", receiver.http_endpoint).start(),
+        start_serve(tmp_path, "dead-collector", "--otlp.endpoint", dead_endpoint),
+        start_serve(tmp_path, "no-collector"),
+        start_serve(tmp_path, "live-collector", "--otlp.endpoint", receiver.http_endpoint),
     )
     try:
         rc, out, err = await cli
@@ -457,8 +392,8 @@ async def test_collector_down_does_not_slow_probes(receiver: OTLPReceiver, targe
         durations: dict[str, list[float]] = {"dead": [], "none": [], "live": []}
         for _ in range(n):  # interleaved, so all three see the same machine load
             for name, serve in (("dead", dead), ("none", none), ("live", live)):
-                status, text, _ = await serve.get("/probe", params={"target": url, "module": "http_2xx"})
-                assert status == 200 and "probe_success 1" in text, f"{name}: {text}\n{serve.log()}"
+                status, text = await serve.get("/probe", params={"target": url, "module": "http_2xx"})
+                assert status == 200 and "probe_success 1" in text, f"{name}: {text}\n{serve.log_tail(6000)}"
                 durations[name].append(_probe_duration(text))
         med = {name: statistics.median(values) for name, values in durations.items()}
         report = ", ".join(f"{name} {value * 1e3:.3f} ms" for name, value in med.items())
@@ -477,21 +412,21 @@ async def test_collector_down_does_not_slow_probes(receiver: OTLPReceiver, targe
         # Spans meant for the dead collector are dropped and counted, within a bounded wait.
         deadline = time.monotonic() + 15
         while True:
-            _, metrics, _ = await dead.get("/metrics")
+            _, metrics = await dead.get("/metrics")
             if _dropped(metrics) > 0:
                 break
-            assert time.monotonic() < deadline, f"no dropped spans counted after 15s:\n{metrics}\n{dead.log()}"
+            assert time.monotonic() < deadline, f"no dropped spans counted after 15s:\n{metrics}\n{dead.log_tail(6000)}"
             await asyncio.sleep(0.25)
-        _, metrics_none, _ = await none.get("/metrics")
+        _, metrics_none = await none.get("/metrics")
         assert _dropped(metrics_none) == 0
         assert "connhealth_trace_spans_dropped_total" in metrics_none, "the counter exists even without tracing"
         # Still serving normally after the drops.
-        status, text, _ = await dead.get("/probe", params={"target": url})
+        status, text = await dead.get("/probe", params={"target": url})
         assert status == 200 and "probe_success 1" in text
     finally:
         if not cli.done():
             cli.cancel()
-        await asyncio.gather(dead.stop(), none.stop(), live.stop())
+        await asyncio.gather(*(p.astop(STOP_GRACE) for p in (dead, none, live)))
 
 
 # --- 6. exemplars, end to end in Prometheus ------------------------------------------
@@ -518,7 +453,7 @@ async def _poll_exemplars(session: aiohttp.ClientSession, prom: str, query: str,
 
 async def test_exemplars_reach_prometheus(receiver: OTLPReceiver, target: HTTPServer, tmp_path: Path):
     binary = procs.require_binary(procs.PROMETHEUS_BIN)
-    refused = f"http://{HOST}:{closed_port()}/"
+    refused = f"http://{HOST}:{procs.refused_port()}/"
     config = tmp_path / "connhealth.yml"
     config.write_text(
         "targets:\n"
@@ -526,7 +461,7 @@ async def test_exemplars_reach_prometheus(receiver: OTLPReceiver, target: HTTPSe
         f"  - {{target: '{refused}', module: http_2xx, interval: 0.5s}}\n"
     )
     start = time.time() - 5
-    serve = await Serve(tmp_path, "continuous", "--config.file", str(config), "--otlp.endpoint", receiver.http_endpoint).start()
+    serve = await start_serve(tmp_path, "continuous", "--config.file", str(config), "--otlp.endpoint", receiver.http_endpoint)
     prom = None
     try:
         prom_config = tmp_path / "prometheus.yml"
@@ -545,14 +480,14 @@ async def test_exemplars_reach_prometheus(receiver: OTLPReceiver, target: HTTPSe
 
         # Plain checks of the two formats while Prometheus starts scraping.
         await receiver.wait_for_spans(lambda s: s.attributes.get("probe.failure.reason") == "connect_refused", SPAN_WAIT)
-        status, om, ctype = await serve.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        status, om, ctype = await procs.get_text(serve.base_url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
         assert status == 200 and ctype.startswith("application/openmetrics-text"), ctype
         assert om.endswith("# EOF\n"), om[-200:]
         families = {f.name: f for f in parse_openmetrics(om)}  # raises on anything malformed
         om_exemplars = [s.exemplar for f in families.values() for s in f.samples if s.exemplar is not None]
         assert om_exemplars, "OpenMetrics exposition carries exemplars"
         assert all(set(e.labels) == {"trace_id"} and re.fullmatch(r"[0-9a-f]{32}", e.labels["trace_id"]) for e in om_exemplars)
-        status, text, ctype = await serve.get("/metrics")
+        status, text, ctype = await procs.get_text(serve.base_url + "/metrics")
         assert status == 200 and ctype.startswith("text/plain"), ctype
         assert " # {" not in text and "trace_id" not in text, "the Prometheus text format has no exemplars"
         assert "# EOF" not in text
@@ -580,4 +515,4 @@ async def test_exemplars_reach_prometheus(receiver: OTLPReceiver, target: HTTPSe
     finally:
         if prom is not None:
             await prom.astop()
-        await serve.stop()
+        await serve.astop(STOP_GRACE)

@@ -136,6 +136,18 @@ def _tcp_info(sock: socket.socket) -> TCPInfo | None:
 
 async def connect(ctx: ProbeContext, host: str, port: int, module: Module) -> Connection:
     """dns + connect phases; returns plain streams. Closes the socket on failure."""
+    sock = await open_socket(ctx, host, port, module)
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    except BaseException:
+        sock.close()
+        raise
+    assert ctx.peer is not None
+    return Connection(reader, writer, ctx.peer)
+
+
+async def open_socket(ctx: ProbeContext, host: str, port: int, module: Module) -> socket.socket:
+    """dns + connect phases on a bare socket (a plain tcp_connect needs no streams)."""
     ip, family = await resolve(ctx, host, module)
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -148,12 +160,11 @@ async def connect(ctx: ProbeContext, host: str, port: int, module: Module) -> Co
         ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
         await ctx.phase("connect", loop.sock_connect(sock, (ip, port)))
         ctx.tcp = _tcp_info(sock)
-        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
     except BaseException:
         sock.close()
         raise
     ctx.log(f"connected to {ip}:{port}")
-    return Connection(reader, writer, ctx.peer)
+    return sock
 
 
 async def start_tls(ctx: ProbeContext, conn: Connection, host: str, cfg: TLSConfig, alpn: tuple[str, ...] = ()) -> None:

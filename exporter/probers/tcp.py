@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..failures import ProbeFailure
-from .connect import Connection, connect, split_host_port, start_tls
+from .connect import Connection, connect, open_socket, split_host_port, start_tls
 
 if TYPE_CHECKING:
     from ..config import Module, QueryStep
@@ -17,6 +17,10 @@ async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
         host, port = split_host_port(target)
     except ValueError as exc:
         raise ProbeFailure("invalid_target", str(exc)) from None
+    if not cfg.tls and not cfg.query_response:
+        # Connecting is the whole probe: no streams to set up and tear down.
+        (await open_socket(ctx, host, port, module)).close()
+        return
     conn = await connect(ctx, host, port, module)
     try:
         if cfg.tls:
