@@ -209,9 +209,6 @@ class ProbeContext:
         span.set_attributes(attributes)
         span.end(end_time=self._epoch_ns + duration_ns)
 
-    def elapsed(self) -> float:
-        return (time.perf_counter_ns() - self._start_ns) / 1e9
-
 
 async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None) -> ProbeResult:
     """Probe ``target`` with ``module``. Never raises for a target's fault; re-raises cancellation.

@@ -9,8 +9,6 @@ from typing import Any
 
 # Phase names, in the order a connection goes through them.
 PHASES: tuple[str, ...] = ("dns", "connect", "tls", "request", "first_byte", "transfer")
-# Failures can also happen outside a single phase (overall deadline, a bug).
-FAILURE_PHASES: tuple[str, ...] = PHASES + ("probe",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +46,6 @@ class TLSInfo:
     @property
     def earliest_expiry(self) -> float | None:
         return min((c.not_after for c in self.chain), default=None)
-
-    @property
-    def leaf_expiry(self) -> float | None:
-        return self.chain[0].not_after if self.chain else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import ssl
 import struct
 import subprocess
 import threading
-from typing import Awaitable, Callable, Mapping, NamedTuple
+from typing import Awaitable, Callable, Mapping, NamedTuple, Self
 
 import dns.exception
 import dns.flags
@@ -73,6 +73,49 @@ class _AsyncPeer:
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+
+class _StreamPeer(_AsyncPeer):
+    """An asyncio stream server whose stop() also aborts the open connections and their handler tasks.
+
+    Server.close() only stops listening (before Python 3.13 there is no
+    close_clients()), so stalled connections would otherwise outlive the test
+    and keep the client blocked until its own timeout. Handlers call
+    ``_track(writer)`` first thing.
+    """
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._on_client, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2)
+
+    def _track(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
 
 # ---------------------------------------------------------------------------
@@ -390,7 +433,7 @@ async def _drain_forever(reader: asyncio.StreamReader) -> None:
         pass
 
 
-class RawTCPServer(_AsyncPeer):
+class RawTCPServer(_StreamPeer):
     """A TCP listener that misbehaves in one precise way.
 
     Behaviours: ``reset``, ``stall``, ``reset_after_request``, ``garbage``,
@@ -409,41 +452,14 @@ class RawTCPServer(_AsyncPeer):
     def __init__(self, behaviour: str | RawHandler, *, host: str = LOCALHOST) -> None:
         if isinstance(behaviour, str) and behaviour not in self.BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; expected one of {self.BEHAVIOURS}")
+        super().__init__(host)
         self.behaviour = behaviour
-        self.host = host
-        self.port = 0
         self.connections = 0
         self.requests: list[bytes] = []
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> "RawTCPServer":
-        self._server = await asyncio.start_server(self._on_client, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        # Server.close() only stops listening (before Python 3.13 there is no
-        # close_clients()), so stalled connections would otherwise outlive
-        # the test and keep the client blocked until its own timeout.
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._track(writer)
         try:
             if callable(self.behaviour):
                 await self.behaviour(reader, writer)
@@ -502,7 +518,7 @@ class RawTCPServer(_AsyncPeer):
 # ---------------------------------------------------------------------------
 
 
-class TLSTerminator(_AsyncPeer):
+class TLSTerminator(_StreamPeer):
     """Terminates TLS on ``port`` and relays plaintext to ``backend``.
 
     Why not asyncio's own ``ssl=`` server support: when a server-side
@@ -525,38 +541,11 @@ class TLSTerminator(_AsyncPeer):
         *,
         host: str = LOCALHOST,
     ) -> None:
+        super().__init__(host)
         self.ssl_context = ssl_context
         self.backend = backend
-        self.host = host
-        self.port = 0
         self.handshakes = 0
         self.handshake_errors: list[ssl.SSLError] = []
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task] = set()
-
-    async def start(self) -> "TLSTerminator":
-        self._server = await asyncio.start_server(self._on_client, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
-
-    def _track(self, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._track(writer)

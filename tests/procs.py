@@ -54,10 +54,14 @@ def refused_port() -> int:
     return free_port()
 
 
-def require_binary(name: str) -> str:
+def require_binary(name: str, package: str | None = None) -> str:
+    """The path of ``name``; it comes from the Debian package ``package`` (default: ``name``).
+
+    `make test` installs it, so a missing binary fails the test instead of skipping it.
+    """
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not installed (make test installs the Debian package)")
+        pytest.fail(f"{name} not installed (make test installs the Debian package {package or name})")
     return path
 
 

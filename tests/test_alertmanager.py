@@ -8,7 +8,6 @@ aiohttp server in this test).
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -36,10 +35,7 @@ TEST_POLICY = (BurnPolicy("page", "30s", "10s", 0.02, "0s", factor=1.0),
 
 
 def amtool() -> str:
-    path = shutil.which("amtool")
-    if path is None:
-        pytest.skip("amtool not installed (Debian package prometheus-alertmanager)")
-    return path
+    return procs.require_binary("amtool", "prometheus-alertmanager")
 
 
 def test_amtool_check_config() -> None:

@@ -40,7 +40,7 @@ LABELS = ["DNS lookup", "TCP connect", "TLS handshake", "Request sent", "Server 
 @pytest.fixture(params=sorted(COMMANDS))
 def cmd(request) -> list[str]:
     if request.param == "script" and not SCRIPT.exists():
-        pytest.skip(f"{SCRIPT} not installed")
+        pytest.fail(f"{SCRIPT} not installed (make test installs the project into .venv)")
     return COMMANDS[request.param]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
@@ -17,6 +16,11 @@ import yaml
 
 from alerts.rules import DASHBOARD_UIDS
 from exporter import metrics as m
+
+try:
+    from tests import procs
+except ImportError:  # pragma: no cover
+    import procs  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATED = REPO / "dashboards" / "generated"
@@ -125,9 +129,7 @@ def test_exemplars_on_latency_panels(path: Path) -> None:
 
 
 def test_every_expression_parses(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed")
+    promtool = procs.require_binary("promtool", "prometheus")
     rules, where = [], []
     for path in DASHBOARDS:
         dash = load(path)

@@ -10,7 +10,6 @@ show the injected reasons.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from pathlib import Path
@@ -19,7 +18,6 @@ import aiohttp
 import pytest
 import yaml
 
-from exporter import metrics as m
 from exporter.certs import CertFactory, server_context
 from exporter.config import load_config
 from exporter.generate import outputs

@@ -217,28 +217,18 @@ async def test_tls_handshake_timeout_by_phase_limit():
     assert "phase limit" in result.failure.message
 
 
-async def _https(ctx: ssl.SSLContext) -> HTTPServer:
-    return await HTTPServer(ctx).start()
-
-
 async def test_tls_cert_expired(certs, ca):
     expired = certs.leaf(ca, not_after=NOW - timedelta(days=1))
-    srv = await _https(server_context(expired))
-    try:
+    async with HTTPServer(server_context(expired)) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_cert_expired")
     assert set(result.phases) == {"connect"}
 
 
 async def test_tls_cert_not_yet_valid(certs, ca):
     future = certs.leaf(ca, not_before=NOW + timedelta(days=1))
-    srv = await _https(server_context(future))
-    try:
+    async with HTTPServer(server_context(future)) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_cert_not_yet_valid")
 
 
@@ -253,61 +243,43 @@ async def test_tls_cert_untrusted(certs, ca, kind):
         cert, trust = certs.leaf(inter, include_chain=False), ca
     else:  # our private CA is, rightly, not in the system trust store
         cert, trust = certs.leaf(ca), None
-    srv = await _https(server_context(cert))
-    try:
+    async with HTTPServer(server_context(cert)) as srv:
         m = https_mod(trust) if trust is not None else mod("http")
         result = await run_probe(srv.url("/"), m, 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_cert_untrusted")
 
 
 async def test_tls_hostname_mismatch_ip(certs, ca):
     other = certs.leaf(ca, name="other.example", sans=("other.example",))
-    srv = await _https(server_context(other))
-    try:
+    async with HTTPServer(server_context(other)) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca), 5)  # asks for 127.0.0.1
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_hostname_mismatch")
 
 
 async def test_tls_hostname_mismatch_server_name(certs, ca, leaf):
-    srv = await _https(server_context(leaf))  # covers localhost, 127.0.0.1, ::1
-    try:
+    async with HTTPServer(server_context(leaf)) as srv:  # covers localhost, 127.0.0.1, ::1
         result = await run_probe(srv.url("/"), https_mod(ca, tls_config={"server_name": "other.example"}), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_hostname_mismatch")
 
 
 async def test_tls_server_name_makes_the_right_cert_verify(certs, ca):
     """The counterpart: server_name is the name verified, so a matching one passes."""
     other = certs.leaf(ca, name="other.example", sans=("other.example",))
-    srv = await _https(server_context(other))
-    try:
+    async with HTTPServer(server_context(other)) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca, tls_config={"server_name": "other.example"}), 5)
-    finally:
-        await srv.stop()
     assert result.success, result.failure
 
 
 async def test_tls_protocol_version_old_server(leaf, ca):
-    srv = await _https(server_context(leaf, max_version=ssl.TLSVersion.TLSv1))
-    try:
+    async with HTTPServer(server_context(leaf, max_version=ssl.TLSVersion.TLSv1)) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_protocol_version")
     assert set(result.phases) == {"connect"}
 
 
 async def test_tls_protocol_version_client_min_too_high(leaf, ca):
-    srv = await _https(server_context(leaf, max_version=ssl.TLSVersion.TLSv1_2))
-    try:
+    async with HTTPServer(server_context(leaf, max_version=ssl.TLSVersion.TLSv1_2)) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca, tls_config={"min_version": "TLS13"}), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_protocol_version")
 
 
@@ -315,11 +287,8 @@ async def test_tls_handshake_error_no_shared_cipher(leaf, ca):
     # TLS 1.2 only, with a SHA-1 CBC suite: Python's client cipher list
     # excludes SHA-1 suites, so there is no cipher in common.
     ctx = server_context(leaf, max_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA")
-    srv = await _https(ctx)
-    try:
+    async with HTTPServer(ctx) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_handshake_error")
     assert srv.tls.handshake_errors  # the server really refused the handshake
 
@@ -330,11 +299,8 @@ async def test_tls_handshake_error_client_cert_required(leaf, ca):
     ctx = server_context(leaf, max_version=ssl.TLSVersion.TLSv1_2)
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(ca.cert_file)
-    srv = await _https(ctx)
-    try:
+    async with HTTPServer(ctx) as srv:
         result = await run_probe(srv.url("/"), https_mod(ca), 5)
-    finally:
-        await srv.stop()
     pin(result, "tls", "tls_handshake_error")
 
 

@@ -185,7 +185,7 @@ async def test_tls_chain_with_intermediate_and_earliest_expiry(certs, ca):
     tls = result.tls
     assert tls.chain == (expected_cert(leaf), expected_cert(inter))
     assert tls.earliest_expiry == inter.not_valid_after.timestamp() < leaf.not_valid_after.timestamp()
-    assert tls.leaf_expiry == leaf.not_valid_after.timestamp()
+    assert tls.chain[0].not_after == leaf.not_valid_after.timestamp()
     assert tls.server_name == "localhost"
 
 

@@ -1,15 +1,17 @@
 """Generated rule files: fresh, valid for promtool, and the committed unit tests pass."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
 
 from alerts.rules import DEFAULT_POLICY, rule_files
 from exporter.config import load_config, parse_config
 from exporter.generate import outputs
+
+try:
+    from tests import procs
+except ImportError:  # pragma: no cover
+    import procs  # type: ignore[no-redef]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "connhealth.yml"
@@ -17,10 +19,7 @@ RULES = sorted((REPO / "alerts" / "generated").glob("*.rules.yml"))
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
-    return path
+    return procs.require_binary("promtool", "prometheus")
 
 
 def test_committed_outputs_are_fresh() -> None:

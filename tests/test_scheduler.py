@@ -104,24 +104,26 @@ def spec(target: str, interval: float, module: str | None = None, timeout: float
     return TargetSpec(target, module or ("http_2xx" if target.startswith("http") else "tcp_connect"), interval, timeout)
 
 
-def make(rec: Recorder, *, concurrency: int = 64, min_interval: float = 0.1, seed: int = 1) -> Scheduler:
-    config = SchedulerConfig(concurrency=concurrency, min_interval=min_interval)
-    return Scheduler(MODULES, config, rec.sink, on_lag=rec.on_lag, on_skip=rec.on_skip, rng=random.Random(seed))
-
-
 @pytest.fixture
-async def scheduler_cleanup():
+async def new_scheduler():
+    """new_scheduler(concurrency=64, min_interval=0.1, seed=1) -> (Recorder, Scheduler); all stopped at teardown."""
     schedulers: list[Scheduler] = []
-    yield schedulers.append
+
+    def _new(*, concurrency: int = 64, min_interval: float = 0.1, seed: int = 1) -> tuple[Recorder, Scheduler]:
+        rec = Recorder()
+        config = SchedulerConfig(concurrency=concurrency, min_interval=min_interval)
+        sched = Scheduler(MODULES, config, rec.sink, on_lag=rec.on_lag, on_skip=rec.on_skip, rng=random.Random(seed))
+        schedulers.append(sched)
+        return rec, sched
+
+    yield _new
     for s in schedulers:
         await s.stop(0.5)
 
 
-async def test_targets_are_spread_over_their_interval(scheduler_cleanup) -> None:
+async def test_targets_are_spread_over_their_interval(new_scheduler) -> None:
     async with HTTPServer() as http:
-        rec = Recorder()
-        sched = make(rec, seed=7)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler(seed=7)
         targets = [http.url(f"/ok?n={i}") for i in range(12)]
         sched.update([spec(t, 0.8) for t in targets])
         t0 = time.time()
@@ -136,11 +138,9 @@ async def test_targets_are_spread_over_their_interval(scheduler_cleanup) -> None
             assert sum(1 for g in firsts if f <= g < f + 0.010) <= len(targets) // 3
 
 
-async def test_periods_are_jittered(scheduler_cleanup) -> None:
+async def test_periods_are_jittered(new_scheduler) -> None:
     async with HTTPServer() as http:
-        rec = Recorder()
-        sched = make(rec, seed=3)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler(seed=3)
         target = http.url("/ok")
         sched.update([spec(target, 0.15)])
         sched.start()
@@ -158,11 +158,9 @@ async def test_periods_are_jittered(scheduler_cleanup) -> None:
         assert 0.15 * (1 + JITTER / 2) < max(periods) <= 0.15 * (1 + JITTER)
 
 
-async def test_never_two_probes_of_one_target_at_once(scheduler_cleanup) -> None:
+async def test_never_two_probes_of_one_target_at_once(new_scheduler) -> None:
     async with SlowHTTP(delay=0.5) as slow:
-        rec = Recorder()
-        sched = make(rec)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler()
         target = slow.url("/slow")
         sched.update([spec(target, 0.2)])
         sched.start()
@@ -179,11 +177,9 @@ async def test_never_two_probes_of_one_target_at_once(scheduler_cleanup) -> None
         assert all(r.success for r in rec.results[target])
 
 
-async def test_total_concurrency_is_bounded(scheduler_cleanup) -> None:
+async def test_total_concurrency_is_bounded(new_scheduler) -> None:
     async with SlowHTTP(delay=0.25) as slow:
-        rec = Recorder()
-        sched = make(rec, concurrency=2)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler(concurrency=2)
         targets = [slow.url(f"/t{i}") for i in range(6)]
         sched.update([spec(t, 0.2) for t in targets])
         sched.start()
@@ -200,12 +196,10 @@ async def test_total_concurrency_is_bounded(scheduler_cleanup) -> None:
         assert all(rec.results[t] for t in targets), {t: len(rec.results[t]) for t in targets}
 
 
-async def test_failing_target_is_probed_more_often_bounded_by_min_interval(scheduler_cleanup) -> None:
+async def test_failing_target_is_probed_more_often_bounded_by_min_interval(new_scheduler) -> None:
     async with RawTCPServer("close") as healthy_server:
-        rec = Recorder()
         min_interval = 0.15
-        sched = make(rec, min_interval=min_interval, seed=11)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler(min_interval=min_interval, seed=11)
         healthy = f"127.0.0.1:{healthy_server.port}"
         failing = f"127.0.0.1:{refused_port()}"
         interval = 0.8
@@ -230,11 +224,9 @@ async def test_failing_target_is_probed_more_often_bounded_by_min_interval(sched
         assert sorted(gaps)[len(gaps) // 2] < 1.5 * min_interval, f"did not converge to min_interval: {gaps}"
 
 
-async def test_recovered_target_returns_to_its_interval(scheduler_cleanup) -> None:
+async def test_recovered_target_returns_to_its_interval(new_scheduler) -> None:
     port = refused_port()
-    rec = Recorder()
-    sched = make(rec, min_interval=0.1, seed=5)
-    scheduler_cleanup(sched)
+    rec, sched = new_scheduler(min_interval=0.1, seed=5)
     target = f"127.0.0.1:{port}"
     sched.update([spec(target, 0.6)])
     sched.start()
@@ -252,11 +244,9 @@ async def test_recovered_target_returns_to_its_interval(scheduler_cleanup) -> No
         await sched.stop(0.5)
 
 
-async def test_update_adds_and_removes_without_resetting_kept(scheduler_cleanup) -> None:
+async def test_update_adds_and_removes_without_resetting_kept(new_scheduler) -> None:
     async with HTTPServer() as http:
-        rec = Recorder()
-        sched = make(rec, min_interval=0.1)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler(min_interval=0.1)
         kept_failing = spec(f"127.0.0.1:{refused_port()}", 0.4)
         kept_ok = spec(http.url("/ok"), 0.2)
         removed = spec(http.url("/status/200"), 0.2)
@@ -292,11 +282,9 @@ async def test_update_adds_and_removes_without_resetting_kept(scheduler_cleanup)
         await rec.wait(lambda: any(s >= t0 for s in rec.starts(faster.target)), 1.0, "the shortened interval")
 
 
-async def test_stop_lets_running_probes_finish_within_grace(scheduler_cleanup) -> None:
+async def test_stop_lets_running_probes_finish_within_grace(new_scheduler) -> None:
     async with SlowHTTP(delay=0.5) as slow:
-        rec = Recorder()
-        sched = make(rec)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler()
         target = slow.url("/a")
         sched.update([spec(target, 0.2)])
         sched.start()
@@ -311,11 +299,9 @@ async def test_stop_lets_running_probes_finish_within_grace(scheduler_cleanup) -
         assert len(rec.results[target]) == 1 and slow.max_active["/a"] == 1, "probes ran after stop()"
 
 
-async def test_stop_cancels_probes_that_outlive_grace(scheduler_cleanup) -> None:
+async def test_stop_cancels_probes_that_outlive_grace(new_scheduler) -> None:
     async with SlowHTTP(delay=3.0) as slow:
-        rec = Recorder()
-        sched = make(rec)
-        scheduler_cleanup(sched)
+        rec, sched = new_scheduler()
         target = slow.url("/b")
         sched.update([spec(target, 0.2, timeout=5.0)])
         sched.start()
