@@ -24,7 +24,8 @@ WINDOW_RE = "|".join(WINDOWS)
 
 
 def T(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False, exemplar: bool = False) -> PromTarget:
-    return PromTarget(expr=expr, legendFormat=legend, refId=ref, instant=instant, exemplar=exemplar)
+    # grafanalib ships no type information: mypy's attrs plugin sees only our own field.
+    return PromTarget(expr=expr, legendFormat=legend, refId=ref, instant=instant, exemplar=exemplar)  # type: ignore[call-arg]
 
 
 class Grid:

@@ -41,14 +41,14 @@ def ext(cls: type) -> type:
         return _EXTENDED[cls]
 
     @attr.s
-    class Extended(cls):  # type: ignore[misc, valid-type]
+    class Extended(cls):
         fmin = attr.ib(default=None)
         fmax = attr.ib(default=None)
-        dataLinks = attr.ib(factory=list)
+        dataLinks: list[dict[str, Any]] = attr.ib(factory=list)
         unitId = attr.ib(default="")
-        extraDefaults = attr.ib(factory=dict)
-        extraCustom = attr.ib(factory=dict)
-        extraOptions = attr.ib(factory=dict)
+        extraDefaults: dict[str, Any] = attr.ib(factory=dict)
+        extraCustom: dict[str, Any] = attr.ib(factory=dict)
+        extraOptions: dict[str, Any] = attr.ib(factory=dict)
 
         def to_json_data(self) -> dict[str, Any]:
             d = super().to_json_data()

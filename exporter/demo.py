@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -99,7 +100,7 @@ modules:
             ]
         return "\n".join(lines) + "\n"
 
-    async def _serve(self, sslctx: object) -> int:
+    async def _serve(self, sslctx: ssl.SSLContext) -> int:
         app = web.Application()
         app.router.add_get("/", _hello)
         app.router.add_get("/slow", _slow)

@@ -95,7 +95,7 @@ class ProbeContext:
         limit = self.module.phase_timeout(name)
         remaining = self.remaining()
         by_deadline = limit is None or remaining <= limit
-        budget = remaining if by_deadline else limit
+        budget = remaining if limit is None or remaining <= limit else limit
         start = time.perf_counter_ns()
         try:
             if budget <= 0:

@@ -91,8 +91,9 @@ class Scheduler:
                 del self.entries[key]
         now = time.monotonic()
         for key, spec in wanted.items():
-            entry = self.entries.get(key)
-            if entry is not None:
+            existing = self.entries.get(key)
+            if existing is not None:
+                entry = existing
                 if spec.interval < entry.spec.interval:
                     entry.due = min(entry.due, now + spec.interval)
                     self._push(entry)

@@ -7,7 +7,8 @@ import logging
 import platform
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import yaml
@@ -116,8 +117,8 @@ class Exporter:
         self._spawn(self._watch_files())
         self.ready = True
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -109,7 +109,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
         raise ConfigError(f"{path}.service: required, letters, digits, '_', '-', '.' (got {service!r})")
     selector_raw = f.get("selector", dict, None)
     if selector_raw is None:
-        selector = (("service", service),)
+        selector: tuple[tuple[str, str], ...] = (("service", service),)
     else:
         if not selector_raw:
             raise ConfigError(f"{path}.selector: must name at least one label")

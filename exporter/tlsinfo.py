@@ -7,7 +7,6 @@ import ssl
 from collections import OrderedDict
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
 
 from .config import TLSConfig
 from .result import Certificate, TLSInfo
@@ -59,7 +58,7 @@ def parse_certificate(der: bytes) -> Certificate:
         return cached
     cert = x509.load_der_x509_certificate(der)
     try:
-        san_ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san_ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = tuple(str(v) for v in san_ext.get_values_for_type(x509.DNSName)) + tuple(
             str(v) for v in san_ext.get_values_for_type(x509.IPAddress)
         )

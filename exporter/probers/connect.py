@@ -21,7 +21,7 @@ from ..tlsinfo import client_context, describe
 if TYPE_CHECKING:
     from ..engine import ProbeContext
 
-_FAMILY_NAMES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
 @dataclass(slots=True)
