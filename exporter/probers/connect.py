@@ -5,9 +5,9 @@ import asyncio
 import functools
 import ipaddress
 import socket
+import ssl
 import struct
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 import dns.nameserver
@@ -24,17 +24,199 @@ if TYPE_CHECKING:
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
-@dataclass(slots=True)
-class Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    peer: Peer
-    tls: bool = False
+# What asyncio.open_connection was given: longest line readuntil accepts.
+STREAM_LIMIT = 2**20
+
+
+class Connection(asyncio.Protocol):
+    """One probe connection as a plain asyncio.Protocol: a receive buffer plus write/drain.
+
+    Instead of asyncio.open_connection: the StreamReader + StreamReaderProtocol
+    + StreamWriter trio costs more to set up and tear down than a loopback HTTP
+    exchange (docs/benchmarks.md). The read/drain methods keep
+    StreamReader/StreamWriter semantics exactly, exceptions included, so failure
+    attribution (failures.classify) sees the same exceptions as before:
+    IncompleteReadError at EOF, LimitOverrunError past STREAM_LIMIT, the
+    transport's own error once the connection is lost (it wins over buffered
+    data, as in StreamReader), ConnectionResetError('Connection lost') from
+    drain() after the connection is gone.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, peer: Peer) -> None:
+        self.peer = peer
+        self.tls = False
+        self._loop = loop
+        self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
+        self._buffer = bytearray()
+        self._eof = False
+        self._exception: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None  # a read waiting for data, EOF or an error
+        self._connection_lost = False
+        self._over_ssl = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol callbacks -------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._wake()
+        # Flow control as StreamReader: stop reading while 2 limits are unread.
+        if not self._reading_paused and len(self._buffer) > 2 * STREAM_LIMIT:
+            self._transport.pause_reading()
+            self._reading_paused = True
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # As StreamReaderProtocol: keep a plain socket half-open (we may still
+        # write); over TLS returning True has no effect but a warning.
+        return not self._over_ssl
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_lost = True
+        if exc is None:
+            self._eof = True
+            self._wake()
+        else:
+            self._exception = exc
+            self._wake(exc)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the probe's side -------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """StreamWriter.drain: wait until the transport has taken the written data."""
+        if self._exception is not None:
+            raise self._exception
+        if self._transport.is_closing():
+            # Let a pending connection_lost() run so that a failed write is seen now.
+            await asyncio.sleep(0)
+        if self._connection_lost:
+            raise ConnectionResetError("Connection lost")
+        if not self._writing_paused:
+            return
+        waiter = self._drain_waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        """StreamReader.readuntil: up to and including ``separator``."""
+        if self._exception is not None:
+            raise self._exception
+        seplen = len(separator)
+        offset = 0
+        while True:
+            buflen = len(self._buffer)
+            if buflen - offset >= seplen:
+                isep = self._buffer.find(separator, offset)
+                if isep != -1:
+                    break
+                offset = buflen + 1 - seplen
+                if offset > STREAM_LIMIT:
+                    raise asyncio.LimitOverrunError(f"no {separator!r} in the first {STREAM_LIMIT} bytes", offset)
+            if self._eof:
+                chunk = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(chunk, None)
+            await self._wait_for_data()
+        if isep > STREAM_LIMIT:
+            raise asyncio.LimitOverrunError(f"{separator!r} found after more than {STREAM_LIMIT} bytes", isep)
+        end = isep + seplen
+        chunk = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        self._maybe_resume_reading()
+        return chunk
+
+    async def read(self, n: int) -> bytes:
+        """StreamReader.read(n), n > 0: what is there (at most n), b'' at EOF."""
+        if self._exception is not None:
+            raise self._exception
+        if not self._buffer and not self._eof:
+            await self._wait_for_data()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self._maybe_resume_reading()
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """StreamReader.readexactly: n bytes, or IncompleteReadError at EOF."""
+        if self._exception is not None:
+            raise self._exception
+        while len(self._buffer) < n:
+            if self._eof:
+                incomplete = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(incomplete, n)
+            await self._wait_for_data()
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self._maybe_resume_reading()
+        return data
+
+    async def upgrade_tls(self, sslctx: ssl.SSLContext, server_hostname: str, handshake_timeout: float) -> None:
+        """StreamWriter.start_tls: TLS on the same transport (connect and tls stay separate phases)."""
+        await self.drain()  # as StreamWriter.start_tls: a connection already lost fails here
+        self._transport = await self._loop.start_tls(  # type: ignore[assignment]
+            self._transport, self, sslctx, server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout
+        )
+        self._over_ssl = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return self._transport.get_extra_info(name)
 
     def close(self) -> None:
-        transport = self.writer.transport
         # abort, not close: a probe never waits for a graceful shutdown.
-        transport.abort()
+        self._transport.abort()
+
+    # --- internals ----------------------------------------------------------------
+    def _wake(self, exc: BaseException | None = None) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.cancelled():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    async def _wait_for_data(self) -> None:
+        assert self._waiter is None, "two reads at once on one connection"
+        if self._reading_paused:
+            # Waiting for data while paused would deadlock.
+            self._reading_paused = False
+            self._transport.resume_reading()
+        waiter = self._waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _maybe_resume_reading(self) -> None:
+        if self._reading_paused and len(self._buffer) <= STREAM_LIMIT:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
 
 def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
@@ -59,6 +241,7 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     return host, port
 
 
+@functools.lru_cache(maxsize=1024)  # parsing costs µs on every probe; targets repeat
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -135,15 +318,17 @@ def _tcp_info(sock: socket.socket) -> TCPInfo | None:
 
 
 async def connect(ctx: ProbeContext, host: str, port: int, module: Module) -> Connection:
-    """dns + connect phases; returns plain streams. Closes the socket on failure."""
+    """dns + connect phases; returns the connection. Closes the socket on failure."""
     sock = await open_socket(ctx, host, port, module)
+    assert ctx.peer is not None
+    loop = asyncio.get_running_loop()
+    conn = Connection(loop, ctx.peer)
     try:
-        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        await loop.create_connection(lambda: conn, sock=sock)
     except BaseException:
         sock.close()
         raise
-    assert ctx.peer is not None
-    return Connection(reader, writer, ctx.peer)
+    return conn
 
 
 async def open_socket(ctx: ProbeContext, host: str, port: int, module: Module) -> socket.socket:
@@ -167,14 +352,15 @@ async def open_socket(ctx: ProbeContext, host: str, port: int, module: Module) -
     return sock
 
 
-async def start_tls(ctx: ProbeContext, conn: Connection, host: str, cfg: TLSConfig, alpn: tuple[str, ...] = ()) -> None:
+async def start_tls(ctx: ProbeContext, conn: Connection, host: str, cfg: TLSConfig,
+                    alpn: tuple[str, ...] = ()) -> None:
     """The tls phase, on an established connection."""
     sslctx = client_context(cfg, alpn)
     server_name = cfg.server_name or host
     # asyncio's own handshake timeout must never fire before ours does.
-    handshake = conn.writer.start_tls(sslctx, server_hostname=server_name, ssl_handshake_timeout=max(ctx.remaining(), 0) + 1)
+    handshake = conn.upgrade_tls(sslctx, server_name, max(ctx.remaining(), 0) + 1)
     await ctx.phase("tls", handshake)
-    ssl_object = conn.writer.get_extra_info("ssl_object")
+    ssl_object = conn.get_extra_info("ssl_object")
     conn.tls = True
     ctx.tls = describe(ssl_object, server_name if not _is_ip(server_name) else None, verified=not cfg.insecure_skip_verify)
     ctx.log(f"TLS established: {ctx.tls.version} {ctx.tls.cipher}")

@@ -5,6 +5,10 @@ first_byte (request written -> status line received: the server's processing
 time), transfer (headers and body). Every redirect hop opens its own
 connection and keeps its own phases (``HTTPInfo.hops``); ``ProbeResult.phases``
 are the last hop's.
+
+The connection is a ``connect.Connection`` (a plain asyncio.Protocol),
+not asyncio streams: setting those up and tearing them down cost more than a
+loopback exchange; its read methods keep StreamReader's semantics.
 """
 from __future__ import annotations
 
@@ -112,9 +116,9 @@ async def _exchange(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig, module: M
         if tls:
             await start_tls(ctx, conn, host, cfg.tls_config, ("http/1.1",))
         request = _request_bytes(cfg, parts.path or "/", parts.query, host, port, tls, ctx.propagation_headers())
-        conn.writer.write(request)
-        await ctx.phase("request", conn.writer.drain())
-        status_line = await ctx.phase("first_byte", conn.reader.readuntil(b"\n"))
+        conn.write(request)
+        await ctx.phase("request", conn.drain())
+        status_line = await ctx.phase("first_byte", conn.readuntil(b"\n"))
         response = await ctx.phase("transfer", _read_response(conn, status_line, cfg))
         ctx.log(f"{response.version} {response.status}, {response.body_length} body bytes")
         return response
@@ -161,7 +165,7 @@ async def _read_response(conn: Connection, status_line: bytes, cfg: HTTPProbeCon
     status = int(m.group(3))
     headers: list[tuple[str, str]] = []
     while True:
-        line = await conn.reader.readuntil(b"\n")
+        line = await conn.readuntil(b"\n")
         if line in (b"\r\n", b"\n"):
             break
         name, sep, value = line.partition(b":")
@@ -187,7 +191,7 @@ async def _read_response(conn: Connection, status_line: bytes, cfg: HTTPProbeCon
     elif response.content_length is not None:
         remaining = response.content_length
         while remaining > 0:
-            data = await conn.reader.read(min(remaining, 65536))
+            data = await conn.read(min(remaining, 65536))
             if not data:
                 raise ProbeFailure(
                     "connection_reset",
@@ -196,7 +200,7 @@ async def _read_response(conn: Connection, status_line: bytes, cfg: HTTPProbeCon
             remaining -= len(data)
             _take(data, chunks, response, keep_body)
     else:
-        while data := await conn.reader.read(65536):
+        while data := await conn.read(65536):
             _take(data, chunks, response, keep_body)
     if keep_body:
         response.body = b"".join(chunks)
@@ -209,8 +213,7 @@ def _take(data: bytes, chunks: list[bytes], response: _Response, keep: bool) -> 
         chunks.append(data)
 
 
-async def _read_chunked(conn: Connection, chunks: list[bytes], response: _Response, keep: bool) -> None:
-    reader = conn.reader
+async def _read_chunked(reader: Connection, chunks: list[bytes], response: _Response, keep: bool) -> None:
     while True:
         size_line = await reader.readuntil(b"\n")
         try:

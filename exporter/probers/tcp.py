@@ -1,6 +1,7 @@
 """The tcp prober: connect, optional TLS, optional query_response dialogue."""
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from ..failures import ProbeFailure
@@ -36,8 +37,8 @@ async def _step(ctx: ProbeContext, conn: Connection, host: str, module: Module, 
     if step.expect is not None:
         await ctx.phase("first_byte", _expect(ctx, conn, index, step), accumulate=True)
     if step.send is not None:
-        conn.writer.write(step.send.encode() + b"\n")
-        await ctx.phase("request", conn.writer.drain(), accumulate=True)
+        conn.write(step.send.encode() + b"\n")
+        await ctx.phase("request", conn.drain(), accumulate=True)
     if step.starttls:
         await start_tls(ctx, conn, host, module.tcp.tls_config)
 
@@ -45,12 +46,16 @@ async def _step(ctx: ProbeContext, conn: Connection, host: str, module: Module, 
 async def _expect(ctx: ProbeContext, conn: Connection, index: int, step: QueryStep) -> None:
     assert step.expect is not None
     while True:
-        line = await conn.reader.readline()
-        if not line:
-            raise ProbeFailure(
-                "protocol_error",
-                f"query_response[{index}]: connection closed before a line matched {step.expect.pattern.decode()!r}",
-            )
+        try:
+            line = await conn.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            # The peer closed: its last, unterminated line still counts.
+            line = exc.partial
+            if not line or not step.expect.search(line):
+                raise ProbeFailure(
+                    "protocol_error",
+                    f"query_response[{index}]: connection closed before a line matched {step.expect.pattern.decode()!r}",
+                ) from None
         if step.expect.search(line):
             ctx.log(f"query_response[{index}]: matched {line.rstrip()!r}")
             return
