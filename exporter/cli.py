@@ -10,8 +10,9 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from .config import Config, ConfigError, ResolverConfig, builtin_modules, default_module_for, load_config
+from .config import Config, ConfigError, ResolverConfig, builtin_modules, default_module_for, load_config, split_host_port
 from .engine import run_probe
+from .probers import CHECK_TARGET
 from .failures import ProbeFailure
 from .render import render
 from .telemetry import TracingOptions, setup_tracing, shutdown_tracing
@@ -116,23 +117,17 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _check_target(target: str, prober: str) -> None:
-    from .probers import http
-    from .probers.connect import split_host_port
-
     try:
-        if prober == "http":
-            http.check_target(target)
-        else:
-            split_host_port(target)
-    except (ProbeFailure, ValueError) as exc:
+        CHECK_TARGET[prober](target)
+    except ProbeFailure as exc:
         raise ConfigError(f"invalid target for prober {prober}: {exc}") from None
 
 
 def _nameserver(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or text.count(":") > 1 and not text.startswith("["):
-        return text.strip("[]"), 53
-    return host.strip("[]"), int(port)
+    try:
+        return split_host_port(text, default_port=53)
+    except ValueError as exc:
+        raise ConfigError(f"--nameserver: {exc}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

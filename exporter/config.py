@@ -112,6 +112,28 @@ def compile_regex(pattern: str, path: str) -> re.Pattern[str]:
         raise ConfigError(f"{path}: invalid regexp {pattern!r}: {exc}") from exc
 
 
+def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """'host:port', '[v6]:port', 'v4:port' -> (host, port)."""
+    if target.startswith("["):
+        host, sep, rest = target[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port_text = target.rpartition(":")
+        if not sep or ":" in host:  # no port, or a bare IPv6 literal
+            host, port_text = target, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"target {target!r} has no port (expected host:port)")
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"target {target!r} has an invalid port {port_text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"target {target!r}: port {port} out of range")
+    return host, port
+
+
 TLS_VERSIONS = {"TLS10": "TLSv1", "TLS11": "TLSv1_1", "TLS12": "TLSv1_2", "TLS13": "TLSv1_3"}
 
 
@@ -400,13 +422,10 @@ def _check_re(pattern: str, path: str) -> bool:
 def _parse_resolver(f: _Fields) -> ResolverConfig:
     servers = []
     for i, item in enumerate(f.list_of("nameservers", str)):
-        host, _, port = item.rpartition(":") if item.count(":") == 1 or item.startswith("[") else (item, "", "53")
-        host = host.strip("[]") or item
         try:
-            port_num = int(port or 53)
-        except ValueError:
-            raise ConfigError(f"{f.path}.nameservers[{i}]: invalid port in {item!r}") from None
-        servers.append((host, port_num))
+            servers.append(split_host_port(item, default_port=53))
+        except ValueError as exc:
+            raise ConfigError(f"{f.path}.nameservers[{i}]: {exc}") from None
     cfg = ResolverConfig(nameservers=tuple(servers), timeout=f.duration("timeout", None))
     f.done()
     return cfg

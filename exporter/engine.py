@@ -35,7 +35,9 @@ DEFAULT_TIMEOUT = 10.0
 # The API only: with no SDK configured every span is a cheap no-op, and
 # phase spans are not even created (see ProbeContext.recording).
 _tracer = trace.get_tracer("connhealth", __version__)
-_random = random.SystemRandom()
+# Ids for traceparent when no SDK makes them; not secrets, so the fast PRNG
+# (seeded from os.urandom) instead of a system call per probe.
+_random = random.Random()
 
 
 def _traceparent(trace_id: int, span_id: int, sampled: bool) -> str:
@@ -94,8 +96,10 @@ class ProbeContext:
         self.phase_name = name
         limit = self.module.phase_timeout(name)
         remaining = self.remaining()
-        by_deadline = limit is None or remaining <= limit
-        budget = remaining if limit is None or remaining <= limit else limit
+        if limit is None or remaining <= limit:
+            by_deadline, budget = True, remaining
+        else:
+            by_deadline, budget = False, limit
         start = time.perf_counter_ns()
         try:
             if budget <= 0:
@@ -220,7 +224,6 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         timeout = module.timeout or DEFAULT_TIMEOUT
     elif module.timeout:
         timeout = min(timeout, module.timeout)
-    started_at = time.time()
     ctx = ProbeContext(target, module, timeout, parent)
     failure: Failure | None = None
     prober = PROBERS[module.prober]
@@ -243,14 +246,13 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     else:
         ctx.log("probe succeeded")
     duration_ns = time.perf_counter_ns() - ctx._start_ns
-    duration = duration_ns / 1e9
     ctx.finish_span(failure, duration_ns)
     return ProbeResult(
         target=target,
         module=module.name,
         prober=module.prober,
-        started_at=started_at,
-        duration_seconds=duration,
+        started_at=ctx._epoch_ns / 1e9,
+        duration_seconds=duration_ns / 1e9,
         timeout_seconds=timeout,
         phases=ctx.phases,
         failure=failure,

@@ -22,3 +22,10 @@ PROBERS: dict[str, Prober] = {
     "http": http.probe,
     "tcp": tcp.probe,
 }
+
+# Target syntax per prober: raises ProbeFailure("invalid_target") (the CLI
+# checks before probing, to answer a typo with a usage error).
+CHECK_TARGET: dict[str, Callable[[str], Any]] = {
+    "http": http.check_target,
+    "tcp": tcp.check_target,
+}

@@ -42,9 +42,7 @@ class Connection(asyncio.Protocol):
     drain() after the connection is gone.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, peer: Peer) -> None:
-        self.peer = peer
-        self.tls = False
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self._buffer = bytearray()
@@ -219,28 +217,6 @@ class Connection(asyncio.Protocol):
             self._transport.resume_reading()
 
 
-def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
-    """'host:port', '[v6]:port', 'v4:port' -> (host, port)."""
-    if target.startswith("["):
-        host, sep, rest = target[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, sep, port_text = target.rpartition(":")
-        if not sep or ":" in host:  # no port, or a bare IPv6 literal
-            host, port_text = target, ""
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"target {target!r} has no port (expected host:port)")
-        return host, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"target {target!r} has an invalid port {port_text!r}") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"target {target!r}: port {port} out of range")
-    return host, port
-
-
 @functools.lru_cache(maxsize=1024)  # parsing costs µs on every probe; targets repeat
 def _is_ip(host: str) -> bool:
     try:
@@ -320,9 +296,8 @@ def _tcp_info(sock: socket.socket) -> TCPInfo | None:
 async def connect(ctx: ProbeContext, host: str, port: int, module: Module) -> Connection:
     """dns + connect phases; returns the connection. Closes the socket on failure."""
     sock = await open_socket(ctx, host, port, module)
-    assert ctx.peer is not None
     loop = asyncio.get_running_loop()
-    conn = Connection(loop, ctx.peer)
+    conn = Connection(loop)
     try:
         await loop.create_connection(lambda: conn, sock=sock)
     except BaseException:
@@ -361,6 +336,5 @@ async def start_tls(ctx: ProbeContext, conn: Connection, host: str, cfg: TLSConf
     handshake = conn.upgrade_tls(sslctx, server_name, max(ctx.remaining(), 0) + 1)
     await ctx.phase("tls", handshake)
     ssl_object = conn.get_extra_info("ssl_object")
-    conn.tls = True
     ctx.tls = describe(ssl_object, server_name if not _is_ip(server_name) else None, verified=not cfg.insecure_skip_verify)
     ctx.log(f"TLS established: {ctx.tls.version} {ctx.tls.cipher}")

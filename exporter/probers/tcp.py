@@ -4,20 +4,25 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from ..config import split_host_port
 from ..failures import ProbeFailure
-from .connect import Connection, connect, open_socket, split_host_port, start_tls
+from .connect import Connection, connect, open_socket, start_tls
 
 if TYPE_CHECKING:
     from ..config import Module, QueryStep
     from ..engine import ProbeContext
 
 
-async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
-    cfg = module.tcp
+def check_target(target: str) -> tuple[str, int]:
     try:
-        host, port = split_host_port(target)
+        return split_host_port(target)
     except ValueError as exc:
         raise ProbeFailure("invalid_target", str(exc)) from None
+
+
+async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
+    cfg = module.tcp
+    host, port = check_target(target)
     if not cfg.tls and not cfg.query_response:
         # Connecting is the whole probe: no streams to set up and tear down.
         (await open_socket(ctx, host, port, module)).close()
