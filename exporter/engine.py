@@ -114,6 +114,8 @@ class ProbeContext:
                     value = await awaitable
         except TimeoutError as exc:
             self._phase_span(name, start, time.perf_counter_ns(), "timeout")
+            if limit is None and self.remaining() > 0:
+                raise  # not our timer: the kernel's (ETIMEDOUT), classify says so
             if by_deadline:
                 raise DeadlineExceeded(f"after {self.timeout:g}s") from exc
             raise TimeoutError(f"phase limit {limit:g}s exceeded") from exc

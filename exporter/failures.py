@@ -118,9 +118,13 @@ def classify(exc: BaseException, phase: str, prober: str = "http") -> Failure:
     if isinstance(exc, ProbeFailure):
         return Failure(exc.phase or phase, exc.reason, exc.message)
     if isinstance(exc, (TimeoutError, DeadlineExceeded)):
-        which = "overall probe deadline" if isinstance(exc, DeadlineExceeded) else f"{phase} phase limit"
-        reason = _timeout_reason(phase, prober)
-        return Failure(phase, reason, f"timed out in phase {phase} ({which}){_detail(exc)}")
+        if isinstance(exc, DeadlineExceeded):
+            which = "overall probe deadline"
+        elif exc.errno == errno.ETIMEDOUT:
+            which = "the kernel gave up, e.g. SYN retries exhausted"
+        else:
+            which = f"{phase} phase limit"
+        return Failure(phase, _timeout_reason(phase, prober), f"timed out in phase {phase} ({which}){_detail(exc)}")
     if phase == "dns":
         dns_failure = _classify_dns(exc)
         if dns_failure is not None:
@@ -141,24 +145,17 @@ def classify(exc: BaseException, phase: str, prober: str = "http") -> Failure:
             # asyncio's own "connection lost" (no errno): sslproto raises a bare
             # ConnectionResetError when the peer sends a FIN mid-handshake.
             # That is a hang-up, not a TCP reset.
-            if phase == "tls":
-                return Failure("tls", "tls_handshake_error", f"server closed the connection during the TLS handshake{_detail(exc)}")
-            return Failure(phase, "connection_reset", f"connection lost in phase {phase}{_detail(exc)}")
+            return _closed(phase, exc)
         if code == errno.ECONNREFUSED:
             return Failure(phase, "connect_refused", f"connection refused{_detail(exc)}")
         if code in _UNREACHABLE_ERRNOS:
             return Failure(phase, "connect_unreachable", f"{exc.strerror or exc}")
-        if code == errno.ETIMEDOUT:
-            # The kernel gave up (SYN retries exhausted) before our own deadline.
-            return Failure(phase, _timeout_reason(phase, prober), f"kernel timeout: {exc.strerror}")
         if code in _RESET_ERRNOS:
             return _reset(phase, exc)
     if isinstance(exc, asyncio.LimitOverrunError):
         return Failure(phase, "protocol_error", f"line longer than {exc.consumed} bytes without a line end")
-    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, EOFError)) or type(exc).__name__ == "IncompleteReadError":
-        if phase == "tls":
-            return Failure("tls", "tls_handshake_error", f"server closed the connection during the TLS handshake{_detail(exc)}")
-        return Failure(phase, "connection_reset", f"peer closed the connection in phase {phase}{_detail(exc)}")
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError, EOFError)):  # EOFError: asyncio.IncompleteReadError
+        return _closed(phase, exc)
     return Failure(phase, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
@@ -167,6 +164,13 @@ def _timeout_reason(phase: str, prober: str) -> str:
         # a tcp query_response expectation waiting for its line
         return "probe_timeout"
     return _PHASE_TIMEOUT_REASON.get(phase, "probe_timeout")
+
+
+def _closed(phase: str, exc: BaseException) -> Failure:
+    """The peer hung up (FIN, not a reset)."""
+    if phase == "tls":
+        return Failure("tls", "tls_handshake_error", f"server closed the connection during the TLS handshake{_detail(exc)}")
+    return Failure(phase, "connection_reset", f"peer closed the connection in phase {phase}{_detail(exc)}")
 
 
 def _reset(phase: str, exc: BaseException) -> Failure:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from ..failures import ProbeFailure
 from ..result import Hop, HTTPInfo
@@ -53,14 +53,23 @@ class _Response:
         return [value for key, value in self.headers if key.lower() == lname]
 
 
-def check_target(target: str) -> None:
-    parts = urlsplit(target)
+def _split_url(url: str) -> tuple[SplitResult, str, int]:
+    """(parts, host, port) of an http(s) URL; ValueError names what is wrong."""
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProbeFailure("invalid_target", f"target {target!r} is not an http:// or https:// URL")
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
     try:
-        parts.port
+        port = parts.port
     except ValueError as exc:
-        raise ProbeFailure("invalid_target", f"target {target!r}: {exc}") from None
+        raise ValueError(f"{url!r}: {exc}") from None
+    return parts, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def check_target(target: str) -> None:
+    try:
+        _split_url(target)
+    except ValueError as exc:
+        raise ProbeFailure("invalid_target", f"target {exc}") from None
 
 
 async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
@@ -98,16 +107,12 @@ async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
 
 
 async def _exchange(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig, module: Module, hops: list[Hop]) -> _Response:
-    parts = urlsplit(url)
     try:
-        port = parts.port
+        parts, host, port = _split_url(url)
     except ValueError as exc:
-        raise ProbeFailure("protocol_error", f"redirect to invalid URL {url!r}: {exc}", phase="first_byte") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ProbeFailure("protocol_error", f"redirect to unsupported URL {url!r}", phase="first_byte")
+        # Only a redirect can get here: the target itself passed check_target.
+        raise ProbeFailure("protocol_error", f"redirect to an unusable URL: {exc}", phase="first_byte") from None
     tls = parts.scheme == "https"
-    host = parts.hostname
-    port = port or (443 if tls else 80)
     response: _Response | None = None
     conn: Connection | None = None
     ctx.begin_hop(cfg.method, url, host, port)
