@@ -87,26 +87,18 @@ def _load(path: str | None) -> Config:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-        name = args.module or default_module_for(args.target)
-        if name not in config.modules:
-            raise ConfigError(f"unknown module {name!r} (known: {', '.join(sorted(config.modules))})")
-        module = config.modules[name]
-        if args.nameserver:
-            servers = tuple(_nameserver(ns) for ns in args.nameserver)
-            module = dataclasses.replace(module, resolver=ResolverConfig(nameservers=servers, timeout=module.resolver.timeout))
-        if args.timeout is not None and args.timeout <= 0:
-            raise ConfigError("--timeout must be positive")
-        _check_target(args.target, module.prober)
-    except ConfigError as exc:
-        print(f"connhealth: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        processor = setup_tracing(_tracing_options(args))
-    except ValueError as exc:
-        print(f"connhealth: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    config = _load(args.config)
+    name = args.module or default_module_for(args.target)
+    if name not in config.modules:
+        raise ConfigError(f"unknown module {name!r} (known: {', '.join(sorted(config.modules))})")
+    module = config.modules[name]
+    if args.nameserver:
+        servers = tuple(_nameserver(ns) for ns in args.nameserver)
+        module = dataclasses.replace(module, resolver=ResolverConfig(nameservers=servers, timeout=module.resolver.timeout))
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError("--timeout must be positive")
+    _check_target(args.target, module.prober)
+    processor = setup_tracing(_tracing_options(args))
     result = asyncio.run(run_probe(args.target, module, args.timeout))
     shutdown_tracing(processor)
     if args.json:
@@ -145,18 +137,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tracing=_tracing_options(args),
     )
     if args.history_limit < 1:
-        print("connhealth: --history.limit must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if args.demo:
-            from .demo import serve_demo
+        raise ConfigError("--history.limit must be at least 1")
+    if args.demo:
+        from .demo import serve_demo
 
-            return _run(serve_demo(options), args.event_loop)
-        config = _load(args.config_file)
-        return _run(serve(options, config), args.event_loop)
-    except ConfigError as exc:
-        print(f"connhealth: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _run(serve_demo(options), args.event_loop)
+    return _run(serve(options, _load(args.config_file)), args.event_loop)
 
 
 def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
@@ -175,11 +161,7 @@ def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f"connhealth: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    config = load_config(args.file)
     print(f"{args.file}: OK ({len(config.modules)} modules, {len(config.targets)} targets, {len(config.target_files)} target file globs)")
     return EXIT_OK
 
@@ -193,12 +175,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(f"connhealth: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    written = generate(config, args.out)
+    written = generate(_load(args.config), args.out)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 
@@ -207,7 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"probe": _cmd_probe, "serve": _cmd_serve, "check-config": _cmd_check_config, "demo": _cmd_demo,
                 "generate": _cmd_generate}
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except ConfigError as exc:  # the one place a usage/config error becomes exit 2
+        print(f"connhealth: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -20,9 +20,12 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from .config import ConfigError
+
 log = logging.getLogger("connhealth.telemetry")
 
 PROTOCOLS = ("http/protobuf", "grpc")
+DROP_REASONS = ("export_failed", "queue_full")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,7 @@ class DroppingSpanProcessor(SpanProcessor):
         self.interval = interval
         self._queue: queue.Queue[ReadableSpan] = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
-        self.dropped = {"queue_full": 0, "export_failed": 0}
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.exported = 0
         self._stop = threading.Event()
         self._flush_requested = threading.Event()
@@ -167,7 +170,7 @@ def setup_tracing(options: TracingOptions) -> DroppingSpanProcessor | None:
         return None
     protocol = options.protocol or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
     if protocol not in PROTOCOLS:
-        raise ValueError(f"OTLP protocol {protocol!r} is not supported (one of {', '.join(PROTOCOLS)})")
+        raise ConfigError(f"OTLP protocol {protocol!r} is not supported (one of {', '.join(PROTOCOLS)})")
     headers = _headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
     exporter = make_exporter(endpoint, protocol, headers, signal_url=signal_url)
     processor = DroppingSpanProcessor(exporter, options.queue_size, options.batch_size, options.export_interval)
@@ -191,5 +194,5 @@ def shutdown_tracing(processor: DroppingSpanProcessor | None) -> None:
 
 def dropped_samples(processor: DroppingSpanProcessor | None) -> Sequence[tuple[str, int]]:
     if processor is None:
-        return [("queue_full", 0), ("export_failed", 0)]
+        return [(reason, 0) for reason in DROP_REASONS]
     return sorted(processor.dropped.items())
