@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from .config import Config, ConfigError, ResolverConfig, builtin_modules, default_module_for, load_config, split_host_port
+from .config import ConfigError, ResolverConfig, default_module_for, load_config, load_config_or_builtins, split_host_port
 from .engine import run_probe
 from .probers import CHECK_TARGET
 from .failures import ProbeFailure
@@ -80,14 +80,8 @@ def _tracing_options(args: argparse.Namespace) -> TracingOptions:
     return TracingOptions(endpoint=args.otlp_endpoint, protocol=args.otlp_protocol)
 
 
-def _load(path: str | None) -> Config:
-    if path is None:
-        return Config(modules=builtin_modules())
-    return load_config(path)
-
-
 def _cmd_probe(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config_or_builtins(args.config)
     name = args.module or default_module_for(args.target)
     if name not in config.modules:
         raise ConfigError(f"unknown module {name!r} (known: {', '.join(sorted(config.modules))})")
@@ -142,7 +136,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .demo import serve_demo
 
         return _run(serve_demo(options), args.event_loop)
-    return _run(serve(options, _load(args.config_file)), args.event_loop)
+    return _run(serve(options, load_config_or_builtins(args.config_file)), args.event_loop)
 
 
 def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
@@ -175,7 +169,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
-    written = generate(_load(args.config), args.out)
+    written = generate(load_config_or_builtins(args.config), args.out)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 

@@ -123,14 +123,14 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
             host, port_text = target, ""
     if not port_text:
         if default_port is None:
-            raise ValueError(f"target {target!r} has no port (expected host:port)")
+            raise ValueError(f"{target!r} has no port (expected host:port)")
         return host, default_port
     try:
         port = int(port_text)
     except ValueError:
-        raise ValueError(f"target {target!r} has an invalid port {port_text!r}") from None
+        raise ValueError(f"{target!r} has an invalid port {port_text!r}") from None
     if not 0 < port < 65536:
-        raise ValueError(f"target {target!r}: port {port} out of range")
+        raise ValueError(f"{target!r}: port {port} out of range")
     return host, port
 
 
@@ -612,6 +612,11 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     return parse_config(text, str(p))
+
+
+def load_config_or_builtins(path: str | Path | None) -> Config:
+    """The config file, or with none given just the built-in modules."""
+    return load_config(path) if path is not None else Config(modules=builtin_modules())
 
 
 _BUILTINS: dict[str, Module] | None = None

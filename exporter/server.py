@@ -7,7 +7,7 @@ import logging
 import platform
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
-from .config import Config, ConfigError, TargetSpec, builtin_modules, load_config
+from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
 from .engine import run_probe
 from .exposition import probe_text
 from .history import History, HistoryEntry
@@ -195,8 +195,6 @@ class Exporter:
         if module is None:
             return web.Response(status=400, text=f"Unknown module {module_name!r}\n")
         timeout = _scrape_timeout(request, self.options.timeout_offset)
-        if isinstance(timeout, str):
-            return web.Response(status=400, text=timeout + "\n")
         # Prometheus can trace its scrapes: the probe then continues that trace.
         parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
         self.probe_endpoint_in_flight += 1
@@ -275,16 +273,15 @@ def redact(raw: object) -> object:
     return data
 
 
-def _scrape_timeout(request: web.Request, offset: float) -> float | None | str:
+def _scrape_timeout(request: web.Request, offset: float) -> float | None:
     header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     if header is None:
         return None
     try:
         seconds = float(header)
     except ValueError:
-        return f"Failed to parse timeout from Prometheus header: {header!r}"
-    seconds -= offset
-    return max(seconds, 0.001)
+        raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header: {header!r}\n") from None
+    return max(seconds - offset, 0.001)
 
 
 def _label_names(targets: Sequence[TargetSpec]) -> set[str]:
@@ -312,15 +309,17 @@ def build_app(exporter: Exporter) -> web.Application:
 
 
 def _parse_listen(address: str) -> tuple[str | None, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--web.listen-address: invalid address {address!r} (expected [host]:port)")
-    return (host.strip("[]") or None), int(port)
+    try:
+        host, port = split_host_port(address)
+    except ValueError as exc:
+        raise ConfigError(f"--web.listen-address: {exc} (expected [host]:port)") from None
+    return host or None, port
 
 
-async def serve(options: ServeOptions, config: Config | None = None, *, on_started: object = None) -> int:
+async def serve(options: ServeOptions, config: Config | None = None, *,
+                on_started: Callable[[Exporter, web.AppRunner], None] | None = None) -> int:
     if config is None:
-        config = load_config(options.config_file) if options.config_file else Config(modules=builtin_modules())
+        config = load_config_or_builtins(options.config_file)
     listen = [_parse_listen(a) for a in options.listen]
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
@@ -333,7 +332,7 @@ async def serve(options: ServeOptions, config: Config | None = None, *, on_start
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
     exporter.start()
-    if callable(on_started):
+    if on_started is not None:
         on_started(exporter, runner)
 
     loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ def check_target(target: str) -> tuple[str, int]:
     try:
         return split_host_port(target)
     except ValueError as exc:
-        raise ProbeFailure("invalid_target", str(exc)) from None
+        raise ProbeFailure("invalid_target", f"target {exc}") from None
 
 
 async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
