@@ -129,7 +129,8 @@ class TargetSeries:
             out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
         return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
 
-    def observe(self, result: ProbeResult, bounds: tuple[float, ...], finished_at: float) -> None:
+    def observe(self, result: ProbeResult, bounds: tuple[float, ...]) -> None:
+        finished_at = result.started_at + result.duration_seconds
         self.attempts += 1
         self.last_probe = finished_at
         self.success = result.success
@@ -197,8 +198,8 @@ class SeriesStore:
             series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1)
         return series
 
-    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult, finished_at: float) -> None:
-        self.get(target, module, labels).observe(result, self.bounds, finished_at)
+    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult) -> None:
+        self.get(target, module, labels).observe(result, self.bounds)
 
     def retain(self, keys: set[tuple[str, str, tuple[tuple[str, str], ...]]]) -> None:
         """Forget targets that are no longer configured (their series vanish, like blackbox's)."""

@@ -141,11 +141,7 @@ class Connection(asyncio.Protocol):
             await self._wait_for_data()
         if isep > STREAM_LIMIT:
             raise asyncio.LimitOverrunError(f"{separator!r} found after more than {STREAM_LIMIT} bytes", isep)
-        end = isep + seplen
-        chunk = bytes(self._buffer[:end])
-        del self._buffer[:end]
-        self._maybe_resume_reading()
-        return chunk
+        return self._take(isep + seplen)
 
     async def read(self, n: int) -> bytes:
         """StreamReader.read(n), n > 0: what is there (at most n), b'' at EOF."""
@@ -153,10 +149,7 @@ class Connection(asyncio.Protocol):
             raise self._exception
         if not self._buffer and not self._eof:
             await self._wait_for_data()
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self._maybe_resume_reading()
-        return data
+        return self._take(n)
 
     async def readexactly(self, n: int) -> bytes:
         """StreamReader.readexactly: n bytes, or IncompleteReadError at EOF."""
@@ -168,10 +161,7 @@ class Connection(asyncio.Protocol):
                 self._buffer.clear()
                 raise asyncio.IncompleteReadError(incomplete, n)
             await self._wait_for_data()
-        data = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self._maybe_resume_reading()
-        return data
+        return self._take(n)
 
     async def upgrade_tls(self, sslctx: ssl.SSLContext, server_hostname: str, handshake_timeout: float) -> None:
         """StreamWriter.start_tls: TLS on the same transport (connect and tls stay separate phases)."""
@@ -211,10 +201,14 @@ class Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    def _maybe_resume_reading(self) -> None:
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes (fewer if fewer are there); reading resumes once drained."""
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
         if self._reading_paused and len(self._buffer) <= STREAM_LIMIT:
             self._reading_paused = False
             self._transport.resume_reading()
+        return data
 
 
 @functools.lru_cache(maxsize=1024)  # parsing costs µs on every probe; targets repeat
