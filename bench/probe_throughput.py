@@ -25,6 +25,7 @@ CPU placement (``--pin``):
 Usage:
   .venv/bin/python bench/probe_throughput.py [--duration 10] [--reps 3]
       [--connections 16] [--pin split|none] [--protocols tcp,http,https]
+      [--baseline DIR]   # DIR: e.g. `git worktree add /tmp/before HEAD~1`; runs it side by side as "before"
 Needs: nginx, wrk (apt-get install -y nginx wrk), prometheus-blackbox-exporter.
 Stops by itself: total time ≈ reps × protocols × 2 × (duration + 1) s + warm-up.
 """
@@ -44,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
-    BLACKBOX, CONNHEALTH, LOCALHOST, connhealth_argv, connhealth_env, cpu_seconds, free_port, get, median, start, stop_all, wait_port,
+    BLACKBOX, CONNHEALTH, LOCALHOST, PYTHON, connhealth_argv, connhealth_env, cpu_seconds, free_port, get, median, start, stop_all, wait_port,
 )
 from exporter.certs import CertFactory  # noqa: E402
 
@@ -193,6 +194,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of unrecorded load per exporter/protocol first")
     ap.add_argument("--uvloop", metavar="DIR", help="experiment: run connhealth on uvloop, importable from DIR "
                     "(pip install --target DIR uvloop); exporter/ is not modified")
+    ap.add_argument("--baseline", metavar="DIR", help="also run the connhealth in source tree DIR (e.g. a git worktree of "
+                    "the previous commit) as 'before', side by side in the same run, to compare before/after")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--profile-dir", help="after the comparison, profile connhealth with py-spy (one wrk run per "
                     "protocol) and write collapsed stacks + a summary here; --reps 0 profiles only")
@@ -231,6 +234,13 @@ def main() -> int:
                             tmp / "connhealth.log", cpus=exp_cpus, env=connhealth_env(args.uvloop)),
     }
     ports = {"blackbox": bb_port, "connhealth": ch_port}
+    if args.baseline:
+        before_port = ports["before"] = free_port()
+        baseline = str(Path(args.baseline).resolve())
+        # cwd = the baseline tree: `-m` puts the cwd first on sys.path, ahead of PYTHONPATH.
+        exporters["before"] = start(["env", "-C", baseline, PYTHON, "-m", "exporter", "serve", "--config.file", str(tmp / "blackbox.yml"),
+                                     "--web.listen-address", f"{LOCALHOST}:{before_port}", "--log.level", "warn"],
+                                    tmp / "before.log", cpus=exp_cpus, env={"PYTHONPATH": baseline})
     for name, proc in exporters.items():
         wait_port(ports[name], proc)
 
@@ -265,7 +275,7 @@ def main() -> int:
     order = list(exporters)
     for rep in range(args.reps):
         for proto in protocols:
-            seq = order if (rep % 2 == 0) else order[::-1]  # ABBA: neither exporter always goes first
+            seq = order if (rep % 2 == 0) else order[::-1]  # ABBA: no exporter always goes first
             for exporter in seq:
                 pid = exporters[exporter].pid
                 c0, t0 = cpu_seconds(pid), time.monotonic()
@@ -292,6 +302,16 @@ def main() -> int:
         summary[proto] = {"blackbox": bb, "connhealth": ch, "ratio": ch / bb if bb else float("nan")}
         print(f"| {proto} | {bb:.0f} | {ch:.0f} | {ch / bb:.2f}× | {bb_cpu:.0f}% | {ch_cpu:.0f}% | "
               f"{'yes' if bad == 0 else f'NO: {bad} bad'} ({okn} checked) |")
+    if args.baseline:
+        print()
+        print("| probe | before probes/s (median) | before / blackbox | after / blackbox | after / before |")
+        print("|---|---|---|---|---|")
+        for proto in protocols:
+            bb = summary[proto]["blackbox"]
+            before = median([r["rps"] for r in results[proto]["before"]])
+            after = summary[proto]["connhealth"]
+            summary[proto].update({"before": before, "before_ratio": before / bb if bb else float("nan")})
+            print(f"| {proto} | {before:.0f} | {before / bb:.2f}× | {after / bb:.2f}× | {after / before:.2f}× |")
     if args.json and args.reps:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary}, indent=2))
     if args.profile_dir:

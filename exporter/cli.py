@@ -12,10 +12,10 @@ from typing import Any
 
 from .config import ConfigError, ResolverConfig, default_module_for, load_config, load_config_or_builtins, split_host_port
 from .engine import run_probe
-from .probers import CHECK_TARGET
+from .probers import PROBERS
 from .failures import ProbeFailure
 from .render import render
-from .telemetry import TracingOptions, setup_tracing, shutdown_tracing
+from .sinks.traces_export import TracingOptions, setup_tracing, shutdown_tracing
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -104,7 +104,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _check_target(target: str, prober: str) -> None:
     try:
-        CHECK_TARGET[prober](target)
+        PROBERS[prober].check_target(target)
     except ProbeFailure as exc:
         raise ConfigError(f"invalid target for prober {prober}: {exc}") from None
 

@@ -1,9 +1,11 @@
 """Failure attribution: the one place where an exception becomes a (phase, reason).
 
-Probers never invent reasons. They either raise ``ProbeFailure`` with a reason
-from ``REASONS`` (for checks they make themselves: status codes, regexes, ...)
-or let the low-level exception escape; ``classify`` maps both, most specific
-match first.
+Probers never invent reasons. A prober registers its own reasons
+(``register_reasons``) next to the shared ones below, then either raises
+``ProbeFailure`` with one of them (for checks it makes itself: status codes,
+regexes, ...) or lets the low-level exception escape; ``classify`` maps both,
+most specific match first, with the prober's ``Rules`` (its phases' timeout
+reasons, its parsers' exception types).
 """
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import asyncio
 import errno
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import dns.exception
 import dns.resolver
 
+from .net.resolve import NoAddressError
 from .result import Failure
 
 
@@ -45,15 +49,6 @@ REASONS: dict[str, Reason] = {
     "tls_hostname_mismatch": Reason("tls", "the certificate does not cover the name (or IP) that was asked for", "wrong certificate on a virtual host, missing SAN"),
     "tls_protocol_version": Reason("tls", "client and server share no TLS version", "server only speaks TLS 1.0/1.1, min_version too high"),
     "tls_handshake_error": Reason("tls", "the TLS handshake failed for another reason (alert, no shared cipher, server hung up)", "cipher mismatch, client certificate required, not a TLS port"),
-    # http
-    "http_timeout_first_byte": Reason("first_byte", "the request was sent but no response byte arrived before the deadline", "slow backend, stuck worker pool"),
-    "http_status_5xx": Reason("first_byte", "the server answered with a 5xx status not in valid_status_codes", "backend error, overload, bad gateway"),
-    "http_status_4xx": Reason("first_byte", "the server answered with a 4xx status not in valid_status_codes", "wrong path, auth required, rate limited"),
-    "http_status_unexpected": Reason("first_byte", "the status (1xx/2xx/3xx) is not in valid_status_codes, or the HTTP version is not in valid_http_versions", "redirect not followed, unexpected success code"),
-    "http_too_many_redirects": Reason("first_byte", "more than the allowed number of redirects (10)", "redirect loop"),
-    "http_body_mismatch": Reason("transfer", "the body failed a fail_if_body_(not_)matches_regexp check", "error page served with 200, wrong content"),
-    "http_header_mismatch": Reason("first_byte", "a header failed a fail_if_header_(not_)matches check", "missing security header, wrong content type"),
-    "http_ssl_expectation": Reason("first_byte", "fail_if_ssl / fail_if_not_ssl was violated", "redirect from https to http or the other way round"),
     "connection_reset": Reason("any", "the peer reset or closed the connection in the middle of the exchange", "server crash, proxy idle timeout shorter than the client's, keep-alive reuse of a dead connection"),
     "protocol_error": Reason("any", "the peer's answer is not valid for the protocol (malformed status line or headers, query_response expectation not met)", "wrong port, non-HTTP service, broken proxy"),
     # probe-wide
@@ -62,12 +57,12 @@ REASONS: dict[str, Reason] = {
     "internal_error": Reason("any", "a bug in connhealth (never a target's fault); the log has the traceback", "please report it"),
 }
 
-# A timeout in these phases has its own reason; elsewhere it is probe_timeout.
+# A timeout in these phases has its own reason whatever the prober; a prober
+# declares its own phases' timeout reasons (Rules.timeout_reasons).
 _PHASE_TIMEOUT_REASON: dict[str, str] = {
     "dns": "dns_timeout",
     "connect": "connect_timeout",
     "tls": "tls_handshake_timeout",
-    "first_byte": "http_timeout_first_byte",
 }
 
 # OpenSSL verify codes (X509_V_ERR_*) -> reason.
@@ -97,6 +92,28 @@ _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.EADDRNOTAVAIL}
 
 
+def register_reasons(reasons: Mapping[str, Reason]) -> None:
+    """A prober adds its own reasons; a name means one thing everywhere."""
+    for name, reason in reasons.items():
+        if REASONS.get(name, reason) != reason:
+            raise ValueError(f"failure reason {name!r} registered twice with different meanings")
+        REASONS[name] = reason
+
+
+def unregister_reasons(names: list[str]) -> None:
+    for name in names:
+        REASONS.pop(name, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a prober tells the classifier: its phases' timeout reasons and its own exception types."""
+
+    timeout_reasons: Mapping[str, str] = field(default_factory=dict)
+    # (exception type, reason), most specific first: protocol errors of the prober's own parsers.
+    errors: tuple[tuple[type[BaseException], str], ...] = ()
+
+
 class ProbeFailure(Exception):
     """Raised by probers for failures they detect themselves."""
 
@@ -113,10 +130,16 @@ class DeadlineExceeded(Exception):
     """The probe's overall deadline ran out (raised by the engine, not a prober)."""
 
 
-def classify(exc: BaseException, phase: str, prober: str = "http") -> Failure:
-    """Map an exception raised while in ``phase`` of ``prober`` to the failure it means."""
+_NO_RULES = Rules()
+
+
+def classify(exc: BaseException, phase: str, rules: Rules = _NO_RULES) -> Failure:
+    """Map an exception raised while in ``phase`` to the failure it means, given the prober's ``rules``."""
     if isinstance(exc, ProbeFailure):
         return Failure(exc.phase or phase, exc.reason, exc.message)
+    for kind, reason in rules.errors:
+        if isinstance(exc, kind):
+            return Failure(phase, reason, str(exc) or type(exc).__name__)
     if isinstance(exc, (TimeoutError, DeadlineExceeded)):
         if isinstance(exc, DeadlineExceeded):
             which = "overall probe deadline"
@@ -124,7 +147,7 @@ def classify(exc: BaseException, phase: str, prober: str = "http") -> Failure:
             which = "the kernel gave up, e.g. SYN retries exhausted"
         else:
             which = f"{phase} phase limit"
-        return Failure(phase, _timeout_reason(phase, prober), f"timed out in phase {phase} ({which}){_detail(exc)}")
+        return Failure(phase, _timeout_reason(phase, rules), f"timed out in phase {phase} ({which}){_detail(exc)}")
     if phase == "dns":
         dns_failure = _classify_dns(exc)
         if dns_failure is not None:
@@ -159,11 +182,8 @@ def classify(exc: BaseException, phase: str, prober: str = "http") -> Failure:
     return Failure(phase, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def _timeout_reason(phase: str, prober: str) -> str:
-    if phase == "first_byte" and prober != "http":
-        # a tcp query_response expectation waiting for its line
-        return "probe_timeout"
-    return _PHASE_TIMEOUT_REASON.get(phase, "probe_timeout")
+def _timeout_reason(phase: str, rules: Rules) -> str:
+    return rules.timeout_reasons.get(phase) or _PHASE_TIMEOUT_REASON.get(phase, "probe_timeout")
 
 
 def _closed(phase: str, exc: BaseException) -> Failure:
@@ -200,10 +220,6 @@ def _classify_dns(exc: BaseException) -> Failure | None:
     if isinstance(exc, NoAddressError):
         return Failure("dns", "dns_no_address", str(exc))
     return None
-
-
-class NoAddressError(Exception):
-    """Resolution succeeded but yielded no usable address for the wanted family."""
 
 
 def _detail(exc: BaseException) -> str:

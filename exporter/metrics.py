@@ -94,3 +94,20 @@ PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (
     MetricSpec(PROBE_TCP_RTT, "gauge", (), "Kernel smoothed RTT right after connect (TCP_INFO)."),
     MetricSpec(PROBE_TCP_RETRANSMITS, "gauge", (), "Kernel retransmits right after connect (TCP_INFO)."),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeFamily:
+    """A /probe gauge family a prober declares; exposition writes its '# HELP'/'# TYPE' header once."""
+
+    name: str
+    help: str
+    type: str = "gauge"
+
+    @property
+    def header(self) -> str:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n"
+
+
+# (label pairs, value) samples of one family, as a prober hands them to the /probe exposition.
+ProbeSamples = list[tuple[tuple[tuple[str, str], ...], float]]

@@ -6,16 +6,9 @@ import time
 from urllib.parse import urlsplit
 
 from .failures import REASONS
-from .result import PHASES, ProbeResult
+from .probers import PROBERS, phase_label
+from .result import Phase, ProbeResult
 
-_LABELS = {
-    "dns": "DNS lookup",
-    "connect": "TCP connect",
-    "tls": "TLS handshake",
-    "request": "Request sent",
-    "first_byte": "Server processing",
-    "transfer": "Content transfer",
-}
 _WIDTH = 40
 
 
@@ -23,29 +16,47 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:9.2f} ms"
 
 
-def waterfall(phases: dict[str, float], failed_phase: str | None = None, ip_literal: bool = False,
-              width: int = _WIDTH) -> list[str]:
-    total = sum(phases.values())
+def _bar(start: float, duration: float, span: float, width: int) -> str:
+    """A bar at its real place on the probe's time axis (phases start where they started, gaps show)."""
+    first = min(int(start / span * width), width - 1) if span > 0 else 0
+    length = max(1, int(round(duration / span * width))) if span > 0 else 1
+    return " " * first + "█" * min(length, width - first)
+
+
+def waterfall(result: ProbeResult, hop: int | None = None, ip_literal: bool = False, width: int = _WIDTH) -> list[str]:
+    """One row per phase of the prober, in connection order, on the probe's own time axis.
+
+    A failed phase shows the time spent in it before it failed; a phase that
+    was not reached says so (n/a).
+    """
+    phases: dict[str, list[Phase]] = {}
+    for p in result.timeline:
+        if hop is None or p.hop == hop:
+            phases.setdefault(p.name, []).append(p)
+    last = hop is None or hop == result.last_hop
+    failure = result.failure if last else None
+    failed_start = result.failed_phase_start if failure is not None else None
+    span = result.duration_seconds
+    names = [spec.name for spec in PROBERS[result.prober].phases] if result.prober in PROBERS else []
+    names += [n for n in phases if n not in names]
     lines = []
-    offset = 0.0
-    for name in PHASES:
-        label = f"  {_LABELS[name]:<18}"
-        if name not in phases:
-            if name == failed_phase:
-                note = "✗ failed here"
-            elif name == "dns" and ip_literal:
-                note = "(skipped: IP address)"
+    for name in names:
+        label = f"  {phase_label(name):<18}"
+        done = phases.get(name)
+        if done:
+            seconds = sum(p.duration for p in done)
+            bar = "".join(_bar(p.start, p.duration, span, width) for p in done[:1])
+            lines.append(f"{label}{_ms(seconds)}  |{bar:<{width}}|")
+        elif failure is not None and name == failure.phase:
+            if failed_start is not None:
+                spent = result.duration_seconds - failed_start
+                lines.append(f"{label}{_ms(spent)}  |{_bar(failed_start, spent, span, width):<{width}}|  ✗ failed here")
             else:
-                note = "(not reached)"
-            lines.append(f"{label}{'—':>12}   {note}")
-            continue
-        seconds = phases[name]
-        start = int(round(offset / total * width)) if total else 0
-        length = max(1, int(round(seconds / total * width))) if total else 1
-        start = min(start, width - 1)
-        bar = " " * start + "█" * min(length, width - start)
-        lines.append(f"{label}{_ms(seconds)}  |{bar:<{width}}|")
-        offset += seconds
+                lines.append(f"{label}{'—':>12}   ✗ failed here")
+        elif name == "dns" and ip_literal:
+            lines.append(f"{label}{'—':>12}   (skipped: IP address)")
+        else:
+            lines.append(f"{label}{'—':>12}   (n/a: not reached)")
     return lines
 
 
@@ -63,27 +74,27 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.tcp:
         out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}")
     out.append("")
-    hops = result.http.hops if result.http else ()
+    hops = result.hops
     if len(hops) > 1:
         for i, hop in enumerate(hops):
-            out.append(f" hop {i + 1}: {hop.url}  -> {hop.status if hop.status is not None else 'no response'}")
-            failed = result.failure.phase if result.failure and i == len(hops) - 1 else None
-            out.extend(waterfall(hop.phases, failed, _ip_literal(hop.url)))
+            out.append(f" hop {i + 1}: {hop.method} {hop.url}  -> {hop.status if hop.status is not None else 'no response'}")
+            out.extend(waterfall(result, i, _ip_literal(hop.url)))
         total = result.total_phases()
         out.append(f" all {len(hops)} hops (phases summed over hops): {sum(total.values()) * 1000:.2f} ms")
     else:
-        out.extend(waterfall(result.phases, result.failure.phase if result.failure else None, _ip_literal(result.target)))
-    if result.http:
-        h = result.http
+        out.extend(waterfall(result, None, _ip_literal(result.target)))
+    if result.details is not None:
         out.append("")
-        out.append(
-            f"  HTTP {h.version or '?'} {h.status}  redirects {h.redirects}  content-length {h.content_length if h.content_length is not None else '-'}"
-            f"  body {h.body_length} bytes"
-        )
+        out.append("  " + result.details.summary())
     if result.tls:
         t = result.tls
         out.append("")
-        out.append(f"  TLS {t.version}  cipher {t.cipher}  ALPN {t.alpn or '-'}  verification {t.verification}")
+        if t.completed:
+            resumed = "  session resumed" if t.session_reused else "  session offered, not resumed" if t.session_offered else ""
+            hello = f"  server hello after {t.server_hello_seconds * 1000:.2f} ms" if t.server_hello_seconds is not None else ""
+            out.append(f"  TLS {t.version}  cipher {t.cipher}  ALPN {t.alpn or '-'}  verification {t.verification}{resumed}{hello}")
+        else:
+            out.append(f"  TLS handshake failed; verification {t.verification}: {t.verification_error or '-'}; the chain the server presented:")
         now = time.time()
         for i, cert in enumerate(t.chain):
             days = (cert.not_after - now) / 86400

@@ -1,14 +1,15 @@
 """The value a probe produces: plain, frozen, and free of any sink's concerns.
 
-A phase that was not reached is absent from ``phases``; it is never a fake 0.
+A phase that was not reached is absent; it is never a fake 0. Each phase is a
+``Phase(name, start, duration, hop)``: ``start`` is its offset from the start
+of the probe, so waterfalls and trace spans are derived from the result alone.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any
-
-# Phase names, in the order a connection goes through them.
-PHASES: tuple[str, ...] = ("dns", "connect", "tls", "request", "first_byte", "transfer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,20 @@ class Failure:
     phase: str
     reason: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One completed phase: offsets in seconds from the start of the probe."""
+
+    name: str
+    start: float
+    duration: float
+    hop: int = 0  # index into ProbeResult.hops (0 when the prober has no hops)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,21 +46,34 @@ class Certificate:
 
 @dataclass(frozen=True, slots=True)
 class TLSInfo:
-    version: str | None  # "TLS 1.3"
+    version: str | None  # "TLS 1.3"; None when the handshake did not complete
     cipher: str | None
     alpn: str | None
     server_name: str | None
-    # "verified", "skipped" (insecure_skip_verify) or "failed: <reason>"
+    # "verified", "skipped" (insecure_skip_verify) or "failed" (see verification_error)
     verification: str
     chain: tuple[Certificate, ...] = ()
     # Earliest notAfter of the chain OpenSSL verified, trust anchor included
     # (blackbox's probe_ssl_last_chain_expiry_timestamp_seconds); None when
-    # verification was skipped.
+    # verification was skipped or failed.
     verified_chain_expiry: float | None = None
+    # OpenSSL's verification message when verification failed (the chain above
+    # is still the one the server presented: blackbox #1119).
+    verification_error: str | None = None
+    session_offered: bool = False  # a previous session was offered for resumption
+    session_reused: bool = False  # the server accepted it (abbreviated handshake)
+    # ClientHello written -> first bytes of the server's answer (its ServerHello
+    # flight): one round trip plus the server's key exchange. The rest of the tls
+    # phase is certificate processing and the client's finish.
+    server_hello_seconds: float | None = None
 
     @property
     def earliest_expiry(self) -> float | None:
         return min((c.not_after for c in self.chain), default=None)
+
+    @property
+    def completed(self) -> bool:
+        return self.version is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,24 +94,37 @@ class TCPInfo:
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """One request/response exchange; redirects produce several hops."""
+    """One request/response exchange (a redirect makes several), as a span sees it."""
 
     url: str
-    phases: dict[str, float]
+    method: str
+    start: float  # offset from the probe's start, seconds
+    duration: float
     status: int | None = None
     peer: Peer | None = None
-    reused_connection: bool = False
+    span_id: str = ""  # the id sent in this request's traceparent
 
 
-@dataclass(frozen=True, slots=True)
-class HTTPInfo:
-    status: int | None
-    version: str | None  # "HTTP/1.1"
-    redirects: int
-    content_length: int | None  # the Content-Length header, when sent
-    body_length: int | None  # bytes of the (decoded-transfer) body actually read
-    final_url: str
-    hops: tuple[Hop, ...] = ()
+class Details:
+    """Base of a prober's typed result details (frozen dataclasses)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def summary(self) -> str:
+        """One line for the waterfall."""
+        return "  ".join(f"{k} {'-' if v is None else v}" for k, v in self.to_dict().items())
+
+
+def durations(phases: tuple[Phase, ...], hop: int | None = None) -> dict[str, float]:
+    """name -> seconds (summed when a name repeats), optionally of one hop only."""
+    out: dict[str, float] = {}
+    for p in phases:
+        if hop is None or p.hop == hop:
+            out[p.name] = out.get(p.name, 0.0) + p.duration
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,35 +135,43 @@ class ProbeResult:
     started_at: float  # unix seconds, wall clock, for display only
     duration_seconds: float  # monotonic
     timeout_seconds: float
-    # Phases of the last hop for http (see HTTPInfo.hops for each hop), or of the
-    # one connection for tcp. Absent key = phase not reached.
-    phases: dict[str, float]
+    timeline: tuple[Phase, ...] = ()  # every completed phase of every hop, in order
     failure: Failure | None = None
+    # Where the failed phase started (offset, seconds): the time spent in it is
+    # duration_seconds - failed_phase_start.
+    failed_phase_start: float | None = None
     peer: Peer | None = None
     tcp: TCPInfo | None = None
     tls: TLSInfo | None = None
-    http: HTTPInfo | None = None
+    hops: tuple[Hop, ...] = ()
+    details: Details | None = None
     failed_due_to_regex: bool = False
     logs: tuple[str, ...] = ()
-    # The probe's trace; sampled=False means no span was exported for it.
+    # The probe's trace; sampled=False means no span is exported for it.
     trace_id: str | None = None
     span_id: str | None = None
+    parent_span_id: str | None = None  # the scrape's span, when Prometheus traced it
     sampled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
         return self.failure is None
 
+    @property
+    def last_hop(self) -> int:
+        return max(len(self.hops) - 1, 0)
+
+    @property
+    def phases(self) -> Mapping[str, float]:
+        """Durations of the last hop's phases (all phases when there are no hops)."""
+        return MappingProxyType(durations(self.timeline, self.last_hop if self.hops else None))
+
+    def hop_phases(self, hop: int) -> dict[str, float]:
+        return durations(self.timeline, hop)
+
     def total_phases(self) -> dict[str, float]:
         """Phases summed over every redirect hop (a summary; hops keep the detail)."""
-        if self.http is None or len(self.http.hops) <= 1:
-            return dict(self.phases)
-        total: dict[str, float] = {}
-        for hop in self.http.hops:
-            for name, seconds in hop.phases.items():
-                total[name] = total.get(name, 0.0) + seconds
-        return total
+        return durations(self.timeline)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -134,11 +183,15 @@ class ProbeResult:
             "duration_seconds": self.duration_seconds,
             "timeout_seconds": self.timeout_seconds,
             "phases": dict(self.phases),
+            "timeline": [asdict(p) for p in self.timeline],
             "failure": asdict(self.failure) if self.failure else None,
+            "failed_phase_seconds": (self.duration_seconds - self.failed_phase_start
+                                     if self.failed_phase_start is not None else None),
             "peer": asdict(self.peer) if self.peer else None,
             "tcp": asdict(self.tcp) if self.tcp else None,
             "tls": None,
-            "http": asdict(self.http) if self.http else None,
+            "hops": [asdict(h) for h in self.hops],
+            "details": self.details.to_dict() if self.details is not None else None,
             "failed_due_to_regex": self.failed_due_to_regex,
             "trace_id": self.trace_id,
             "trace_sampled": self.sampled,
@@ -147,7 +200,6 @@ class ProbeResult:
             tls = asdict(self.tls)
             tls["earliest_expiry"] = self.tls.earliest_expiry
             d["tls"] = tls
-        if self.http is not None and len(self.http.hops) > 1:
+        if len(self.hops) > 1:
             d["phases_total"] = self.total_phases()
-        d.update(self.extra)
         return d

@@ -6,6 +6,9 @@ interval at start (and get ±15 % jitter on every period) so they never fire in
 lockstep; a failing target is probed again sooner (interval halved per
 consecutive failure, never below ``min_interval``); a target never has two
 probes at once; a semaphore bounds total concurrency.
+
+Time and the probe itself are injected (``clock``, ``probe``) so the scheduling
+logic can be tested on virtual time, without sockets (tests/fakeclock.py).
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .config import Module, SchedulerConfig, TargetSpec
 from .engine import run_probe
@@ -24,11 +28,57 @@ from .result import ProbeResult
 log = logging.getLogger("connhealth.scheduler")
 
 JITTER = 0.15
+# Halving stops after this many consecutive failures (interval / 64), even when
+# min_interval would allow more.
+MAX_HALVINGS = 6
+# How long stop() waits for cancelled probes to unwind: a probe that swallows
+# its cancellation must not hang shutdown.
+CANCEL_WAIT = 1.0
+
+# Reasons passed to the skip observer (connhealth_probes_skipped_total{reason}).
+STILL_RUNNING = "still_running"  # the target's previous probe had not finished
+SHUTTING_DOWN = "shutting_down"  # stop() began while the probe waited for a slot
+PROBE_ERROR = "probe_error"  # the probe function raised: a bug, logged; no result
+SKIP_REASONS = (STILL_RUNNING, SHUTTING_DOWN, PROBE_ERROR)
 
 # (spec, result) -> None; sinks must be cheap and must not raise.
 ResultSink = Callable[[TargetSpec, ProbeResult], None]
 LagObserver = Callable[[float], None]
 SkipObserver = Callable[[str], None]
+# (target, module, timeout) -> result; exporter.engine.run_probe by default. It
+# must not raise for a target's fault (run_probe's contract).
+ProbeFunction = Callable[[str, Module, float | None], Awaitable[ProbeResult]]
+
+
+class Clock(Protocol):
+    """Monotonic time in seconds, and a wait that this time bounds."""
+
+    def now(self) -> float: ...
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        """Return once ``event`` is set or ``timeout`` seconds (None: no limit) have passed;
+        True when the event is set. Cancellation propagates."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MonotonicClock:
+    """The real clock: time.monotonic(), and the event loop's timers."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout: float | None) -> bool:
+        if event.is_set():
+            return True
+        if timeout is None:
+            return await event.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            pass
+        return event.is_set()
 
 
 @dataclass(eq=False, slots=True)
@@ -57,6 +107,9 @@ class Scheduler:
         on_lag: LagObserver = lambda s: None,
         on_skip: SkipObserver = lambda reason: None,
         rng: random.Random | None = None,
+        *,
+        clock: Clock | None = None,
+        probe: ProbeFunction = run_probe,
     ) -> None:
         self.modules = modules
         self.config = config
@@ -64,12 +117,16 @@ class Scheduler:
         self.on_lag = on_lag
         self.on_skip = on_skip
         self.rng = rng or random.Random()
+        self.clock: Clock = clock or MonotonicClock()
+        self.probe = probe
         self.entries: dict[tuple[str, str, tuple[tuple[str, str], ...]], _Entry] = {}
         self._heap: list[_HeapItem] = []
         self._seq = 0
         self._wake = asyncio.Event()
         self._semaphore = asyncio.Semaphore(config.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()  # set while no probe task exists
+        self._idle.set()
         self._runner: asyncio.Task[None] | None = None
         self._stopping = False
         self.in_flight = 0
@@ -89,7 +146,7 @@ class Scheduler:
             if key not in wanted:
                 entry.removed = True
                 del self.entries[key]
-        now = time.monotonic()
+        now = self.clock.now()
         for key, spec in wanted.items():
             existing = self.entries.get(key)
             if existing is not None:
@@ -116,7 +173,7 @@ class Scheduler:
         if entry.consecutive_failures:
             # Re-check a failing target sooner: halve per consecutive failure, bounded.
             floor = min(self.config.min_interval, interval)
-            interval = max(floor, interval / (2 ** min(entry.consecutive_failures, 6)))
+            interval = max(floor, interval / (2 ** min(entry.consecutive_failures, MAX_HALVINGS)))
         # The jitter must not take a failing target below min_interval either.
         return max(floor, interval * (1 + self.rng.uniform(-JITTER, JITTER)))
 
@@ -126,7 +183,7 @@ class Scheduler:
 
     async def _run(self) -> None:
         while not self._stopping:
-            now = time.monotonic()
+            now = self.clock.now()
             while self._heap and (self._heap[0].entry.removed or self._heap[0].seq != self._heap[0].entry.seq):
                 heapq.heappop(self._heap)  # stale: removed, or re-pushed with a newer due time
             if not self._heap:
@@ -135,42 +192,53 @@ class Scheduler:
                 delay = self._heap[0].due - now
             else:
                 item = heapq.heappop(self._heap)
-                self._dispatch(item.entry, item.due)
+                self._dispatch(item.entry, item.due, now)
                 continue
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await self.clock.wait(self._wake, delay)
 
-    def _dispatch(self, entry: _Entry, planned: float) -> None:
+    def _dispatch(self, entry: _Entry, planned: float, now: float) -> None:
         entry.due = planned + self.next_interval(entry)
-        if entry.due < time.monotonic():
+        if entry.due < now:
             # Far behind (e.g. the loop was blocked): do not fire a burst to catch up.
-            entry.due = time.monotonic() + self.next_interval(entry)
+            entry.due = now + self.next_interval(entry)
         self._push(entry)
         if entry.running:
-            self.on_skip("still_running")
+            self.on_skip(STILL_RUNNING)
             return
         entry.running = True
         task = asyncio.get_running_loop().create_task(self._probe(entry, planned))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._idle.clear()
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
 
     async def _probe(self, entry: _Entry, planned: float) -> None:
         try:
             async with self._semaphore:
                 if entry.removed or self._stopping:
                     if self._stopping:
-                        self.on_skip("shutting_down")
+                        self.on_skip(SHUTTING_DOWN)
                     return
-                self.on_lag(max(0.0, time.monotonic() - planned))
+                self.on_lag(max(0.0, self.clock.now() - planned))
                 module = self.modules.get(entry.spec.module)
                 if module is None:
                     return
                 self.in_flight += 1
                 try:
-                    result = await run_probe(entry.spec.target, module, entry.spec.timeout)
+                    result = await self.probe(entry.spec.target, module, entry.spec.timeout)
+                except Exception:
+                    # run_probe never raises for a target's fault, so this is our
+                    # bug. The target keeps its schedule (set at dispatch) and its
+                    # failure streak: the next period probes it again.
+                    log.exception("probe of %s with module %s raised; no result recorded",
+                                  entry.spec.target, entry.spec.module)
+                    self.on_skip(PROBE_ERROR)
+                    return
                 finally:
                     self.in_flight -= 1
             entry.consecutive_failures = 0 if result.success else entry.consecutive_failures + 1
@@ -179,7 +247,7 @@ class Scheduler:
                 # known: bring it forward now, not one full period later.
                 sooner = planned + self.next_interval(entry)
                 if sooner < entry.due:
-                    entry.due = max(sooner, time.monotonic())
+                    entry.due = max(sooner, self.clock.now())
                     self._push(entry)
                     self._wake.set()
             if not entry.removed:
@@ -196,9 +264,8 @@ class Scheduler:
         self._wake.set()
         if self._runner is not None:
             await self._runner
-        if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        if await self.clock.wait(self._idle, grace):
+            return
+        for task in list(self._tasks):
+            task.cancel()
+        await self.clock.wait(self._idle, CANCEL_WAIT)

@@ -24,21 +24,21 @@ from . import __version__
 from . import metrics as m
 from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
 from .engine import run_probe
-from .exposition import probe_text
-from .history import History, HistoryEntry
+from .probers import PROBERS
+from .sinks.exposition import probe_text
+from .sinks.history import History, HistoryEntry
 from .result import ProbeResult
 from .scheduler import Scheduler
 from .status import render_status
-from .store import SeriesStore
+from .sinks.store import SeriesStore
 from .targets import TargetFileWatcher
-from .telemetry import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
+from .sinks.traces_export import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("connhealth.server")
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 LOOP_LAG_INTERVAL = 0.25
 _PROPAGATOR = TraceContextTextMapPropagator()
-_SECRET_HEADERS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
 
 
 @dataclass
@@ -261,15 +261,12 @@ class Exporter:
 
 
 def redact(raw: object) -> object:
-    """A copy of a module's raw config with header secrets replaced."""
+    """A copy of a module's raw config with every prober section's secrets replaced (each prober declares its own)."""
     data = copy.deepcopy(raw)
     if isinstance(data, dict):
-        for section in ("http", "tcp"):
-            sub = data.get(section)
-            if isinstance(sub, dict) and isinstance(sub.get("headers"), dict):
-                sub["headers"] = {
-                    k: "<secret>" if any(s in str(k).lower() for s in _SECRET_HEADERS) else v for k, v in sub["headers"].items()
-                }
+        for prober in PROBERS.values():
+            if prober.section in data:
+                data[prober.section] = prober.redact(data[prober.section])
     return data
 
 

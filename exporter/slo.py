@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics as m
-from .config import ConfigError, _Fields, parse_duration
+from .probers import all_phases
+from .schema import ConfigError, Fields, parse_duration
 
 PERIODS = {"7d": 7 * 86400.0, "28d": 28 * 86400.0, "30d": 30 * 86400.0}
-PHASES = ("dns", "connect", "tls", "request", "first_byte", "transfer")
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Labels the selector may not use: they are connhealth's own dimensions or are set by the rules.
@@ -92,7 +92,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _percent(f: _Fields, key: str) -> float:
+def _percent(f: Fields, key: str) -> float:
     value = f.get(key, (int, float), None)
     if value is None:
         raise ConfigError(f"{f.path}.{key}: required (a percentage, e.g. 99.9)")
@@ -103,7 +103,7 @@ def _percent(f: _Fields, key: str) -> float:
 
 
 def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objective:
-    f = _Fields(raw, path)
+    f = Fields(raw, path)
     service = f.get("service", str, None)
     if not service or not _NAME_RE.fullmatch(service):
         raise ConfigError(f"{path}.service: required, letters, digits, '_', '-', '.' (got {service!r})")
@@ -142,8 +142,9 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
             raise ConfigError(f"{lf.path}.threshold: required (a duration that is a histogram bucket boundary, e.g. 300ms)")
         threshold = parse_duration(lf.raw.pop("threshold"), f"{lf.path}.threshold")
         phase = lf.get("phase", str, "connect")
-        if phase not in PHASES:
-            raise ConfigError(f"{lf.path}.phase: unknown phase {phase!r} (one of {', '.join(PHASES)})")
+        phases = [p.name for p in all_phases()]
+        if phase not in phases:
+            raise ConfigError(f"{lf.path}.phase: unknown phase {phase!r} (one of {', '.join(phases)})")
         lf.done()
         match = [b for b in buckets if abs(b - threshold) < 1e-9]
         if not match:
@@ -165,7 +166,7 @@ def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") ->
     if raw is None:
         return None
     buckets = tuple(buckets) or m.DEFAULT_BUCKETS
-    f = _Fields(raw, path)
+    f = Fields(raw, path)
     defaults = SLOSpec()
     grafana_url = f.get("grafana_url", str, "").rstrip("/")
     runbook_url = f.get("runbook_url", str, defaults.runbook_url)

@@ -87,8 +87,8 @@ async def test_probe_json_success(cmd, secure, config_file, leaf):
     der = x509.load_pem_x509_certificate(leaf.cert_pem).public_bytes(serialization.Encoding.DER)
     assert d["tls"]["chain"][0]["fingerprint_sha256"] == hashlib.sha256(der).hexdigest()
     assert d["tls"]["earliest_expiry"] == leaf.not_valid_after.timestamp()
-    assert d["http"]["status"] == 200 and d["http"]["version"] == "HTTP/1.1"
-    assert d["http"]["body_length"] == len("hello connhealth")
+    assert d["details"]["status"] == 200 and d["details"]["version"] == "HTTP/1.1"
+    assert d["details"]["body_length"] == len("hello connhealth")
     assert "phases_total" not in d
 
 

@@ -13,17 +13,17 @@ import pytest
 
 from exporter.config import (
     ConfigError,
-    HTTPProbeConfig,
     ResolverConfig,
     SchedulerConfig,
-    TCPProbeConfig,
-    TLSConfig,
     builtin_modules,
     default_module_for,
     load_config,
     parse_config,
     parse_duration,
 )
+from exporter.net.tls import TLSConfig
+from exporter.probers.http import HTTPProbeConfig
+from exporter.probers.tcp import TCPProbeConfig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -84,15 +84,16 @@ def test_builtin_modules_defaults():
     mods = builtin_modules()
     http = mods["http_2xx"]
     assert http.prober == "http" and http.timeout is None
-    assert http.http == HTTPProbeConfig()
-    assert http.http.valid_status_codes == ()  # any 2xx
-    assert http.http.method == "GET" and http.http.follow_redirects is True
-    assert http.preferred_ip_protocol == "ip6" and http.ip_protocol_fallback is True  # as blackbox
+    assert http.settings == HTTPProbeConfig()
+    assert http.settings.valid_status_codes == ()  # any 2xx
+    assert http.settings.method == "GET" and http.settings.follow_redirects is True
+    assert http.settings.enable_http2 is True and http.settings.body_size_limit == 0  # as blackbox
+    assert http.settings.preferred_ip_protocol == "ip6" and http.settings.ip_protocol_fallback is True  # as blackbox
     assert http.phase_timeouts == () and http.resolver == ResolverConfig()
-    assert mods["http_post_2xx"].http.method == "POST"
-    assert mods["tcp_connect"].tcp == TCPProbeConfig()
-    assert mods["tls_connect"].tcp.tls is True
-    assert mods["tls_connect"].tls_config == TLSConfig()
+    assert mods["http_post_2xx"].settings.method == "POST"
+    assert mods["tcp_connect"].settings == TCPProbeConfig()
+    assert mods["tls_connect"].settings.tls is True
+    assert mods["tls_connect"].settings.tls_config == TLSConfig()
 
 
 def test_real_world_blackbox_yml_loads_unchanged():
@@ -101,7 +102,7 @@ def test_real_world_blackbox_yml_loads_unchanged():
             "ssh_banner", "smtp_starttls", "tcp_connect", "http_post_2xx"} <= set(config.modules)
     ex = config.modules["http_2xx_example"]
     assert ex.timeout == 5.0
-    h = ex.http
+    h = ex.settings
     assert h.valid_http_versions == ("HTTP/1.1", "HTTP/2.0")
     assert h.valid_status_codes == ()
     assert h.headers == (("Host", "vhost.example.com"), ("Accept-Language", "en-US"), ("Origin", "example.com"))
@@ -112,21 +113,21 @@ def test_real_world_blackbox_yml_loads_unchanged():
     (acao,) = h.fail_if_header_not_matches
     assert (acao.header, acao.allow_missing) == ("Access-Control-Allow-Origin", False)
     assert acao.regexp.search("example.com") and acao.regexp.search("*") and not acao.regexp.search("evil.test")
-    assert (ex.preferred_ip_protocol, ex.ip_protocol_fallback) == ("ip4", False)
+    assert (h.preferred_ip_protocol, h.ip_protocol_fallback) == ("ip4", False)
     assert h.tls_config == TLSConfig()
     # a user module with a built-in's name replaces the built-in
     post = config.modules["http_post_2xx"]
-    assert post.timeout == 5.0 and post.http.body == "{}"
-    assert post.http.headers == (("Content-Type", "application/json"),)
-    ssh = config.modules["ssh_banner"].tcp
+    assert post.timeout == 5.0 and post.settings.body == "{}"
+    assert post.settings.headers == (("Content-Type", "application/json"),)
+    ssh = config.modules["ssh_banner"].settings
     assert [(s.expect.pattern if s.expect else None, s.send) for s in ssh.query_response] == [
         (b"^SSH-2.0-", None),
         (None, "SSH-2.0-blackbox-ssh-check"),
     ]
-    smtp = config.modules["smtp_starttls"].tcp
+    smtp = config.modules["smtp_starttls"].settings
     assert [s.starttls for s in smtp.query_response].count(True) == 1
     assert smtp.tls is False
-    assert config.modules["tls_connect"].tcp.tls is True
+    assert config.modules["tls_connect"].settings.tls is True
     assert "http_2xx_example" in config.raw_modules  # kept for /probe?debug=true
 
 
@@ -152,11 +153,11 @@ def test_readme_config_example_is_valid(tmp_path: Path):
     assert web.phase_timeouts == (("dns", 1.0), ("connect", 2.0), ("tls", 2.0), ("first_byte", 3.0))
     assert web.phase_timeout("tls") == 2.0 and web.phase_timeout("request") is None
     assert web.resolver == ResolverConfig(nameservers=(("10.0.0.53", 53),), timeout=2.0)
-    assert web.http.valid_status_codes == (200, 204)
-    assert web.http.tls_config.server_name == "api.example.com"
-    assert web.http.tls_config.min_version == "TLS12"
+    assert web.settings.valid_status_codes == (200, 204)
+    assert web.settings.tls_config.server_name == "api.example.com"
+    assert web.settings.tls_config.min_version == "TLS12"
     smtp = config.modules["smtp_starttls"]
-    assert smtp.tcp.tls_config.server_name == "mail.example.com"
+    assert smtp.settings.tls_config.server_name == "mail.example.com"
 
 
 def test_targets_and_defaults():

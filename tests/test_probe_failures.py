@@ -342,7 +342,7 @@ async def test_http_timeout_first_byte_by_phase_limit(web):
 async def test_http_status_5xx(web):
     result = await run_probe(web.url("/status/503"), mod("http"), 5)
     pin(result, "first_byte", "http_status_5xx")
-    assert result.http is not None and result.http.status == 503
+    assert result.details is not None and result.details.status == 503
     # the response was read completely: every phase up to transfer is present
     assert set(result.phases) == {"connect", "request", "first_byte", "transfer"}
 
@@ -350,7 +350,7 @@ async def test_http_status_5xx(web):
 async def test_http_status_4xx(web):
     result = await run_probe(web.url("/status/404"), mod("http"), 5)
     pin(result, "first_byte", "http_status_4xx")
-    assert result.http.status == 404
+    assert result.details.status == 404
 
 
 async def test_http_status_valid_status_codes_accepts_listed_error(web):
@@ -361,8 +361,8 @@ async def test_http_status_valid_status_codes_accepts_listed_error(web):
 async def test_http_status_unexpected_redirect_not_followed(web):
     result = await run_probe(web.url("/redirect/1"), mod("http", http={"follow_redirects": False}), 5)
     pin(result, "first_byte", "http_status_unexpected")
-    assert result.http.status == 302
-    assert result.http.redirects == 0 and len(result.http.hops) == 1
+    assert result.details.status == 302
+    assert result.details.redirects == 0 and len(result.hops) == 1
 
 
 async def test_http_status_unexpected_2xx_not_listed(web):
@@ -373,16 +373,16 @@ async def test_http_status_unexpected_2xx_not_listed(web):
 async def test_http_status_unexpected_http_version(web):
     result = await run_probe(web.url("/ok"), mod("http", http={"valid_http_versions": ["HTTP/1.0"]}), 5)
     pin(result, "first_byte", "http_status_unexpected")
-    assert result.http.version == "HTTP/1.1"
+    assert result.details.version == "HTTP/1.1"
 
 
 async def test_http_too_many_redirects(web):
     result = await run_probe(web.url("/loop"), mod("http"), 5)
     pin(result, "first_byte", "http_too_many_redirects")
     # 10 redirects followed (11 exchanges), the 11th redirect is the failure
-    assert len(result.http.hops) == 11
-    assert result.http.redirects == 10
-    assert all(h.status == 302 for h in result.http.hops)
+    assert len(result.hops) == 11
+    assert result.details.redirects == 10
+    assert all(h.status == 302 for h in result.hops)
 
 
 @pytest.mark.parametrize(
@@ -459,7 +459,7 @@ async def test_http_ssl_expectation_after_redirect_to_http(leaf, ca, web):
         url = tls_srv.url("/to-http?url=" + web.url("/ok"))
         result = await run_probe(url, https_mod(ca, fail_if_not_ssl=True), 5)
     pin(result, "first_byte", "http_ssl_expectation")
-    assert len(result.http.hops) == 2
+    assert len(result.hops) == 2
 
 
 async def test_connection_reset_after_request():
@@ -517,7 +517,7 @@ async def test_probe_timeout_writing_the_request():
         await asyncio.sleep(3600)
 
     base = mod("http", http={"method": "POST"})
-    m = dataclasses.replace(base, http=dataclasses.replace(base.http, body="x" * (32 << 20)))
+    m = dataclasses.replace(base, settings=dataclasses.replace(base.settings, body="x" * (32 << 20)))
     async with RawTCPServer(never_read) as srv:
         result = await run_probe(f"http://127.0.0.1:{srv.port}/", m, 1)
     pin(result, "request", "probe_timeout")

@@ -12,12 +12,16 @@ import socket
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+import exporter
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from exporter.certs import Issued, server_context
 from exporter.engine import run_probe
-from exporter.result import PHASES, Certificate, Peer
+from exporter.result import Certificate, Peer
+
+PHASES = ("dns", "connect", "tls", "request", "first_byte", "transfer")
 
 try:  # works whether or not tests/ becomes a package later
     from tests.peers import DNSServer, HTTPServer, RawTCPServer
@@ -82,6 +86,10 @@ async def test_http_ip_literal_phases(web):
     assert sum(result.phases.values()) <= result.duration_seconds
     assert result.timeout_seconds == 5
     assert list(result.phases) == [p for p in PHASES if p in result.phases]  # in connection order
+    # each phase starts where the previous one ended (no gaps on one connection), inside the probe
+    for before, after in zip(result.timeline, result.timeline[1:]):
+        assert before.end <= after.start + 1e-6, result.timeline
+    assert result.timeline[0].start >= 0 and result.timeline[-1].end <= result.duration_seconds
 
 
 async def test_hostname_via_loopback_dns_has_dns_phase(web):
@@ -119,7 +127,7 @@ async def test_tcp_connect_phases_only():
         result = await run_probe(f"127.0.0.1:{srv.port}", mod("tcp"), 5)
     assert result.success, result.failure
     assert set(result.phases) == {"connect"}
-    assert result.http is None and result.tls is None
+    assert result.details is None and result.tls is None
     assert result.peer == Peer(ip="127.0.0.1", family="ipv4", port=srv.port)
     assert result.tcp.rtt_seconds > 0
 
@@ -207,14 +215,15 @@ async def test_http_info(secure, ca):
     url = secure.url("/ok")
     result = await run_probe(url, https_mod(ca), 5)
     assert result.success, result.failure
-    h = result.http
+    h = result.details
     assert (h.status, h.version, h.redirects) == (200, "HTTP/1.1", 0)
     assert h.content_length == len(OK_BODY)
     assert h.body_length == len(OK_BODY)
     assert h.final_url == url
-    assert len(h.hops) == 1 and h.hops[0].url == url and h.hops[0].status == 200
-    assert h.hops[0].phases == result.phases
-    assert h.hops[0].peer == result.peer
+    assert len(result.hops) == 1 and result.hops[0].url == url and result.hops[0].status == 200
+    assert result.hops[0].method == "GET"
+    assert result.hop_phases(0) == dict(result.phases)
+    assert result.hops[0].peer == result.peer
 
 
 async def test_http_chunked_body_length():
@@ -227,26 +236,26 @@ async def test_http_chunked_body_length():
     async with RawTCPServer(chunked) as srv:
         result = await run_probe(f"http://127.0.0.1:{srv.port}/", mod("http"), 5)
     assert result.success, result.failure
-    assert result.http.content_length is None
-    assert result.http.body_length == len(b"hello, world")
+    assert result.details.content_length is None
+    assert result.details.body_length == len(b"hello, world")
 
 
 async def test_redirect_hops_each_with_their_own_phases(web):
     # HTTPServer's /redirect/n makes n+1 redirects: /redirect/2 -> /redirect/1 -> /redirect/0 -> /ok
     result = await run_probe(web.url("/redirect/2"), mod("http"), 5)
     assert result.success, result.failure
-    h = result.http
+    h = result.details
     paths = ["/redirect/2", "/redirect/1", "/redirect/0", "/ok"]
-    assert [hop.url for hop in h.hops] == [web.url(p) for p in paths]
-    assert [hop.status for hop in h.hops] == [302, 302, 302, 200]
+    assert [hop.url for hop in result.hops] == [web.url(p) for p in paths]
+    assert [hop.status for hop in result.hops] == [302, 302, 302, 200]
     assert h.redirects == 3 and h.final_url == web.url("/ok")
-    for hop in h.hops:
+    for i in range(len(result.hops)):
         # one connection per hop: every hop's connect is measured
-        assert set(hop.phases) == HTTP_PHASES
-    assert result.phases == h.hops[-1].phases
+        assert set(result.hop_phases(i)) == HTTP_PHASES
+    assert dict(result.phases) == result.hop_phases(3)
     total = result.total_phases()
     for name in HTTP_PHASES:
-        assert total[name] == pytest.approx(sum(hop.phases[name] for hop in h.hops))
+        assert total[name] == pytest.approx(sum(result.hop_phases(i)[name] for i in range(len(result.hops))))
     assert total["connect"] > result.phases["connect"]
     assert result.to_dict()["phases_total"] == total
     assert [p for p, _ in web.requests] == paths
@@ -255,16 +264,16 @@ async def test_redirect_hops_each_with_their_own_phases(web):
 async def test_redirect_across_schemes_has_tls_only_on_https_hops(web, secure, ca):
     result = await run_probe(secure.url("/to-http?url=" + web.url("/ok")), https_mod(ca), 5)
     assert result.success, result.failure
-    first, second = result.http.hops
-    assert set(first.phases) == HTTPS_PHASES and first.status == 302
-    assert set(second.phases) == HTTP_PHASES and second.status == 200
+    first, second = result.hops
+    assert set(result.hop_phases(0)) == HTTPS_PHASES and first.status == 302
+    assert set(result.hop_phases(1)) == HTTP_PHASES and second.status == 200
     assert result.tls is not None  # learned on the first hop
 
 
 async def test_no_phases_total_without_redirects(web):
     result = await run_probe(web.url("/ok"), mod("http"), 5)
     assert "phases_total" not in result.to_dict()
-    assert result.total_phases() == result.phases
+    assert result.total_phases() == dict(result.phases)
 
 
 async def test_headers_and_body_sent(web):
@@ -275,7 +284,7 @@ async def test_headers_and_body_sent(web):
     assert path == "/echo-headers"
     assert headers["X-Probe"] == "connhealth"
     assert headers["Accept"] == "application/json"  # the module's, not the default */*
-    assert headers["User-Agent"] == "connhealth/0.1"
+    assert headers["User-Agent"] == f"connhealth/{exporter.__version__}"
     assert headers["Host"] == f"127.0.0.1:{web.port}"
     assert headers["Content-Length"] == "4"
     assert headers["Connection"] == "close"
@@ -303,7 +312,11 @@ async def test_result_is_json_serialisable(secure, ca):
     assert d["success"] is True and d["failure"] is None
     assert set(d["phases"]) == HTTPS_PHASES
     assert d["peer"] == {"ip": "127.0.0.1", "family": "ipv4", "port": secure.port}
-    assert d["http"]["status"] == 200 and len(d["http"]["hops"]) == 2
+    assert d["details"]["status"] == 200 and d["details"]["redirects"] == 1 and len(d["hops"]) == 2
+    assert [h["status"] for h in d["hops"]] == [302, 200] and [h["method"] for h in d["hops"]] == ["GET", "GET"]
+    # the timeline: every phase of both hops, each with its offset from the probe's start, in order
+    assert [(p["hop"], p["name"]) for p in d["timeline"]] == [(h, n) for h in (0, 1) for n in ("connect", "tls", "request", "first_byte", "transfer")]
+    assert all(a["start"] + a["duration"] <= b["start"] + 1e-6 for a, b in zip(d["timeline"], d["timeline"][1:]))
     assert d["tcp"]["rtt_seconds"] > 0
 
 

@@ -13,11 +13,12 @@ EXPECTED_ALL = [
     "Certificate",
     "Config",
     "ConfigError",
+    "Details",
     "Failure",
-    "HTTPInfo",
     "Hop",
     "Module",
     "Peer",
+    "Phase",
     "ProbeResult",
     "TCPInfo",
     "TLSInfo",
@@ -35,7 +36,7 @@ def test_every_name_resolves_to_its_home():
     homes = {
         "Config": config, "ConfigError": config, "Module": config, "load_config": config, "parse_config": config,
         "run_probe": engine,
-        "Certificate": result, "Failure": result, "HTTPInfo": result, "Hop": result, "Peer": result,
+        "Certificate": result, "Details": result, "Failure": result, "Hop": result, "Peer": result, "Phase": result,
         "ProbeResult": result, "TCPInfo": result, "TLSInfo": result,
     }
     for name in EXPECTED_ALL:

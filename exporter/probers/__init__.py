@@ -1,31 +1,11 @@
-"""One module per protocol, one contract for every prober.
+"""One module per protocol behind one contract (``base.Prober``); importing this package registers them.
 
-A prober is ``async def probe(ctx, target, module) -> None``: it performs the
-probe through ``ctx.phase(...)``, fills ``ctx`` with what it learned and raises
-on failure (a ``ProbeFailure`` for its own checks, or the low-level exception).
-It knows nothing about metrics or trace exporters.
+``PROBERS`` maps a prober's name to its instance; config, failures, exposition,
+store, render and the CLI read it instead of naming probers.
 """
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from . import http, tcp  # noqa: F401  (registration)
+from .base import BLACKBOX_ONLY, PROBERS, ProbeContext, Prober, all_phases, get, phase_label, register
 
-from . import http, tcp
-
-if TYPE_CHECKING:
-    from ..config import Module
-    from ..engine import ProbeContext
-
-Prober = Callable[["ProbeContext", str, "Module"], Awaitable[Any]]
-
-PROBERS: dict[str, Prober] = {
-    "http": http.probe,
-    "tcp": tcp.probe,
-}
-
-# Target syntax per prober: raises ProbeFailure("invalid_target") (the CLI
-# checks before probing, to answer a typo with a usage error).
-CHECK_TARGET: dict[str, Callable[[str], Any]] = {
-    "http": http.check_target,
-    "tcp": tcp.check_target,
-}
+__all__ = ["BLACKBOX_ONLY", "PROBERS", "ProbeContext", "Prober", "all_phases", "get", "phase_label", "register"]

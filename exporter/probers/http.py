@@ -1,52 +1,127 @@
-"""The http prober: HTTP/1.1 over our own connection, so every phase is ours to time.
+"""The http prober: HTTP/1.1 (httptools framing) or HTTP/2 (h2, over ALPN) on our own connection.
 
 Phases per hop: dns, connect, tls (https), request (writing the request),
-first_byte (request written -> status line received: the server's processing
-time), transfer (headers and body). Every redirect hop opens its own
-connection and keeps its own phases (``HTTPInfo.hops``); ``ProbeResult.phases``
-are the last hop's.
+first_byte (request written -> first response byte: the server's processing
+time, as Go's GotFirstResponseByte), transfer (headers and body). Every
+redirect hop opens its own connection, so every hop's connect and TLS are
+measured, never hidden by reuse; each hop keeps its own phases in the timeline.
 
-The connection is a ``connect.Connection`` (a plain asyncio.Protocol),
-not asyncio streams: setting those up and tearing them down cost more than a
-loopback exchange; its read methods keep StreamReader's semantics.
+Behaves as Go's client (and so blackbox_exporter) does where the wire allows a
+choice: 1xx interim responses skipped, Content-Length and chunked framing
+validated per RFC 9112, obs-fold unfolded, the request target percent-encoded,
+URL userinfo sent as Basic auth, 301/302/303 turn a POST into a GET, sensitive
+headers dropped on a redirect to another domain.
 """
 from __future__ import annotations
 
+import base64
 import re
-from typing import TYPE_CHECKING
-from urllib.parse import SplitResult, urljoin, urlsplit
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
-from ..failures import ProbeFailure
-from ..result import Hop, HTTPInfo
-from .connect import Connection, connect, start_tls
-
-if TYPE_CHECKING:
-    from ..config import HeaderMatch, HTTPProbeConfig, Module
-    from ..engine import ProbeContext
+from .. import __version__
+from ..failures import ProbeFailure, Reason
+from ..metrics import ProbeFamily, ProbeSamples
+from ..net import http1, http2
+from ..net.connection import Connection
+from ..net.tls import TLSConfig
+from ..result import Details, ProbeResult
+from ..schema import ConfigError, Fields, compile_regex, parse_ip_protocol
+from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
+from .connect import open_connection, start_tls
 
 MAX_REDIRECTS = 10
-USER_AGENT = "connhealth/0.1"
-_STATUS_RE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n")
+USER_AGENT = f"connhealth/{__version__}"
+# Go's http.Transport default MaxResponseHeaderBytes.
+MAX_HEADER_BYTES = 1 << 20
+# A body kept for the body regexps is never larger than this unless body_size_limit says otherwise:
+# an endless body must end as a failure, not as the exporter's memory.
+DEFAULT_KEEP_LIMIT = 8 << 20
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_VERSIONS = {"HTTP/1.0": "HTTP/1.0", "HTTP/1.1": "HTTP/1.1", "HTTP/2": "HTTP/2.0", "HTTP/2.0": "HTTP/2.0"}
+# Go drops these on a redirect to a host that is neither the original one nor its subdomain.
+_SENSITIVE_ON_REDIRECT = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
+# Header names whose values /probe?debug=true and the logs page show as <secret>.
+_SECRET_HEADER_HINTS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
+
+REASONS = {
+    "http_timeout_first_byte": Reason("first_byte", "the request was sent but no response byte arrived before the deadline", "slow backend, stuck worker pool"),
+    "http_status_5xx": Reason("first_byte", "the server answered with a 5xx status not in valid_status_codes", "backend error, overload, bad gateway"),
+    "http_status_4xx": Reason("first_byte", "the server answered with a 4xx status not in valid_status_codes", "wrong path, auth required, rate limited"),
+    "http_status_unexpected": Reason("first_byte", "the status (1xx/2xx/3xx) is not in valid_status_codes, or the HTTP version is not in valid_http_versions", "redirect not followed, unexpected success code"),
+    "http_too_many_redirects": Reason("first_byte", "more than the allowed number of redirects (10)", "redirect loop"),
+    "http_body_mismatch": Reason("transfer", "the body failed a fail_if_body_(not_)matches_regexp check", "error page served with 200, wrong content"),
+    "http_header_mismatch": Reason("first_byte", "a header failed a fail_if_header_(not_)matches check", "missing security header, wrong content type"),
+    "http_ssl_expectation": Reason("first_byte", "fail_if_ssl / fail_if_not_ssl was violated", "redirect from https to http or the other way round"),
+    "http_header_too_large": Reason("transfer", "the response headers exceed 1 MiB (Go's limit)", "cookie or header explosion, not an HTTP server"),
+    "http_body_too_large": Reason("transfer", "the body exceeds body_size_limit (or, kept for a body regexp, 8 MiB when no limit is set)", "endless or huge response, streaming endpoint probed as a page"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    header: str
+    regexp: re.Pattern[str]
+    allow_missing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPProbeConfig:
+    valid_status_codes: tuple[int, ...] = ()  # empty = any 2xx
+    valid_http_versions: tuple[str, ...] = ()  # normalised: "HTTP/2" is "HTTP/2.0"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
+    follow_redirects: bool = True
+    enable_http2: bool = True  # as blackbox: offer h2 over ALPN on https
+    body_size_limit: int = 0  # 0: no limit (blackbox's default)
+    fail_if_ssl: bool = False
+    fail_if_not_ssl: bool = False
+    fail_if_body_matches_regexp: tuple[re.Pattern[str], ...] = ()
+    fail_if_body_not_matches_regexp: tuple[re.Pattern[str], ...] = ()
+    fail_if_header_matches: tuple[HeaderMatch, ...] = ()
+    fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
+    preferred_ip_protocol: str = "ip6"
+    ip_protocol_fallback: bool = True
+    tls_config: TLSConfig = field(default_factory=TLSConfig)
+
+    @property
+    def keeps_body(self) -> bool:
+        return bool(self.fail_if_body_matches_regexp or self.fail_if_body_not_matches_regexp)
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPDetails(Details):
+    status: int | None
+    version: str | None  # "HTTP/1.1", "HTTP/2.0"
+    redirects: int
+    content_length: int | None  # the Content-Length header, when sent
+    body_length: int | None  # bytes of the (decoded-transfer) body actually read
+    final_url: str
+
+    def summary(self) -> str:
+        length = self.content_length if self.content_length is not None else "-"
+        return (f"HTTP {self.version or '?'} {self.status}  redirects {self.redirects}  content-length {length}"
+                f"  body {self.body_length} bytes")
 
 
 class _Response:
+    """Filled as the exchange goes: a failure mid-body still knows the status."""
+
     __slots__ = ("version", "status", "headers", "body", "body_length", "content_length")
 
-    def __init__(self, version: str, status: int, headers: list[tuple[str, str]]) -> None:
-        self.version = version
-        self.status = status
-        self.headers = headers
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.status: int | None = None
+        self.headers: tuple[tuple[str, str], ...] = ()
         self.body = b""
         self.body_length = 0
         self.content_length: int | None = None
 
     def header(self, name: str) -> str | None:
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        values = self.header_values(name)
+        return values[0] if values else None
 
     def header_values(self, name: str) -> list[str]:
         lname = name.lower()
@@ -65,178 +140,277 @@ def _split_url(url: str) -> tuple[SplitResult, str, int]:
     return parts, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-def check_target(target: str) -> None:
-    try:
-        _split_url(target)
-    except ValueError as exc:
-        raise ProbeFailure("invalid_target", f"target {exc}") from None
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and spans (OTel's url.full rule)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:REDACTED@{netloc}").geturl()
 
 
-async def probe(ctx: ProbeContext, target: str, module: Module) -> None:
-    cfg = module.http
-    check_target(target)
-    url = target
-    hops: list[Hop] = []
-    response: _Response | None = None
-    try:
-        for redirects in range(MAX_REDIRECTS + 2):
-            if redirects > MAX_REDIRECTS:
-                raise ProbeFailure("http_too_many_redirects", f"more than {MAX_REDIRECTS} redirects (last: {url})", phase="first_byte")
-            if hops:
-                # A new hop starts with fresh phases; the finished hop keeps its own.
-                ctx.phases = {}
-            response = await _exchange(ctx, url, cfg, module, hops)
-            location = response.header("Location")
-            if not (cfg.follow_redirects and response.status in _REDIRECT_CODES and location):
-                break
-            url = urljoin(url, location)
-            ctx.log(f"redirect {response.status} to {url}")
-    finally:
-        if response is not None:
-            ctx.http = HTTPInfo(
-                status=response.status,
-                version=response.version,
-                redirects=len(hops) - 1,
-                content_length=response.content_length,
-                body_length=response.body_length,
-                final_url=url,
-                hops=tuple(hops),
-            )
-    assert response is not None
-    _check(ctx, cfg, url, response)
+def _parse_header_matches(f: Fields, key: str) -> tuple[HeaderMatch, ...]:
+    out = []
+    for i, raw in enumerate(f.get(key, list, [])):
+        hf = Fields(raw, f"{f.path}.{key}[{i}]")
+        header = hf.get("header", str, None)
+        regexp = hf.get("regexp", str, None)
+        if not header:
+            raise ConfigError(f"{hf.path}.header: required")
+        if regexp is None:
+            raise ConfigError(f"{hf.path}.regexp: required")
+        out.append(HeaderMatch(header, compile_regex(regexp, f"{hf.path}.regexp"), hf.get("allow_missing", bool, False)))
+        hf.done()
+    return tuple(out)
 
 
-async def _exchange(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig, module: Module, hops: list[Hop]) -> _Response:
+class HTTPProber(Prober):
+    name = "http"
+    phases = (
+        DNS, CONNECT, TLS,
+        PhaseSpec("request", "Request sent", "request bytes handed to the socket → written (HTTP/2: preface, SETTINGS, HEADERS, DATA)"),
+        PhaseSpec("first_byte", "Server processing", "request written → first byte of the response (1xx included, as Go's GotFirstResponseByte)",
+                  timeout_reason="http_timeout_first_byte", limitable=True),
+        PhaseSpec("transfer", "Content transfer", "first response byte → last body byte (headers, 1xx skipped, body)"),
+    )
+    reasons = REASONS
+    errors = (
+        (http1.HeaderTooLarge, "http_header_too_large"),
+        (http2.HeadersTooLarge, "http_header_too_large"),
+        (http1.BodyTooLarge, "http_body_too_large"),
+        (http2.BodyTooLarge, "http_body_too_large"),
+        (http1.IncompleteResponse, "connection_reset"),
+        (http1.ProtocolError, "protocol_error"),
+        (http2.H2ProtocolError, "protocol_error"),
+    )
+    unsupported = frozenset({
+        "basic_auth", "bearer_token", "bearer_token_file", "proxy_url", "proxy_connect_header",
+        "oauth2", "http_client_config", "compression", "body_file",
+        "no_proxy", "proxy_from_environment", "skip_resolve_phase_with_proxy",
+        "authorization", "follow_redirects_with_auth", "no_follow_redirects", "ip_protocol_fallback_with_proxy",
+        "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
+    })
+
+    def parse(self, f: Fields, module: str) -> HTTPProbeConfig:
+        codes = tuple(f.list_of("valid_status_codes", int))
+        for i, code in enumerate(codes):
+            if not 100 <= code <= 599:
+                raise ConfigError(f"{f.path}.valid_status_codes[{i}]: {code} is not an HTTP status code")
+        versions = []
+        for i, version in enumerate(f.list_of("valid_http_versions", str)):
+            if version not in _VERSIONS:
+                raise ConfigError(f"{f.path}.valid_http_versions[{i}]: unknown version {version!r} ({', '.join(_VERSIONS)})")
+            versions.append(_VERSIONS[version])
+        method = f.get("method", str, "GET").upper()
+        if not re.fullmatch(r"[A-Z]+", method):
+            raise ConfigError(f"{f.path}.method: invalid method {method!r}")
+        headers = []
+        for name, value in f.get("headers", dict, {}).items():
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{f.path}.headers.{name}: expected a string value")
+            try:
+                http1.validate_header(str(name), str(value))
+            except ValueError as exc:
+                raise ConfigError(f"{f.path}.headers.{name}: {exc}") from None
+            headers.append((str(name), str(value)))
+        proto, fallback = parse_ip_protocol(f)
+        cfg = HTTPProbeConfig(
+            valid_status_codes=codes,
+            valid_http_versions=tuple(versions),
+            method=method,
+            headers=tuple(headers),
+            body=f.get("body", str, None),
+            follow_redirects=f.get("follow_redirects", bool, True),
+            enable_http2=f.get("enable_http2", bool, True),
+            body_size_limit=f.size("body_size_limit", 0),
+            fail_if_ssl=f.get("fail_if_ssl", bool, False),
+            fail_if_not_ssl=f.get("fail_if_not_ssl", bool, False),
+            fail_if_body_matches_regexp=f.regexes("fail_if_body_matches_regexp"),
+            fail_if_body_not_matches_regexp=f.regexes("fail_if_body_not_matches_regexp"),
+            fail_if_header_matches=_parse_header_matches(f, "fail_if_header_matches"),
+            fail_if_header_not_matches=_parse_header_matches(f, "fail_if_header_not_matches"),
+            preferred_ip_protocol=proto,
+            ip_protocol_fallback=fallback,
+            tls_config=tls_section(f),
+        )
+        f.done()
+        if cfg.fail_if_ssl and cfg.fail_if_not_ssl:
+            raise ConfigError(f"{f.path}: fail_if_ssl and fail_if_not_ssl cannot both be true")
+        return cfg
+
+    def redact(self, section: object) -> object:
+        data = super().redact(section)
+        if isinstance(data, dict) and isinstance(data.get("headers"), dict):
+            data["headers"] = {k: "<secret>" if any(s in str(k).lower() for s in _SECRET_HEADER_HINTS) else v
+                               for k, v in data["headers"].items()}
+        return data
+
+    def check_target(self, target: str) -> None:
+        try:
+            _split_url(target)
+        except ValueError as exc:
+            raise ProbeFailure("invalid_target", f"target {exc}") from None
+
+    async def probe(self, ctx: ProbeContext, target: str, settings: HTTPProbeConfig) -> None:
+        cfg = settings
+        self.check_target(target)
+        url, method = target, cfg.method
+        body = cfg.body.encode() if cfg.body is not None else None
+        headers = list(cfg.headers)
+        first_host = _split_url(target)[1]
+        response: _Response | None = None
+        try:
+            for redirects in range(MAX_REDIRECTS + 2):
+                if redirects > MAX_REDIRECTS:
+                    raise ProbeFailure("http_too_many_redirects", f"more than {MAX_REDIRECTS} redirects (last: {redact_url(url)})",
+                                       phase="first_byte")
+                current = _Response()
+                try:
+                    await _exchange(ctx, url, method, headers, body, cfg, current)
+                finally:
+                    if current.status is not None:  # a failure mid-body still knows its status
+                        response = current
+                assert response is not None
+                location = response.header("Location")
+                if not (cfg.follow_redirects and response.status in _REDIRECT_CODES and location):
+                    break
+                url = urljoin(url, location)
+                if response.status in (301, 302, 303):
+                    # Go: RFC 7231 would allow keeping the method; browsers and Go turn it into GET, without the body.
+                    if method not in ("GET", "HEAD"):
+                        method = "GET"
+                    body = None
+                if not _same_or_subdomain(first_host, urlsplit(url).hostname or ""):
+                    headers = [(k, v) for k, v in headers if k.lower() not in _SENSITIVE_ON_REDIRECT]
+                ctx.log(f"redirect {response.status} to {redact_url(url)} ({method})")
+        finally:
+            if response is not None:
+                ctx.details = HTTPDetails(
+                    status=response.status, version=response.version, redirects=len(ctx.hops) - 1,
+                    content_length=response.content_length, body_length=response.body_length,
+                    final_url=redact_url(url),
+                )
+        assert response is not None
+        _check(ctx, cfg, url, response)
+
+    def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
+        http = result.details if isinstance(result.details, HTTPDetails) else None
+        total = result.total_phases()
+        yield _HTTP_DURATION, [((("phase", bb),), sum(total.get(p, 0.0) for p in ours)) for bb, ours in _BLACKBOX_HTTP_PHASES]
+        yield _HTTP_CONTENT_LENGTH, [((), float(http.content_length) if http and http.content_length is not None else -1.0 if http else 0.0)]
+        yield _HTTP_REDIRECTS, [((), float(http.redirects) if http else 0.0)]
+        ssl = http is not None and http.final_url.lower().startswith("https://") and result.tls is not None and result.tls.completed
+        yield _HTTP_SSL, [((), 1.0 if ssl else 0.0)]
+        yield _HTTP_STATUS_CODE, [((), float(http.status or 0) if http else 0.0)]
+        yield _HTTP_BODY_LENGTH, [((), float(http.body_length or 0) if http else 0.0)]
+        yield _HTTP_VERSION, [((), float(http.version.split("/", 1)[1]) if http and http.version else 0.0)]
+
+
+# blackbox phase names for probe_http_duration_seconds, mapped from ours. Its
+# "processing" runs from getting the connection to the first response byte
+# (Go's httptrace GotConn -> GotFirstResponseByte), so it includes writing the
+# request: our request + first_byte.
+_BLACKBOX_HTTP_PHASES = (
+    ("connect", ("connect",)),
+    ("processing", ("request", "first_byte")),
+    ("resolve", ("dns",)),
+    ("tls", ("tls",)),
+    ("transfer", ("transfer",)),
+)
+_HTTP_DURATION = ProbeFamily("probe_http_duration_seconds", "Duration of http request by phase, summed over all redirects")
+_HTTP_CONTENT_LENGTH = ProbeFamily("probe_http_content_length", "Length of http content response")
+_HTTP_REDIRECTS = ProbeFamily("probe_http_redirects", "The number of redirects")
+_HTTP_SSL = ProbeFamily("probe_http_ssl", "Indicates if SSL was used for the final redirect")
+_HTTP_STATUS_CODE = ProbeFamily("probe_http_status_code", "Response HTTP status code")
+_HTTP_BODY_LENGTH = ProbeFamily("probe_http_uncompressed_body_length", "Length of uncompressed response body")
+_HTTP_VERSION = ProbeFamily("probe_http_version", "Returns the version of HTTP of the probe response")
+
+
+def _same_or_subdomain(first: str, host: str) -> bool:
+    first, host = first.lower().rstrip("."), host.lower().rstrip(".")
+    return host == first or host.endswith("." + first)
+
+
+async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: list[tuple[str, str]], body: bytes | None,
+                    cfg: HTTPProbeConfig, response: _Response) -> None:
     try:
         parts, host, port = _split_url(url)
     except ValueError as exc:
         # Only a redirect can get here: the target itself passed check_target.
         raise ProbeFailure("protocol_error", f"redirect to an unusable URL: {exc}", phase="first_byte") from None
+    headers = list(config_headers)
+    if parts.username is not None and not any(k.lower() == "authorization" for k, _ in headers):
+        # Go's client: URL userinfo becomes Basic auth unless an Authorization header is set.
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers.append(("Authorization", "Basic " + base64.b64encode(credentials).decode("ascii")))
     tls = parts.scheme == "https"
-    response: _Response | None = None
     conn: Connection | None = None
-    ctx.begin_hop(cfg.method, url, host, port)
+    ctx.begin_hop(method, redact_url(url))
     try:
-        conn = await connect(ctx, host, port, module)
+        conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
         if tls:
-            await start_tls(ctx, conn, host, cfg.tls_config, ("http/1.1",))
-        request = _request_bytes(cfg, parts.path or "/", parts.query, host, port, tls, ctx.propagation_headers())
-        conn.write(request)
-        await ctx.phase("request", conn.drain())
-        status_line = await ctx.phase("first_byte", conn.readuntil(b"\n"))
-        response = await ctx.phase("transfer", _read_response(conn, status_line, cfg))
+            await start_tls(ctx, conn, host, cfg.tls_config, ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
+        headers.extend((k, v) for k, v in ctx.propagation_headers() if not any(k == h.lower() for h, _ in config_headers))
+        target = http1.request_target(parts.path, parts.query)
+        keep_limit = cfg.body_size_limit or DEFAULT_KEEP_LIMIT
+        if tls and ctx.tls is not None and ctx.tls.alpn == "h2":
+            await _h2(ctx, conn, method, _authority(host, port, tls), target, headers, body, cfg, keep_limit, response)
+        else:
+            await _h1(ctx, conn, method, _authority(host, port, tls), target, headers, body, cfg, keep_limit, response)
         ctx.log(f"{response.version} {response.status}, {response.body_length} body bytes")
-        return response
     finally:
-        hops.append(
-            Hop(url=url, phases=dict(ctx.phases), status=response.status if response else None, peer=ctx.peer)
-        )
-        ctx.end_hop(response.status if response else None)
+        ctx.end_hop(response.status)
         if conn is not None:
             conn.close()
 
 
-def _request_bytes(cfg: HTTPProbeConfig, path: str, query: str, host: str, port: int, tls: bool,
-                   extra_headers: list[tuple[str, str]]) -> bytes:
-    target = path + ("?" + query if query else "")
-    default_port = 443 if tls else 80
-    host_header = f"[{host}]" if ":" in host else host
-    if port != default_port:
-        host_header += f":{port}"
-    lines = [f"{cfg.method} {target} HTTP/1.1"]
-    names = {name.lower() for name, _ in cfg.headers}
-    if "host" not in names:
-        lines.append(f"Host: {host_header}")
-    if "user-agent" not in names:
-        lines.append(f"User-Agent: {USER_AGENT}")
-    if "accept" not in names:
-        lines.append("Accept: */*")
-    lines.extend(f"{name}: {value}" for name, value in cfg.headers)
-    lines.extend(f"{name}: {value}" for name, value in extra_headers if name not in names)
-    body = cfg.body.encode() if cfg.body is not None else b""
-    if body or cfg.method in ("POST", "PUT", "PATCH"):
-        lines.append(f"Content-Length: {len(body)}")
-    # One connection per hop: every hop's connect and TLS are measured, never hidden by reuse.
-    lines.append("Connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+def _authority(host: str, port: int, tls: bool) -> str:
+    authority = f"[{host}]" if ":" in host else host
+    return authority if port == (443 if tls else 80) else f"{authority}:{port}"
 
 
-async def _read_response(conn: Connection, status_line: bytes, cfg: HTTPProbeConfig) -> _Response:
-    m = _STATUS_RE.fullmatch(status_line)
-    if not m:
-        # The status line is what the first_byte phase waited for; it is not a valid one.
-        raise ProbeFailure("protocol_error", f"malformed status line {status_line[:80]!r}", phase="first_byte")
-    version = f"HTTP/{m.group(1).decode()}.{m.group(2).decode()}"
-    status = int(m.group(3))
-    headers: list[tuple[str, str]] = []
-    while True:
-        line = await conn.readuntil(b"\n")
-        if line in (b"\r\n", b"\n"):
-            break
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ProbeFailure("protocol_error", f"malformed header line {line[:80]!r}")
-        headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-        if len(headers) > 500:
-            raise ProbeFailure("protocol_error", "more than 500 response headers")
-    response = _Response(version, status, headers)
-    keep_body = bool(cfg.fail_if_body_matches_regexp or cfg.fail_if_body_not_matches_regexp)
-    cl = response.header("Content-Length")
-    if cl is not None:
-        try:
-            response.content_length = int(cl)
-        except ValueError:
-            raise ProbeFailure("protocol_error", f"invalid Content-Length {cl!r}") from None
-    if cfg.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-        return response
-    te = (response.header("Transfer-Encoding") or "").lower()
-    chunks: list[bytes] = []
-    if "chunked" in te:
-        await _read_chunked(conn, chunks, response, keep_body)
-    elif response.content_length is not None:
-        remaining = response.content_length
-        while remaining > 0:
-            data = await conn.read(min(remaining, 65536))
-            if not data:
-                raise ProbeFailure(
-                    "connection_reset",
-                    f"connection closed after {response.content_length - remaining} of {response.content_length} body bytes",
-                )
-            remaining -= len(data)
-            _take(data, chunks, response, keep_body)
-    else:
-        while data := await conn.read(65536):
-            _take(data, chunks, response, keep_body)
-    if keep_body:
-        response.body = b"".join(chunks)
-    return response
+async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, target: str, headers: list[tuple[str, str]],
+              body: bytes | None, cfg: HTTPProbeConfig, keep_limit: int, response: _Response) -> None:
+    conn.write(http1.build_request(method, target, authority, headers, body, user_agent=USER_AGENT))
+    await ctx.phase("request", conn.drain())
+    reader = http1.ResponseReader(method, max_header_bytes=MAX_HEADER_BYTES)
+    await ctx.phase("first_byte", http1.wait_first_byte(conn, reader))
+
+    async def receive() -> None:
+        head = await http1.read_head(conn, reader)
+        response.version, response.status, response.headers = head.version, head.status, head.headers
+        response.content_length = head.content_length
+        response.body_length, response.body = await http1.read_body(
+            conn, reader, limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit)
+
+    await ctx.phase("transfer", receive())
 
 
-def _take(data: bytes, chunks: list[bytes], response: _Response, keep: bool) -> None:
-    response.body_length += len(data)
-    if keep:
-        chunks.append(data)
+async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, target: str, headers: list[tuple[str, str]],
+              body: bytes | None, cfg: HTTPProbeConfig, keep_limit: int, response: _Response) -> None:
+    exchange = http2.H2Exchange(conn)
+    h2_headers = [(k.lower(), v) for k, v in headers if k.lower() not in ("host", "connection")]
+    if not any(k == "user-agent" for k, _ in h2_headers):
+        h2_headers.append(("user-agent", USER_AGENT))
+    if not any(k == "accept" for k, _ in h2_headers):
+        h2_headers.append(("accept", "*/*"))
+    await ctx.phase("request", exchange.send_request(method, authority, target, "https", h2_headers, body))
+    await ctx.phase("first_byte", exchange.wait_first_byte())
 
+    async def receive() -> None:
+        status, head = await exchange.read_head()
+        response.version, response.status, response.headers = "HTTP/2.0", status, head
+        cl = response.header("content-length")
+        response.content_length = int(cl) if cl is not None and cl.isdigit() else None
+        response.body_length, response.body = await exchange.read_body(
+            limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit)
 
-async def _read_chunked(reader: Connection, chunks: list[bytes], response: _Response, keep: bool) -> None:
-    while True:
-        size_line = await reader.readuntil(b"\n")
-        try:
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise ProbeFailure("protocol_error", f"malformed chunk size {size_line[:40]!r}") from None
-        if size == 0:
-            while (await reader.readuntil(b"\n")) not in (b"\r\n", b"\n"):
-                pass  # trailers
-            return
-        _take(await reader.readexactly(size), chunks, response, keep)
-        if await reader.readuntil(b"\n") not in (b"\r\n", b"\n"):
-            raise ProbeFailure("protocol_error", "chunk not terminated by CRLF")
+    await ctx.phase("transfer", receive())
 
 
 def _check(ctx: ProbeContext, cfg: HTTPProbeConfig, url: str, response: _Response) -> None:
     """The module's expectations, in blackbox_exporter's order."""
-    status = response.status
+    status = response.status or 0
     if cfg.valid_status_codes:
         ok = status in cfg.valid_status_codes
     else:
@@ -259,7 +433,7 @@ def _check(ctx: ProbeContext, cfg: HTTPProbeConfig, url: str, response: _Respons
         _header_check(ctx, response, match, must_match=False)
     for match in cfg.fail_if_header_not_matches:
         _header_check(ctx, response, match, must_match=True)
-    if cfg.fail_if_body_matches_regexp or cfg.fail_if_body_not_matches_regexp:
+    if cfg.keeps_body:
         body = response.body.decode("utf-8", "replace")
         for regexp in cfg.fail_if_body_matches_regexp:
             if regexp.search(body):
@@ -288,3 +462,6 @@ def _header_check(ctx: ProbeContext, response: _Response, match: HeaderMatch, *,
 
 def _codes(cfg: HTTPProbeConfig) -> str:
     return ", ".join(map(str, cfg.valid_status_codes)) if cfg.valid_status_codes else "2xx"
+
+
+register(HTTPProber())

@@ -5,7 +5,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from .result import ProbeResult
+from ..result import ProbeResult
 
 
 @dataclass(frozen=True, slots=True)

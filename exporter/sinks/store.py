@@ -9,9 +9,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 
-from . import metrics as m
+from .. import metrics as m
 from .exposition import escape, fmt
-from .result import PHASES, ProbeResult
+from ..probers import all_phases
+from ..result import ProbeResult
 
 _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
 _INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
@@ -109,10 +110,12 @@ class TargetSeries:
         )
         out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
         phase_lines = out[_INDEX[m.PHASE_DURATION]]
-        for phase in PHASES:
+        known = [p.name for p in all_phases()]
+        # Registered phases in connection order, then any other a prober reported.
+        for phase in known + sorted(set(self.phases) - set(known)):
             hist = self.phases.get(phase)
             if hist is not None:
-                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{phase}"', les, om))
+                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
         if self.success is not None:
             out[_INDEX[m.PROBE_SUCCESS]].append(f"{m.PROBE_SUCCESS}{{{b}}} {1 if self.success else 0}")
         if self.last_success is not None:
@@ -146,16 +149,18 @@ class TargetSeries:
             if trace_id:
                 self.failure_exemplars[key] = (trace_id, 1.0, finished_at)
         self.duration.observe(bounds, result.duration_seconds, (trace_id, result.duration_seconds, finished_at) if trace_id else None)
-        hops = result.http.hops if result.http is not None and result.http.hops else None
-        for phases in (hop.phases for hop in hops) if hops else (result.phases,):
-            for phase, seconds in phases.items():
+        for hop in range(max(len(result.hops), 1)):
+            for phase, seconds in (result.hop_phases(hop) if result.hops else result.total_phases()).items():
                 hist = self.phases.get(phase)
                 if hist is None:
                     hist = self.phases[phase] = _Histogram(len(bounds) + 1)
                 hist.observe(bounds, seconds, (trace_id, seconds, finished_at) if trace_id else None)
         if result.tls is not None:
-            self.cert_expiry = result.tls.earliest_expiry
-            self.tls_version = result.tls.version
+            # Also from a failed verification: an expired certificate must show its expiry (blackbox #1119).
+            if result.tls.earliest_expiry is not None:
+                self.cert_expiry = result.tls.earliest_expiry
+            if result.tls.version is not None:
+                self.tls_version = result.tls.version
         if result.tcp is not None:
             self.rtt = result.tcp.rtt_seconds
             self.retransmits = result.tcp.retransmits

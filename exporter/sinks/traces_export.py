@@ -1,6 +1,7 @@
 """OpenTelemetry SDK set-up: configured once at start-up, from OTEL_* variables and flags.
 
-Probers and the engine import only the API. Nothing here may slow or fail a
+Probers know nothing of traces; the traces sink (``sinks/traces.py``) builds
+spans from finished results and hands them to the processor made here. Nothing here may slow or fail a
 probe: spans go into a bounded queue that a background thread exports;
 a full queue or a failed export drops spans and counts them.
 """
@@ -14,13 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from .config import ConfigError
+from ..schema import ConfigError
+from . import traces
 
 log = logging.getLogger("connhealth.telemetry")
 
@@ -175,10 +176,10 @@ def setup_tracing(options: TracingOptions) -> DroppingSpanProcessor | None:
     exporter = make_exporter(endpoint, protocol, headers, signal_url=signal_url)
     processor = DroppingSpanProcessor(exporter, options.queue_size, options.batch_size, options.export_interval)
     attributes = _service_name_attributes()
-    # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent-based always-on).
-    provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(processor)
-    trace.set_tracer_provider(provider)
+    # The provider reads the sampler from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default:
+    # parent-based always-on); the traces sink uses that sampler and resource with our processor.
+    provider = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
+    traces.configure(provider.sampler, provider.resource, processor)
     log.info("exporting traces with OTLP %s to %s", protocol, endpoint)
     return processor
 
@@ -186,10 +187,8 @@ def setup_tracing(options: TracingOptions) -> DroppingSpanProcessor | None:
 def shutdown_tracing(processor: DroppingSpanProcessor | None) -> None:
     if processor is None:
         return
-    provider = trace.get_tracer_provider()
-    shutdown = getattr(provider, "shutdown", None)
-    if callable(shutdown):
-        shutdown()
+    traces.reset()
+    processor.shutdown()
 
 
 def dropped_samples(processor: DroppingSpanProcessor | None) -> Sequence[tuple[str, int]]:

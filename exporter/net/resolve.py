@@ -1,0 +1,104 @@
+"""Name resolution: the system resolver, or explicit nameservers through dnspython.
+
+Plain arguments only (no probe context, no module): the caller times the call
+as its dns phase and maps the exceptions, which are left exactly as the
+resolvers raise them: ``socket.gaierror`` from getaddrinfo,
+``dns.resolver.NXDOMAIN`` / ``NoAnswer`` / ``NoNameservers`` and
+``dns.exception.Timeout`` from dnspython, and ``NoAddressError`` when the
+system resolver answered without an address of a wanted family.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import socket
+from collections.abc import Sequence
+
+import dns.asyncresolver
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+
+__all__ = ["NoAddressError", "families", "is_ip", "resolve"]
+
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+
+
+class NoAddressError(Exception):
+    """The name resolved, but to no address of the wanted families."""
+
+
+@functools.lru_cache(maxsize=1024)  # parsing costs µs on every probe; targets repeat
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def families(preferred_ip_protocol: str, fallback: bool) -> list[int]:
+    """Address families to try, in order: "ip4"/"ip6" first, the other one if ``fallback``."""
+    preferred = socket.AF_INET6 if preferred_ip_protocol == "ip6" else socket.AF_INET
+    other = socket.AF_INET if preferred == socket.AF_INET6 else socket.AF_INET6
+    return [preferred, other] if fallback else [preferred]
+
+
+async def resolve(
+    host: str,
+    families: Sequence[int],
+    nameservers: tuple[tuple[str, int], ...] = (),
+    timeout: float | None = None,
+    budget: float = 10.0,
+) -> tuple[str, int]:
+    """(ip, family) of ``host``; an IP literal comes back at once, without a lookup.
+
+    ``nameservers`` empty means the system resolver (getaddrinfo, which has its
+    own timeouts: the caller bounds it by cancelling). Otherwise dnspython asks
+    them for A/AAAA in ``families`` order, each query limited to ``timeout``
+    and never more than ``budget`` (what is left of the caller's deadline).
+    """
+    if is_ip(host):
+        return host, socket.AF_INET6 if ":" in host else socket.AF_INET
+    if nameservers:
+        return await _resolve_with_nameservers(host, families, nameservers, min(timeout or budget, budget))
+    return await _resolve_system(host, families)
+
+
+@functools.lru_cache(maxsize=64)
+def _dns_resolver(nameservers: tuple[tuple[str, int], ...]) -> dns.asyncresolver.Resolver:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in nameservers]
+    # A SERVFAIL is an answer worth reporting, not a reason to ask again.
+    resolver.retry_servfail = False
+    return resolver
+
+
+async def _resolve_with_nameservers(
+    host: str, families: Sequence[int], nameservers: tuple[tuple[str, int], ...], lifetime: float
+) -> tuple[str, int]:
+    resolver = _dns_resolver(nameservers)
+    last_exc: Exception | None = None
+    for family in families:
+        rdtype = dns.rdatatype.AAAA if family == socket.AF_INET6 else dns.rdatatype.A
+        try:
+            # Absolute name, no search list: a probe target is what it says.
+            answer = await resolver.resolve(host.rstrip(".") + ".", rdtype, lifetime=lifetime, search=False)
+        except dns.resolver.NoAnswer as exc:
+            last_exc = exc
+            continue
+        return str(answer[0]), family
+    if last_exc is None:
+        raise ValueError("resolve() needs at least one address family")
+    raise last_exc
+
+
+async def _resolve_system(host: str, families: Sequence[int]) -> tuple[str, int]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, None, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM)
+    for family in families:
+        for fam, _type, _proto, _canon, sockaddr in infos:
+            if fam == family:
+                return str(sockaddr[0]), family
+    raise NoAddressError(f"{host} has no {'/'.join(_FAMILY_NAMES.get(f, str(f)) for f in families)} address")

@@ -1,0 +1,318 @@
+"""The prober contract and the registry every other part of connhealth reads.
+
+A prober is one module that subclasses ``Prober`` and calls ``register`` once.
+It declares its config section (parser, defaults, unsupported and secret
+fields), its target check, its ordered phases with waterfall labels, its
+failure reasons and how its own exceptions map to them, its typed result
+details, its ``/probe`` exposition fragment and its probe coroutine. Config,
+failures, exposition, the continuous store, the CLI, redaction, SLO phase
+validation and the docs tables all ask the registry; nothing outside
+``probers/`` names a prober.
+
+The engine hands a prober a ``ProbeContext``: the phase clock, the deadline,
+the log and the trace-propagation headers. A prober never sees the engine,
+a metric or a span.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import copy
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import quote
+
+from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
+from ..metrics import ProbeFamily, ProbeSamples
+from ..net.tls import TLS_VERSIONS, TLSConfig
+from ..result import Details, Hop, Peer, Phase, ProbeResult, TCPInfo, TLSInfo
+from ..schema import ConfigError, Fields
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseSpec:
+    name: str
+    label: str  # for the waterfall: "TCP connect"
+    description: str = ""  # "from -> to", for the docs
+    timeout_reason: str | None = None  # None: a timeout here is probe_timeout (dns/connect/tls have shared ones)
+    limitable: bool = False  # may be given its own limit in phase_timeouts
+
+
+# The phases a connection goes through, shared by every connection-oriented prober.
+DNS = PhaseSpec("dns", "DNS lookup", "start of resolution → address chosen (absent for IP-literal targets)", limitable=True)
+CONNECT = PhaseSpec("connect", "TCP connect", "`connect()` → TCP handshake complete (resolution is not included)", limitable=True)
+TLS = PhaseSpec("tls", "TLS handshake", "ClientHello → handshake complete, certificate verified", limitable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverConfig:
+    """connhealth extension: which resolver the dns phase uses."""
+
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty = the system resolver
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """connhealth extension: trace-context propagation into probe requests."""
+
+    inject: bool = True
+    # W3C baggage sent with every request: marks probe traffic as synthetic.
+    baggage: tuple[tuple[str, str], ...] = (("synthetic", "true"),)
+
+
+class Prober(abc.ABC):
+    """One protocol. Subclasses set the class attributes and implement parse/check_target/probe."""
+
+    name: ClassVar[str]
+    phases: ClassVar[tuple[PhaseSpec, ...]]
+    reasons: ClassVar[Mapping[str, Reason]] = {}
+    # (exception type, reason) for the prober's own parsers' errors, most specific first.
+    errors: ClassVar[tuple[tuple[type[BaseException], str], ...]] = ()
+    # blackbox fields of this section that connhealth does not implement (a clear error, not "unknown").
+    unsupported: ClassVar[frozenset[str]] = frozenset()
+    # Dotted paths inside the section whose values are secrets ("headers.*" = every value of headers
+    # whose name looks secret is decided by redact(); plain paths are always replaced).
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+    # Module keys of the form "<name>:" that belong to this prober (default: its name).
+    section: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def parse(self, f: Fields, module: str) -> Any:
+        """The section's typed settings (defaults applied, validated); must call f.done()."""
+
+    @abc.abstractmethod
+    def check_target(self, target: str) -> None:
+        """Raise ProbeFailure("invalid_target", ...) for a target this prober cannot probe."""
+
+    @abc.abstractmethod
+    async def probe(self, ctx: ProbeContext, target: str, settings: Any) -> None:
+        """Probe through ctx.phase(...), fill ctx, raise on failure."""
+
+    def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
+        """This prober's families in /probe (blackbox names), beyond the shared ones."""
+        return ()
+
+    def redact(self, section: Any) -> Any:
+        """A copy of the raw config section with secrets replaced by "<secret>"."""
+        data = copy.deepcopy(section)
+        for path in self.secret_fields:
+            _redact_path(data, path.split("."))
+        return data
+
+    @property
+    def rules(self) -> Rules:
+        return Rules(
+            timeout_reasons={p.name: p.timeout_reason for p in self.phases if p.timeout_reason},
+            errors=self.errors,
+        )
+
+
+def _redact_path(data: Any, keys: list[str]) -> None:
+    if not isinstance(data, dict) or not keys:
+        return
+    key, rest = keys[0], keys[1:]
+    for name in list(data) if key == "*" else [key]:
+        if name not in data:
+            continue
+        if rest:
+            _redact_path(data[name], rest)
+        elif data[name] is not None:
+            data[name] = "<secret>"
+
+
+PROBERS: dict[str, Prober] = {}
+# blackbox_exporter probers that connhealth does not implement (yet): named in errors as such.
+BLACKBOX_ONLY = ("icmp", "dns", "grpc", "unix")
+
+
+def register(prober: Prober) -> Prober:
+    if not prober.section:
+        type(prober).section = prober.name
+    names = [p.name for p in prober.phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prober {prober.name}: phase names repeat: {names}")
+    register_reasons(prober.reasons)
+    PROBERS[prober.name] = prober
+    _all_phases.cache = None
+    return prober
+
+
+def unregister(name: str) -> None:
+    """Remove a prober and the reasons only it declared (tests register probers of their own)."""
+    prober = PROBERS.pop(name)
+    others = {r for p in PROBERS.values() for r in p.reasons}
+    unregister_reasons([r for r in prober.reasons if r not in others])
+    _all_phases.cache = None
+
+
+def get(name: str) -> Prober:
+    return PROBERS[name]
+
+
+class _PhaseCache:
+    cache: tuple[PhaseSpec, ...] | None = None
+
+
+_all_phases = _PhaseCache()
+
+
+def all_phases() -> tuple[PhaseSpec, ...]:
+    """Every registered phase, once, in connection order (first appearance over the probers)."""
+    if _all_phases.cache is None:
+        seen: dict[str, PhaseSpec] = {}
+        for prober in PROBERS.values():
+            for spec in prober.phases:
+                seen.setdefault(spec.name, spec)
+        _all_phases.cache = tuple(seen.values())
+    return _all_phases.cache
+
+
+def phase_label(name: str) -> str:
+    for spec in all_phases():
+        if spec.name == name:
+            return spec.label
+    return name
+
+
+# --- shared section parsers ---------------------------------------------------------
+_UNSUPPORTED_TLS = frozenset({"ca", "cert", "key", "cipher_suites"})
+
+
+def parse_tls_config(f: Fields) -> TLSConfig:
+    min_version = f.get("min_version", str, None)
+    max_version = f.get("max_version", str, None)
+    for key, value in (("min_version", min_version), ("max_version", max_version)):
+        if value is not None and value not in TLS_VERSIONS:
+            raise ConfigError(f"{f.path}.{key}: invalid TLS version {value!r} (one of {', '.join(TLS_VERSIONS)})")
+    cfg = TLSConfig(
+        ca_file=f.get("ca_file", str, None),
+        cert_file=f.get("cert_file", str, None),
+        key_file=f.get("key_file", str, None),
+        server_name=f.get("server_name", str, None),
+        insecure_skip_verify=f.get("insecure_skip_verify", bool, False),
+        min_version=min_version,
+        max_version=max_version,
+    )
+    f.done()
+    if cfg.key_file and not cfg.cert_file or cfg.cert_file and not cfg.key_file:
+        raise ConfigError(f"{f.path}: cert_file and key_file must be given together")
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = getattr(cfg, key)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{f.path}.{key}: file {value!r} does not exist")
+    return cfg
+
+
+def tls_section(f: Fields) -> TLSConfig:
+    return parse_tls_config(f.sub("tls_config", _UNSUPPORTED_TLS))
+
+
+# --- the context a running probe fills ------------------------------------------------
+class ProbeContext:
+    """Mutable state of one running probe; the engine freezes it into a ProbeResult."""
+
+    __slots__ = (
+        "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
+        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "failed_due_to_regex", "logs",
+        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop",
+    )
+
+    def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
+                 phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
+                 tracing: TracingConfig = TracingConfig(), trace_id: int = 0, span_id: int = 0, sampled: bool = False,
+                 tracestate: str = "", new_span_id: Any = None) -> None:
+        self.target = target
+        self.module = module
+        self.timeout = timeout
+        self.start_ns = start_ns
+        self.deadline_ns = start_ns + int(timeout * 1e9)
+        self.phase_limits = phase_limits or {}
+        self.resolver = resolver
+        self.tracing = tracing
+        self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
+        self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
+        self.phase_name = "probe"
+        self.phase_start_ns: int | None = None
+        self.timeline: list[Phase] = []
+        self.peer: Peer | None = None
+        self.tcp: TCPInfo | None = None
+        self.tls: TLSInfo | None = None
+        self.hops: list[Hop] = []
+        self._hop: tuple[str, str, int, int] | None = None  # (method, url, start_ns, span id) of the open hop
+        self.details: Details | None = None
+        self.failed_due_to_regex = False
+        self.logs: list[str] = []
+
+    def offset(self, ns: int) -> float:
+        return (ns - self.start_ns) / 1e9
+
+    def log(self, message: str) -> None:
+        self.logs.append(f"{self.offset(time.perf_counter_ns()):8.4f}s {message}")
+
+    def remaining(self) -> float:
+        return (self.deadline_ns - time.perf_counter_ns()) / 1e9
+
+    async def phase(self, name: str, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` as phase ``name``; it joins the timeline only if it completes."""
+        self.phase_name = name
+        limit = self.phase_limits.get(name)
+        remaining = self.remaining()
+        by_deadline = limit is None or remaining <= limit
+        start = self.phase_start_ns = time.perf_counter_ns()
+        try:
+            if remaining <= 0 or limit is not None and limit <= 0:
+                raise TimeoutError()
+            if limit is None:
+                # Only the overall deadline applies: the engine's own timer covers
+                # it (and phase_name says where it hit); a second timer per phase
+                # costs ~5 % of a loopback probe.
+                value = await awaitable
+            else:
+                async with asyncio.timeout(min(limit, remaining)):
+                    value = await awaitable
+        except TimeoutError as exc:
+            if limit is None and self.remaining() > 0:
+                raise  # not our timer: the kernel's (ETIMEDOUT), classify says so
+            if by_deadline:
+                raise DeadlineExceeded(f"after {self.timeout:g}s") from exc
+            raise TimeoutError(f"phase limit {limit:g}s exceeded") from exc
+        finally:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never awaited when the budget was already gone
+        end = time.perf_counter_ns()
+        self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, len(self.hops) if self._hop else 0))
+        self.phase_start_ns = None
+        return value
+
+    # --- hops: one request/response exchange each ----------------------------------
+    def begin_hop(self, method: str, url: str) -> None:
+        span_id = self.new_span_id() if self.new_span_id is not None else self.span_id
+        self._hop = (method, url, time.perf_counter_ns(), span_id)
+
+    def end_hop(self, status: int | None) -> None:
+        if self._hop is None:
+            return
+        method, url, start, span_id = self._hop
+        self._hop = None
+        self.hops.append(Hop(url=url, method=method, start=self.offset(start),
+                             duration=(time.perf_counter_ns() - start) / 1e9, status=status, peer=self.peer,
+                             span_id=f"{span_id:016x}"))
+
+    def propagation_headers(self) -> list[tuple[str, str]]:
+        """W3C traceparent/tracestate for the current request, and baggage marking it synthetic."""
+        cfg = self.tracing
+        if not cfg.inject:
+            return []
+        span_id = self._hop[3] if self._hop is not None else self.span_id
+        headers = [("traceparent", f"00-{self.trace_id:032x}-{span_id:016x}-{'01' if self.sampled else '00'}")]
+        if self.tracestate:
+            headers.append(("tracestate", self.tracestate))
+        if cfg.baggage:
+            headers.append(("baggage", ",".join(f"{k}={quote(v, safe='')}" for k, v in cfg.baggage)))
+        return headers

@@ -1,0 +1,1 @@
+"""Sinks read finished ProbeResults only: continuous series, /probe text, traces, recent-probes history."""

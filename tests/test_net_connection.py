@@ -1,0 +1,605 @@
+"""exporter.net: our own connection (plain and TLS over MemoryBIO) against real loopback peers.
+
+Every test runs on the stdlib loop and on uvloop: only the plain transport comes
+from the loop, TLS is ours, and both must behave the same.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+from cryptography.hazmat.primitives import hashes
+
+from exporter.certs import CertFactory, Issued, server_context
+from exporter.net import resolve
+from exporter.net.connection import STREAM_LIMIT, Connection, connect
+from exporter.net.tls import TLSConfig, client_context, tls_info_of
+from exporter.result import TCPInfo
+
+LOCALHOST = "127.0.0.1"
+T = 30.0  # bound on one test's coroutine; nothing here should come near it
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[Any]], Any]:
+    factory = asyncio.new_event_loop if request.param == "asyncio" else uvloop.new_event_loop
+
+    def runner(coro: Awaitable[Any]) -> Any:
+        async def bounded() -> Any:
+            async with asyncio.timeout(T):
+                return await coro
+
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(bounded())
+
+    return runner
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Issued]:
+    f = CertFactory(tmp_path)
+    root = f.ca()
+    inter = f.ca("connhealth test intermediate", issuer=root)
+    now = datetime.now(timezone.utc)
+    return {
+        "root": root,
+        "inter": inter,
+        "leaf": f.leaf(inter),
+        "expired": f.leaf(root, not_after=now - timedelta(days=1)),
+        "future": f.leaf(root, not_before=now + timedelta(days=2)),
+        "self_signed": f.leaf(None),
+        "no_chain": f.leaf(inter, include_chain=False),
+        "wrong_name": f.leaf(root, sans=("other.test",)),
+    }
+
+
+def _trusting(ca: Issued, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    return client_context(TLSConfig(ca_file=ca.cert_file), alpn)
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, LOCALHOST, 0, ssl=ssl_ctx, limit=STREAM_LIMIT)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def _echo_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _open(port: int) -> Connection:
+    return await connect(LOCALHOST, port, socket.AF_INET)
+
+
+class ThreadServer:
+    """One connection handled by a blocking function in a thread: for what asyncio
+    servers cannot do (RST, FIN without close_notify, a sender that really blocks)."""
+
+    def __init__(self, handle: Callable[[socket.socket], None]) -> None:
+        self.listener = socket.create_server((LOCALHOST, 0))
+        self.listener.settimeout(T)
+        self.port: int = self.listener.getsockname()[1]
+        self.handle = handle
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(T)
+            with contextlib.suppress(OSError):
+                self.handle(conn)
+
+    async def __aenter__(self) -> ThreadServer:
+        self.thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.listener.close()
+        # Off the loop: the client's close() only takes effect on a later loop iteration.
+        await asyncio.to_thread(self.thread.join, T)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("client went away")
+        data += chunk
+    return data
+
+
+def _read_client_hello(sock: socket.socket) -> bytes:
+    head = _recv_exactly(sock, 5)
+    assert head[0] == 0x16, head  # a TLS handshake record
+    return head + _recv_exactly(sock, int.from_bytes(head[3:5], "big"))
+
+
+def _wait_closed_by_client(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while socket.socket.recv(sock, 65536):
+            pass
+
+
+# --- plain ------------------------------------------------------------------------
+
+
+def test_plain_reads_keep_stream_reader_semantics_up_to_eof(run: Any) -> None:
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"line1\nline2\nabcdef")
+        await writer.drain()
+        await reader.read(1)  # wait for the client's go
+        writer.close()
+
+    async def main() -> None:
+        async with serve(server) as port:
+            conn = await _open(port)
+            try:
+                assert conn.peer == (LOCALHOST, port)
+                info = conn.tcp_info()
+                assert isinstance(info, TCPInfo) and info.retransmits == 0
+                assert await conn.readuntil(b"\n") == b"line1\n"
+                assert await conn.readexactly(6) == b"line2\n"
+                assert await conn.read(3) == b"abc"
+                assert not conn.is_closing()
+                conn.write(b"!")
+                await conn.drain()
+                assert await conn.readexactly(3) == b"def"
+                assert await conn.read(100) == b""
+                assert conn.at_eof() and conn.is_closing()
+                with pytest.raises(asyncio.IncompleteReadError) as e:
+                    await conn.readuntil(b"\n")
+                assert e.value.partial == b""
+            finally:
+                conn.close()
+
+    run(main())
+
+
+def test_plain_incomplete_reads_at_eof_carry_the_partial_data(run: Any) -> None:
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"no newline")
+        writer.close()
+
+    async def main() -> None:
+        async with serve(server) as port:
+            conn = await _open(port)
+            with pytest.raises(asyncio.IncompleteReadError) as e:
+                await conn.readexactly(100)
+            assert (e.value.partial, e.value.expected) == (b"no newline", 100)
+            conn.close()
+            conn = await _open(port)
+            with pytest.raises(asyncio.IncompleteReadError) as e:
+                await conn.readuntil(b"\n")
+            assert (e.value.partial, e.value.expected) == (b"no newline", None)
+            conn.close()
+
+    run(main())
+
+
+def test_plain_readuntil_limit_overrun(run: Any) -> None:
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"x" * 50 + b"\n" + b"y" * 50)
+        await writer.drain()
+        await reader.read(1)
+        writer.close()
+
+    async def main() -> None:
+        async with serve(server) as port:
+            conn = await _open(port)
+            with pytest.raises(asyncio.LimitOverrunError) as e:
+                await conn.readuntil(b"\n", limit=10)  # found, but past the limit
+            assert e.value.consumed == 50
+            assert await conn.readuntil(b"\n") == b"x" * 50 + b"\n"  # the data stays buffered
+            with pytest.raises(asyncio.LimitOverrunError):
+                await conn.readuntil(b"\n", limit=40)  # 50 bytes without a newline
+            conn.close()
+
+    run(main())
+
+
+def test_plain_reset_raises_the_kernels_error_on_read_and_drain(run: Any) -> None:
+    def reset(sock: socket.socket) -> None:
+        _recv_exactly(sock, 1)  # the client is connected: the RST cannot hit its connect()
+        sock.sendall(b"partial")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async def main() -> None:
+        async with ThreadServer(reset) as srv:
+            conn = await _open(srv.port)
+            conn.write(b"!")
+            with pytest.raises(ConnectionResetError) as e:
+                while await conn.read(100):
+                    pass
+            assert e.value.errno == errno.ECONNRESET
+            with pytest.raises(ConnectionResetError):
+                await conn.drain()
+            assert conn.is_closing()
+            conn.close()
+
+    run(main())
+
+
+# --- TLS: handshakes that succeed ------------------------------------------------------
+
+
+def test_tls_handshake_reports_version_cipher_alpn_and_chain(run: Any, pki: dict[str, Issued]) -> None:
+    server_ctx = server_context(pki["leaf"])
+    server_ctx.set_alpn_protocols(["http/1.1"])
+
+    async def main() -> None:
+        async with serve(_echo_lines, server_ctx) as port:
+            conn = await _open(port)
+            try:
+                info = await conn.start_tls(_trusting(pki["root"], ("h2", "http/1.1")), "localhost")
+                assert info.version == "TLS 1.3" and info.cipher
+                assert info.alpn == conn.alpn == "http/1.1"
+                assert info.server_name == "localhost"
+                assert info.verification == "verified" and info.verification_error is None
+                leaf, inter, root = (pki[k].certificate for k in ("leaf", "inter", "root"))
+                assert [c.subject for c in info.chain] == [leaf.subject.rfc4514_string(), inter.subject.rfc4514_string()]
+                assert info.chain[0].not_after == leaf.not_valid_after_utc.timestamp()
+                # the verified chain includes the trust anchor
+                assert info.verified_chain_expiry == min(c.not_valid_after_utc.timestamp() for c in (leaf, inter, root))
+                assert (info.session_offered, info.session_reused) == (False, False)
+                assert info.server_hello_seconds is not None and info.server_hello_seconds > 0
+                assert conn.tls is not None and conn.tls.version() == "TLSv1.3"
+                # two exchanges on one connection
+                for request in (b"first\n", b"second\n"):
+                    conn.write(request)
+                    await conn.drain()
+                    assert await conn.readuntil(b"\n") == request
+            finally:
+                conn.close()
+
+    run(main())
+
+
+def test_tls_to_an_ip_sends_no_server_name_and_verifies_the_ip_san(run: Any, pki: dict[str, Issued]) -> None:
+    async def main() -> None:
+        async with serve(_echo_lines, server_context(pki["leaf"])) as port:
+            conn = await _open(port)
+            info = await conn.start_tls(_trusting(pki["root"]), LOCALHOST)
+            assert (info.server_name, info.verification) == (None, "verified")
+            conn.close()
+
+    run(main())
+
+
+def test_tls_insecure_skip_verify_reports_skipped_with_the_chain(run: Any, pki: dict[str, Issued]) -> None:
+    async def main() -> None:
+        async with serve(_echo_lines, server_context(pki["self_signed"])) as port:
+            conn = await _open(port)
+            info = await conn.start_tls(client_context(TLSConfig(insecure_skip_verify=True)), "localhost")
+            assert info.verification == "skipped" and info.verified_chain_expiry is None
+            assert [c.fingerprint_sha256 for c in info.chain] == [
+                pki["self_signed"].certificate.fingerprint(hashes.SHA256()).hex()
+            ]
+            conn.close()
+
+    run(main())
+
+
+def test_tls_server_speaking_first_is_read_after_the_handshake(run: Any, pki: dict[str, Issued]) -> None:
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hello\r\n")
+        await _echo_lines(reader, writer)
+
+    async def main() -> None:
+        async with serve(banner, server_context(pki["leaf"])) as port:
+            conn = await _open(port)
+            await conn.start_tls(_trusting(pki["root"]), "localhost")
+            assert await conn.readuntil(b"\r\n") == b"220 hello\r\n"
+            conn.write(b"x" * 100_000 + b"\n")  # many records each way
+            assert await conn.readexactly(100_001) == b"x" * 100_000 + b"\n"
+            conn.close()
+
+    run(main())
+
+
+def test_tls_close_notify_is_eof(run: Any, pki: dict[str, Issued]) -> None:
+    async def bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye")
+        await writer.drain()
+        writer.close()  # asyncio's TLS transport sends close_notify
+
+    async def main() -> None:
+        async with serve(bye, server_context(pki["leaf"])) as port:
+            conn = await _open(port)
+            await conn.start_tls(_trusting(pki["root"]), "localhost")
+            with pytest.raises(asyncio.IncompleteReadError) as e:
+                await conn.readexactly(10)
+            assert e.value.partial == b"bye"
+            assert await conn.read(10) == b""
+            assert conn.at_eof() and conn.is_closing()
+            conn.close()
+
+    run(main())
+
+
+def test_tls_fin_without_close_notify_after_the_handshake_is_eof(run: Any, pki: dict[str, Issued]) -> None:
+    ctx = server_context(pki["leaf"])
+
+    def truncate(sock: socket.socket) -> None:
+        tls = ctx.wrap_socket(sock, server_side=True)
+        tls.sendall(b"bye\n")
+        tls.shutdown(socket.SHUT_WR)  # SSLSocket.shutdown: a bare FIN, no close_notify
+        _wait_closed_by_client(tls)
+
+    async def main() -> None:
+        async with ThreadServer(truncate) as srv:
+            conn = await _open(srv.port)
+            await conn.start_tls(_trusting(pki["root"]), "localhost")
+            assert await conn.readuntil(b"\n") == b"bye\n"
+            assert await conn.read(10) == b""
+            assert conn.at_eof()
+            conn.close()
+
+    run(main())
+
+
+# --- TLS: verification failures keep OpenSSL's error and report the chain -------------------
+
+
+@pytest.mark.parametrize(
+    ("cert", "server_hostname", "code"),
+    [
+        ("expired", "localhost", 10),  # X509_V_ERR_CERT_HAS_EXPIRED
+        ("future", "localhost", 9),  # X509_V_ERR_CERT_NOT_YET_VALID
+        ("self_signed", "localhost", 18),  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+        ("no_chain", "localhost", 20),  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+        ("wrong_name", "localhost", 62),  # X509_V_ERR_HOSTNAME_MISMATCH
+        ("wrong_name", LOCALHOST, 64),  # X509_V_ERR_IP_ADDRESS_MISMATCH
+    ],
+)
+def test_tls_verification_failure_keeps_the_code_and_captures_the_chain(
+    run: Any, pki: dict[str, Issued], cert: str, server_hostname: str, code: int
+) -> None:
+    issued = pki[cert]
+
+    async def main() -> None:
+        async with serve(_echo_lines, server_context(issued)) as port:
+            conn = await _open(port)
+            with pytest.raises(ssl.SSLCertVerificationError) as e:
+                await conn.start_tls(_trusting(pki["root"]), server_hostname)
+            assert e.value.verify_code == code
+            info = tls_info_of(e.value)
+            assert info is not None and info is getattr(e.value, "tls_info")
+            assert (info.version, info.cipher, info.verification) == (None, None, "failed")
+            assert info.verification_error == e.value.verify_message
+            assert info.verified_chain_expiry is None
+            assert info.chain[0].not_after == issued.not_valid_after.timestamp()
+            assert info.earliest_expiry == issued.not_valid_after.timestamp()
+            assert info.server_hello_seconds is not None
+            # the connection is dead: reads give the handshake's error again
+            assert conn.is_closing() and conn.tls is None
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await conn.read(1)
+            conn.close()
+
+    run(main())
+
+
+# --- TLS: the server hangs up during the handshake ------------------------------------
+
+
+def test_tls_fin_during_the_handshake_is_ssl_eof_error(run: Any) -> None:
+    def hang_up(sock: socket.socket) -> None:
+        _read_client_hello(sock)  # everything read: close() sends a FIN, not a RST
+        sock.shutdown(socket.SHUT_WR)
+        _wait_closed_by_client(sock)
+
+    async def main() -> None:
+        async with ThreadServer(hang_up) as srv:
+            conn = await _open(srv.port)
+            with pytest.raises(ssl.SSLEOFError):
+                await conn.start_tls(client_context(TLSConfig(insecure_skip_verify=True)), "localhost")
+            conn.close()
+
+    run(main())
+
+
+def test_tls_reset_during_the_handshake_is_connection_reset_with_errno(run: Any) -> None:
+    def reset(sock: socket.socket) -> None:
+        _read_client_hello(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    async def main() -> None:
+        async with ThreadServer(reset) as srv:
+            conn = await _open(srv.port)
+            with pytest.raises(ConnectionResetError) as e:
+                await conn.start_tls(client_context(TLSConfig(insecure_skip_verify=True)), "localhost")
+            assert e.value.errno == errno.ECONNRESET
+            conn.close()
+
+    run(main())
+
+
+# --- TLS: session resumption ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_session_offered_to_a_new_connection_is_resumed(
+    run: Any, pki: dict[str, Issued], version: ssl.TLSVersion
+) -> None:
+    server_ctx = server_context(pki["leaf"], max_version=version)
+    client_ctx = _trusting(pki["root"])
+
+    async def exchange(conn: Connection) -> None:
+        conn.write(b"ping\n")
+        assert await conn.readuntil(b"\n") == b"ping\n"
+
+    async def main() -> None:
+        async with serve(_echo_lines, server_ctx) as port:
+            first = await _open(port)
+            info1 = await first.start_tls(client_ctx, "localhost")
+            if version == ssl.TLSVersion.TLSv1_3:
+                # the tickets come one round trip after the handshake, with the first response
+                assert first.session is None
+            await exchange(first)
+            session = first.session
+            assert session is not None
+            first.close()
+
+            second = await _open(port)
+            info2 = await second.start_tls(client_ctx, "localhost", session=session)
+            assert (info2.session_offered, info2.session_reused) == (True, True)
+            assert info2.version == info1.version
+            # a resumed handshake has no Certificate message; the chain is the one first verified
+            assert info2.chain == info1.chain and len(info2.chain) == 2
+            assert info2.verified_chain_expiry == info1.verified_chain_expiry
+            await exchange(second)
+            second.close()
+
+            third = await _open(port)
+            info3 = await third.start_tls(client_ctx, "localhost")
+            assert (info3.session_offered, info3.session_reused) == (False, False)
+            third.close()
+
+    run(main())
+
+
+def test_tls_session_of_another_context_is_not_offered(run: Any, pki: dict[str, Issued]) -> None:
+    async def main() -> None:
+        async with serve(_echo_lines, server_context(pki["leaf"], max_version=ssl.TLSVersion.TLSv1_2)) as port:
+            first = await _open(port)
+            await first.start_tls(_trusting(pki["root"]), "localhost")
+            session = first.session
+            first.close()
+            other_ctx = ssl.create_default_context(cafile=pki["root"].cert_file)
+            second = await _open(port)
+            info = await second.start_tls(other_ctx, "localhost", session=session)
+            assert (info.session_offered, info.session_reused, info.verification) == (False, False, "verified")
+            second.close()
+
+    run(main())
+
+
+# --- streaming with bounded memory -----------------------------------------------------------
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+STREAM_TOTAL = 50 * 2**20
+
+
+def test_tls_50mb_stream_read_incrementally_with_bounded_memory(run: Any, pki: dict[str, Issued]) -> None:
+    ctx = server_context(pki["leaf"])
+    sent = [0]
+
+    def stream(sock: socket.socket) -> None:
+        tls = ctx.wrap_socket(sock, server_side=True)
+        chunk = bytes(range(256)) * 4096  # 1 MiB
+        while sent[0] < STREAM_TOTAL:
+            tls.sendall(chunk)
+            sent[0] += len(chunk)
+        tls.shutdown(socket.SHUT_WR)
+        _wait_closed_by_client(tls)
+
+    async def main() -> None:
+        async with ThreadServer(stream) as srv:
+            conn = await _open(srv.port)
+            await conn.start_tls(_trusting(pki["root"]), "localhost")
+            received = len(await conn.read(65536))
+            base = _rss()
+            # Read nothing until the sender is stuck: only flow control can stop it.
+            last, still = -1, 0
+            while still < 10:
+                await asyncio.sleep(0.05)
+                still = still + 1 if sent[0] == last else 0
+                last = sent[0]
+            assert sent[0] < STREAM_TOTAL, "the sender was never stopped: the receive buffer is unbounded"
+            assert _rss() - base < 16 * 2**20
+            peak, reads = 0, 0
+            while chunk := await conn.read(65536):
+                assert len(chunk) <= 65536
+                received += len(chunk)
+                reads += 1
+                if reads % 64 == 0:
+                    peak = max(peak, _rss() - base)
+            assert received == STREAM_TOTAL
+            assert peak < 16 * 2**20
+            conn.close()
+
+    run(main())
+
+
+def test_large_readexactly_beyond_the_pause_mark_completes(run: Any, pki: dict[str, Issued]) -> None:
+    size = 3 * STREAM_LIMIT  # more than the 2 * STREAM_LIMIT that pauses reading
+
+    async def blob(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"z" * size)
+        await writer.drain()
+        await _echo_lines(reader, writer)
+
+    async def main() -> None:
+        async with serve(blob, server_context(pki["leaf"])) as port:
+            conn = await _open(port)
+            await conn.start_tls(_trusting(pki["root"]), "localhost")
+            assert await conn.readexactly(size) == b"z" * size
+            conn.close()
+
+    run(main())
+
+
+# --- resolution and layering -------------------------------------------------------------
+
+
+def test_resolve_ip_literal_and_system_resolver(run: Any) -> None:
+    async def main() -> None:
+        assert await resolve.resolve("::1", [socket.AF_INET]) == ("::1", socket.AF_INET6)
+        assert await resolve.resolve("localhost", [socket.AF_INET]) == ("127.0.0.1", socket.AF_INET)
+
+    run(main())
+    assert resolve.families("ip6", True) == [socket.AF_INET6, socket.AF_INET]
+    assert resolve.families("ip4", False) == [socket.AF_INET]
+    assert resolve.is_ip("10.0.0.1") and not resolve.is_ip("example.test")
+
+
+def test_net_imports_no_engine_config_probers_or_failures() -> None:
+    # The package __init__ of exporter is not net's business: load net's modules as
+    # they would load under an empty exporter package.
+    code = (
+        "import sys, types\n"
+        "pkg = types.ModuleType('exporter'); pkg.__path__ = [sys.argv[1]]; sys.modules['exporter'] = pkg\n"
+        "import exporter.net.connection, exporter.net.tls, exporter.net.resolve\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('exporter'))))\n"
+    )
+    root = Path(__file__).resolve().parent.parent / "exporter"
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=T, check=True)
+    outside = {m for m in out.stdout.split() if m != "exporter.net" and not m.startswith("exporter.net.")}
+    assert outside <= {"exporter", "exporter.result", "exporter.schema"}, outside
