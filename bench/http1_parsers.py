@@ -8,8 +8,8 @@ the connection delivers them) with
   headers and body (the least a prober needs; no framing rules of ours);
 * ``h11``: ``h11.Connection`` told the request (what it needs to frame a
   response), events pulled until ``EndOfMessage``;
-* ``connhealth``: ``exporter.net.http1.ResponseReader`` (h11 plus the rules
-  h11 leaves to us), the code a probe runs.
+* ``connhealth``: ``exporter.net.http1.ResponseReader`` (httptools plus the
+  rules of Go's client that llhttp leaves to us), the code a probe runs.
 
 Each (case, parser) is timed in ``--runs`` runs of about ``--run-seconds``
 each, parsers alternating inside a run; reported: the median µs per response
@@ -26,6 +26,7 @@ difference. Alternated in blocks; medians over ``--runs``.
 
     .venv/bin/python bench/http1_parsers.py              # both parts, ≈ 1 min
     .venv/bin/python bench/http1_parsers.py --part parse --runs 9
+    .venv/bin/python bench/http1_parsers.py --part exchange --uvloop
     .venv/bin/python bench/http1_parsers.py --json /tmp/http1.json
 
 Only 127.0.0.1 is used; the server process is stopped on exit (also on
@@ -403,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--run-seconds", type=float, default=0.3, help="part 1: time per run and case, all parsers")
     ap.add_argument("--exchanges", type=int, default=400, help="part 2: exchanges per run and case")
+    ap.add_argument("--uvloop", action="store_true", help="part 2 on uvloop (the loop `connhealth serve` runs)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, _on_signal)
@@ -412,16 +414,20 @@ def main(argv: list[str] | None = None) -> int:
         parse = bench_parse(args.runs, args.run_seconds)
         out["parse"] = parse
         print(f"\nPart 1: parse one response (µs, median of {args.runs} runs; fresh parser each)\n")
-        print("| response | bytes | httptools | h11 | connhealth (h11 + rules) | h11 / httptools | connhealth / httptools |")
-        print("|---|---|---|---|---|---|---|")
-        for case, r in parse.items():
-            print(f"| {case} | {int(r['bytes'])} | {r['httptools']:.1f} | {r['h11']:.1f} | {r['connhealth']:.1f} "
-                  f"| {r['h11'] / r['httptools']:.1f}× | {r['connhealth'] / r['httptools']:.1f}× |")
+        print("| response | bytes | httptools | h11 | h11 / httptools | connhealth (httptools + our rules) |")
+        print("|---|---|---|---|---|---|")
+        for case, p in parse.items():
+            print(f"| {case} | {int(p['bytes'])} | {p['httptools']:.1f} | {p['h11']:.1f} | {p['h11'] / p['httptools']:.1f}× "
+                  f"| {p['connhealth']:.1f} |")
     if args.part in ("exchange", "both"):
+        if args.uvloop:
+            import uvloop
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         exchange = asyncio.run(bench_exchange(args.runs, args.exchanges))
         out["exchange"] = exchange
-        print(f"\nPart 2: client side of one loopback exchange (µs per exchange, median of {args.runs} runs "
-              f"× {args.exchanges})\n")
+        loop_name = "uvloop" if args.uvloop else "asyncio"
+        print(f"\nPart 2: client side of one loopback exchange on {loop_name} (µs per exchange, median of {args.runs} "
+              f"runs × {args.exchanges})\n")
         old, new = EXCHANGES
         print("| response | old CPU | new CPU | new − old CPU | old wall | new wall |")
         print("|---|---|---|---|---|---|")

@@ -85,6 +85,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         trace_id=f"{ids.trace_id:032x}",
         span_id=f"{ids.span_id:016x}",
         parent_span_id=f"{ids.parent_span_id:016x}" if ids.parent_span_id else None,
+        tracestate=ids.tracestate,
         sampled=ids.sampled,
     )
     traces.record(result)

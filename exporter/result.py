@@ -151,6 +151,7 @@ class ProbeResult:
     trace_id: str | None = None
     span_id: str | None = None
     parent_span_id: str | None = None  # the scrape's span, when Prometheus traced it
+    tracestate: str = ""  # W3C tracestate carried on from the scrape
     sampled: bool = False
 
     @property
@@ -190,7 +191,7 @@ class ProbeResult:
             "peer": asdict(self.peer) if self.peer else None,
             "tcp": asdict(self.tcp) if self.tcp else None,
             "tls": None,
-            "hops": [asdict(h) for h in self.hops],
+            "hops": [{**asdict(h), "phases": self.hop_phases(i)} for i, h in enumerate(self.hops)],
             "details": self.details.to_dict() if self.details is not None else None,
             "failed_due_to_regex": self.failed_due_to_regex,
             "trace_id": self.trace_id,

@@ -21,13 +21,22 @@ from typing import Any
 
 import pytest
 import uvloop
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+
+import dns.exception
+import dns.resolver
 
 from exporter.certs import CertFactory, Issued, server_context
 from exporter.net import resolve
 from exporter.net.connection import STREAM_LIMIT, Connection, connect
 from exporter.net.tls import TLSConfig, client_context, tls_info_of
 from exporter.result import TCPInfo
+
+try:
+    from tests.peers import DNSServer
+except ImportError:  # run from inside tests/
+    from peers import DNSServer  # type: ignore[no-redef]
 
 LOCALHOST = "127.0.0.1"
 T = 30.0  # bound on one test's coroutine; nothing here should come near it
@@ -66,6 +75,10 @@ def pki(tmp_path: Path) -> dict[str, Issued]:
         "no_chain": f.leaf(inter, include_chain=False),
         "wrong_name": f.leaf(root, sans=("other.test",)),
     }
+
+
+def _x509(issued: Issued) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(issued.cert_pem)
 
 
 def _trusting(ca: Issued, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
@@ -264,7 +277,7 @@ def test_tls_handshake_reports_version_cipher_alpn_and_chain(run: Any, pki: dict
                 assert info.alpn == conn.alpn == "http/1.1"
                 assert info.server_name == "localhost"
                 assert info.verification == "verified" and info.verification_error is None
-                leaf, inter, root = (pki[k].certificate for k in ("leaf", "inter", "root"))
+                leaf, inter, root = (_x509(pki[k]) for k in ("leaf", "inter", "root"))
                 assert [c.subject for c in info.chain] == [leaf.subject.rfc4514_string(), inter.subject.rfc4514_string()]
                 assert info.chain[0].not_after == leaf.not_valid_after_utc.timestamp()
                 # the verified chain includes the trust anchor
@@ -301,7 +314,7 @@ def test_tls_insecure_skip_verify_reports_skipped_with_the_chain(run: Any, pki: 
             info = await conn.start_tls(client_context(TLSConfig(insecure_skip_verify=True)), "localhost")
             assert info.verification == "skipped" and info.verified_chain_expiry is None
             assert [c.fingerprint_sha256 for c in info.chain] == [
-                pki["self_signed"].certificate.fingerprint(hashes.SHA256()).hex()
+                _x509(pki["self_signed"]).fingerprint(hashes.SHA256()).hex()
             ]
             conn.close()
 
@@ -361,6 +374,49 @@ def test_tls_fin_without_close_notify_after_the_handshake_is_eof(run: Any, pki: 
             assert await conn.readuntil(b"\n") == b"bye\n"
             assert await conn.read(10) == b""
             assert conn.at_eof()
+            conn.close()
+
+    run(main())
+
+
+def test_tls_idle_connection_closed_by_the_server_is_closing_without_a_read(run: Any, pki: dict[str, Issued]) -> None:
+    async def idle_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.close()
+
+    async def main() -> None:
+        async with serve(idle_close, server_context(pki["leaf"])) as port:
+            conn = await _open(port)
+            await conn.start_tls(_trusting(pki["root"]), "localhost")
+            assert not conn.is_closing()
+            conn.write(b"done\n")
+            while not conn.is_closing():  # what a keep-alive pool checks before reuse
+                await asyncio.sleep(0.01)
+            assert await conn.read(1) == b""
+            conn.close()
+
+    run(main())
+
+
+def test_tls_handshake_cancelled_is_reraised_and_leaves_the_connection_unusable(run: Any) -> None:
+    async def main() -> None:
+        got_hello = asyncio.Event()
+
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            got_hello.set()
+            await reader.read()  # never answers
+
+        async with serve(mute) as port:
+            conn = await _open(port)
+            task = asyncio.ensure_future(conn.start_tls(client_context(TLSConfig(insecure_skip_verify=True)), "localhost"))
+            await got_hello.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert conn.is_closing() and conn.tls is None
+            with pytest.raises(RuntimeError):
+                conn.write(b"x")
             conn.close()
 
     run(main())
@@ -588,6 +644,29 @@ def test_resolve_ip_literal_and_system_resolver(run: Any) -> None:
     assert resolve.families("ip6", True) == [socket.AF_INET6, socket.AF_INET]
     assert resolve.families("ip4", False) == [socket.AF_INET]
     assert resolve.is_ip("10.0.0.1") and not resolve.is_ip("example.test")
+
+
+def test_resolve_with_nameservers_follows_the_family_order_and_keeps_dnspythons_errors(run: Any) -> None:
+    zone = {"both.test": "A:192.0.2.1,AAAA:2001:db8::1", "v6only.test": "AAAA:2001:db8::2", "broken.test": "SERVFAIL",
+            "slow.test": "DROP"}
+
+    async def main() -> None:
+        async with DNSServer(zone) as srv:
+            ns = ((LOCALHOST, srv.port),)
+            v6_first = resolve.families("ip6", True)
+            assert await resolve.resolve("both.test", v6_first, ns) == ("2001:db8::1", socket.AF_INET6)
+            assert await resolve.resolve("both.test", [socket.AF_INET], ns) == ("192.0.2.1", socket.AF_INET)
+            assert await resolve.resolve("v6only.test", resolve.families("ip4", True), ns) == ("2001:db8::2", socket.AF_INET6)
+            with pytest.raises(dns.resolver.NoAnswer):
+                await resolve.resolve("v6only.test", [socket.AF_INET], ns)
+            with pytest.raises(dns.resolver.NXDOMAIN):
+                await resolve.resolve("missing.test", [socket.AF_INET], ns)
+            with pytest.raises(dns.resolver.NoNameservers):
+                await resolve.resolve("broken.test", [socket.AF_INET], ns)
+            with pytest.raises(dns.exception.Timeout):
+                await resolve.resolve("slow.test", [socket.AF_INET], ns, timeout=0.2)
+
+    run(main())
 
 
 def test_net_imports_no_engine_config_probers_or_failures() -> None:

@@ -47,9 +47,9 @@ __all__ = ["STREAM_LIMIT", "Connection", "connect", "open_socket", "tcp_info_of"
 # default. The receive buffer is paused at twice this (as StreamReader does).
 STREAM_LIMIT = 2**20
 
-# Decryption scratch: one TLS record holds at most 16 KiB of plaintext and
-# OpenSSL returns one record per read, so 64 KiB never truncates a read.
-_SCRATCH_SIZE = 64 * 1024
+# Decryption scratch, reused for every record: a TLS record holds at most
+# 16 KiB of plaintext and OpenSSL returns one record per read.
+_SCRATCH_SIZE = 16 * 1024
 
 _PLAIN, _HANDSHAKE, _TLS, _TLS_FAILED = range(4)
 
@@ -120,7 +120,7 @@ class Connection(asyncio.Protocol):
                     self._answer_ns = perf_counter_ns()
                 self._wake()
         # Flow control as StreamReader: stop reading while 2 limits are unread.
-        if False:
+        if not self._reading_paused and len(self._buffer) > 2 * STREAM_LIMIT:
             self._transport.pause_reading()
             self._reading_paused = True
 
@@ -304,9 +304,11 @@ class Connection(asyncio.Protocol):
                 except ssl.SSLWantReadError:
                     pass
                 if outgoing.pending:
-                    transport.write(outgoing.read())
                     if not sent_ns:
+                        # Before the write: on a busy host the send can hand the CPU to
+                        # the server, whose answer then seems to take no time at all.
                         sent_ns = perf_counter_ns()
+                    transport.write(outgoing.read())
                 if incoming.eof:
                     continue  # OpenSSL raises its EOF error on the next step
                 await self._wait_for_data()

@@ -89,7 +89,7 @@ class Head:
     -1): the declared length; None for chunked or close-delimited bodies; 0 for
     1xx/204/304 whatever the header says; for HEAD the header's value.
     Header values are UTF-8 with invalid bytes replaced, which is how Go's
-    regexp sees them; obs-fold lines arrive unfolded.
+    regexp sees them, without trailing blanks; obs-fold lines arrive unfolded.
     """
 
     version: str  # "HTTP/1.1"
@@ -309,9 +309,10 @@ class ResponseReader:
     ``IncompleteHead``/``IncompleteBody`` after ``eof``; ``ProtocolError``
     for anything else that breaks framing. Memory: body bytes come out as
     they are parsed, whatever a chunk size announces; the heads (interim and
-    final together, as Go ≥ 1.24 counts them) are parsed only up to
-    ``max_header_bytes`` and held only while a head is being normalised;
-    bytes are parsed when ``next_event`` runs, so feed one read at a time.
+    final together) are parsed only up to ``max_header_bytes``, and the reads
+    that carried them are held until the final head is parsed (for a rewrite
+    and to quote values in errors). Bytes are parsed when ``next_event``
+    runs, so feed one read at a time.
 
     Parsing is llhttp's (httptools), strict, with two leniencies that make it
     read what Go reads: Transfer-Encoding with Content-Length (chunked wins)
@@ -329,7 +330,7 @@ class ResponseReader:
     __slots__ = ("_method", "_keep_alive", "_limit", "_parser", "_events", "_pending", "_state", "_fed",
                  "_head_bytes", "_retained", "_normalising", "_normalised", "_parse_error", "_informational",
                  "_skip_informational", "_in_informational", "_reason", "_fields", "_eof", "_switched",
-                 "_close_delimited", "_unsolicited", "_body_bytes", "_head", "_error", "reusable")
+                 "_close_delimited", "_unsolicited", "_body_bytes", "_head", "_error", "_callback_error", "reusable")
 
     def __init__(self, method: str, *, keep_alive: bool = False, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
         self._method = method
@@ -357,6 +358,7 @@ class ResponseReader:
         self._body_bytes = 0
         self._head: Head | None = None
         self._error: ProtocolError | None = None
+        self._callback_error: Exception | None = None
         #: After End: whether the connection may carry another request, by
         #: Go's rules: not after Connection: close on either side, an HTTP/1.0
         #: answer without keep-alive, a body delimited by close, a 101, or
@@ -446,22 +448,30 @@ class ResponseReader:
         self._run(data)
 
     def _run(self, data: bytes) -> None:
+        message = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # a 101: llhttp stopped after it; the End is queued, what follows is not HTTP
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Stop):
+            return  # a 101: llhttp stopped after it; the End is queued, what follows is not HTTP
+        except httptools.HttpParserCallbackError:
+            error, self._callback_error = self._callback_error, None
+            if isinstance(error, _Stop):
                 return
-            if isinstance(cause, ProtocolError):
-                raise cause from None
-            raise
+            if error is None:
+                raise
+            raise error from None
         except httptools.HttpParserError as exc:
+            message = str(exc)
+        if message is not None:  # handled outside the except clause: a re-parse may follow
             if self._state == _DONE:
                 self._unsolicited = True  # llhttp refused what followed the response
                 return
-            self._parser_error(str(exc))
+            self._parser_error(message)
+
+    def _fail(self, error: Exception) -> Exception:
+        """Remember what a callback raises: httptools reports it only as a callback error."""
+        self._callback_error = error
+        return error
 
     def _parser_error(self, message: str) -> None:
         if self._state == _HEAD and not self._normalised:
@@ -510,6 +520,7 @@ class ResponseReader:
     def _finish(self) -> None:
         head = self._head
         assert head is not None
+        self._state = _DONE
         self.reusable = (self._keep_alive and not self._switched and not self._close_delimited and not self._eof
                          and not self._unsolicited and not self._pending and _may_keep_alive(head))
 
@@ -517,7 +528,7 @@ class ResponseReader:
     def _on_message_begin(self) -> None:
         if self._state == _DONE:
             self._unsolicited = True
-            raise _Stop
+            raise self._fail(_Stop())
         self._reason.clear()
         self._fields = []
 
@@ -535,7 +546,8 @@ class ResponseReader:
             self._in_informational = True
             self._informational += 1
             if self._informational > MAX_INFORMATIONAL:
-                raise ProtocolError(f"more than {MAX_INFORMATIONAL} informational (1xx) responses before the final response")
+                raise self._fail(ProtocolError(
+                    f"more than {MAX_INFORMATIONAL} informational (1xx) responses before the final response"))
             if self._skip_informational:
                 self._skip_informational -= 1
             else:
@@ -548,14 +560,14 @@ class ResponseReader:
             if size == 14 and name.lower() == b"content-length":
                 declared = int(value)  # llhttp let only digits through, and only one such header
                 if declared > _MAX_CONTENT_LENGTH:
-                    raise ProtocolError(f"invalid Content-Length {value.decode('ascii')}: out of range")
+                    raise self._fail(ProtocolError(f"invalid Content-Length {value.decode('ascii')}: out of range"))
             elif size == 17 and name.lower() == b"transfer-encoding":
                 # Go accepts exactly one Transfer-Encoding header, saying chunked; llhttp more.
                 if chunked:
-                    raise ProtocolError("multiple Transfer-Encoding headers")
+                    raise self._fail(ProtocolError("multiple Transfer-Encoding headers"))
                 coding = value.strip(b" \t").decode("latin-1")
                 if coding.lower() != "chunked":
-                    raise ProtocolError(f"unsupported Transfer-Encoding {coding!r} (only chunked)")
+                    raise self._fail(ProtocolError(f"unsupported Transfer-Encoding {coding!r} (only chunked)"))
                 chunked = True
         headers = _decode_fields(self._fields)
         method = self._method
@@ -580,7 +592,7 @@ class ResponseReader:
             self._retained = []
             self._state = _DONE
             self._events.append(_END)
-            raise _Stop  # llhttp would read a body the Content-Length announces
+            raise self._fail(_Stop())  # llhttp would read a body the Content-Length announces
         self._retained = []
 
     def _on_body(self, data: bytes) -> None:

@@ -14,11 +14,10 @@ headers dropped on a redirect to another domain.
 """
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 from .. import __version__
 from ..failures import ProbeFailure, Reason
@@ -128,16 +127,18 @@ class _Response:
         return [value for key, value in self.headers if key.lower() == lname]
 
 
-def _split_url(url: str) -> tuple[SplitResult, str, int]:
-    """(parts, host, port) of an http(s) URL; ValueError names what is wrong."""
+def _split_url(url: str) -> tuple[SplitResult, str, int, str]:
+    """(parts, host, port, request target) of an http(s) URL; ValueError names what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        raise ValueError(f"{redact_url(url)!r} is not an http:// or https:// URL")
     try:
         port = parts.port
+        # Go's url.Parse refuses control characters and bad %-escapes in the path.
+        target = http1.request_target(parts.path, parts.query)
     except ValueError as exc:
-        raise ValueError(f"{url!r}: {exc}") from None
-    return parts, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+        raise ValueError(f"{redact_url(url)!r}: {exc}") from None
+    return parts, parts.hostname, port or (443 if parts.scheme == "https" else 80), target
 
 
 def redact_url(url: str) -> str:
@@ -334,15 +335,17 @@ def _same_or_subdomain(first: str, host: str) -> bool:
 async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: list[tuple[str, str]], body: bytes | None,
                     cfg: HTTPProbeConfig, response: _Response) -> None:
     try:
-        parts, host, port = _split_url(url)
+        parts, host, port, target = _split_url(url)
     except ValueError as exc:
         # Only a redirect can get here: the target itself passed check_target.
         raise ProbeFailure("protocol_error", f"redirect to an unusable URL: {exc}", phase="first_byte") from None
     headers = list(config_headers)
     if parts.username is not None and not any(k.lower() == "authorization" for k, _ in headers):
         # Go's client: URL userinfo becomes Basic auth unless an Authorization header is set.
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        headers.append(("Authorization", "Basic " + base64.b64encode(credentials).decode("ascii")))
+        try:
+            headers.append(("Authorization", http1.basic_auth(parts.username, parts.password)))
+        except ValueError as exc:
+            raise ProbeFailure("invalid_target", f"URL userinfo: {exc}", phase="probe") from None
     tls = parts.scheme == "https"
     conn: Connection | None = None
     ctx.begin_hop(method, redact_url(url))
@@ -351,7 +354,6 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
         if tls:
             await start_tls(ctx, conn, host, cfg.tls_config, ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
         headers.extend((k, v) for k, v in ctx.propagation_headers() if not any(k == h.lower() for h, _ in config_headers))
-        target = http1.request_target(parts.path, parts.query)
         keep_limit = cfg.body_size_limit or DEFAULT_KEEP_LIMIT
         if tls and ctx.tls is not None and ctx.tls.alpn == "h2":
             await _h2(ctx, conn, method, _authority(host, port, tls), target, headers, body, cfg, keep_limit, response)
@@ -383,7 +385,12 @@ async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
         response.body_length, response.body = await http1.read_body(
             conn, reader, limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit)
 
-    await ctx.phase("transfer", receive())
+    try:
+        await ctx.phase("transfer", receive())
+    finally:
+        # A body cut short (timeout, reset, limit) still reports what arrived, as blackbox's byte
+        # counter does; its MaxBytesReader hands out at most body_size_limit bytes.
+        response.body_length = max(response.body_length, min(reader.body_bytes, cfg.body_size_limit or reader.body_bytes))
 
 
 async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, target: str, headers: list[tuple[str, str]],

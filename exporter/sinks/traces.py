@@ -102,13 +102,14 @@ def spans(result: ProbeResult, resource: Resource) -> list[ReadableSpan]:
     assert result.trace_id is not None and result.span_id is not None
     trace_id = int(result.trace_id, 16)
     flags = TraceFlags(TraceFlags.SAMPLED)
+    state = TraceState.from_header([result.tracestate]) if result.tracestate else TraceState()
     start_ns = int(result.started_at * 1e9)
 
     def at(offset: float) -> int:
         return start_ns + int(offset * 1e9)
 
     def context(span_id: int) -> SpanContext:
-        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=TraceState())
+        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
 
     def make(name: str, span_id: int, parent: int | None, kind: SpanKind, start: float, end: float,
              attributes: dict[str, Any], status: Status) -> ReadableSpan:
