@@ -211,8 +211,13 @@ def probe_groups(spec: SLOSpec) -> list[dict[str, Any]]:
                "the handshake once it passes.", spec, "failures", target=TGT_Q),
         _alert("ConnhealthCertificateExpired", f"{days} < 0", "0m", "critical",
                f"Certificate of {tgt} has expired",
-               f"The last completed TLS handshake with {tgt} presented a chain whose earliest notAfter is in the "
-               "past; verifying clients get tls_cert_expired.", spec, "failures", target=TGT_Q),
+               # The expiry also comes from handshakes that failed verification (blackbox #1119), so this fires
+               # for a certificate that was already expired when first probed. OpenSSL reports an untrusted chain
+               # or a wrong name before an expired one, hence the "unless".
+               f"The last TLS handshake with {tgt} that received the server's certificates (completed, or failed "
+               "verification) presented a chain whose earliest notAfter is in the past; verifying clients reject "
+               "it (tls_cert_expired, unless an untrusted chain or a hostname mismatch is reported first).",
+               spec, "failures", target=TGT_Q),
     ]
     stale = [
         _alert("ConnhealthTargetStale", f"time() - {m.LAST_PROBE} > {num(spec.stale_after)}", "5m", "warning",

@@ -180,8 +180,9 @@ def failure_attribution() -> g.Dashboard:
                                    "{{phase}}")]), 12, 9)
     grid.row("TLS")
     grid.add(Table(title="Certificate expiry", unitId="s",
-                   description="Time left until the earliest notAfter of each target's presented chain (last completed "
-                               "handshake), soonest first. Alerts: < 14 d warning, < 3 d critical.",
+                   description="Time left until the earliest notAfter of each target's presented chain (last handshake "
+                               "that received the server's certificates, including one that failed verification), "
+                               "soonest first. Alerts: < 14 d warning, < 3 d critical, expired critical.",
                    targets=[T(f"sort({m.CERT_EXPIRY}{{{F}}} - time())", instant=True)],
                    dataLinks=[_target_link()]), 12, 8)
     grid.add(BarGauge(title="TLS versions", unitId="none", format="none", fmin=0.0, orientation="horizontal",

@@ -67,7 +67,7 @@ CONTINUOUS: tuple[MetricSpec, ...] = (
     MetricSpec(PROBE_SUCCESS, "gauge", TARGET_LABELS, "1 if the last probe succeeded, else 0."),
     MetricSpec(LAST_SUCCESS, "gauge", TARGET_LABELS, "Unix time the last successful probe finished."),
     MetricSpec(LAST_PROBE, "gauge", TARGET_LABELS, "Unix time the last probe finished."),
-    MetricSpec(CERT_EXPIRY, "gauge", TARGET_LABELS, "Earliest notAfter of the presented certificate chain (last TLS handshake that completed)."),
+    MetricSpec(CERT_EXPIRY, "gauge", TARGET_LABELS, "Earliest notAfter of the presented certificate chain (last TLS handshake that received the server's certificates, including one that failed verification)."),
     MetricSpec(TLS_VERSION, "gauge", TARGET_LABELS + ("version",), "1 for the TLS version of the last completed handshake."),
     MetricSpec(TCP_RTT, "gauge", TARGET_LABELS, "Kernel smoothed RTT (TCP_INFO tcpi_rtt) right after connect, last probe."),
     MetricSpec(TCP_RETRANSMITS, "gauge", TARGET_LABELS, "Kernel retransmit count (incl. SYN) right after connect, last probe."),
@@ -81,7 +81,7 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(IN_FLIGHT, "gauge", ("mode",), "Probes running now (mode=scheduled or probe_endpoint)."),
     MetricSpec(SCHEDULER_LAG, "histogram", (), "Actual minus planned start of scheduled probes."),
     MetricSpec(LOOP_LAG, "histogram", (), "Event-loop lag: how late a 0.25 s timer fires."),
-    MetricSpec(SKIPPED, "counter", ("reason",), "Scheduled probes not run: still_running (previous probe of the target not finished), shutting_down."),
+    MetricSpec(SKIPPED, "counter", ("reason",), "Scheduled probes not run: still_running (previous probe of the target not finished), shutting_down, probe_error (the probe raised instead of returning a result: a bug, logged)."),
     MetricSpec(SCHEDULED_TARGETS, "gauge", (), "Targets the scheduler runs."),
     MetricSpec(TARGET_FILE_ERRORS, "counter", (), "Target files that could not be read or parsed."),
     MetricSpec(TRACE_EXPORT_DROPS, "counter", ("reason",), "Trace spans dropped instead of exported, by reason (queue_full, export_failed)."),
@@ -96,17 +96,19 @@ PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class ProbeFamily:
-    """A /probe gauge family a prober declares; exposition writes its '# HELP'/'# TYPE' header once."""
+    """A /probe gauge family a prober declares; its '# HELP'/'# TYPE' header is built once, not per probe."""
 
-    name: str
-    help: str
-    type: str = "gauge"
+    __slots__ = ("name", "help", "type", "header")
 
-    @property
-    def header(self) -> str:
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.type}\n"
+    def __init__(self, name: str, help: str, type: str = "gauge") -> None:  # noqa: A002 - Prometheus' words
+        self.name = name
+        self.help = help
+        self.type = type
+        self.header = f"# HELP {name} {help}\n# TYPE {name} {type}\n"
+
+    def __repr__(self) -> str:
+        return f"ProbeFamily({self.name!r})"
 
 
 # (label pairs, value) samples of one family, as a prober hands them to the /probe exposition.

@@ -484,7 +484,11 @@ class RawTCPServer(_StreamPeer):
             # lands on its first read/write - a reset *after* connect.
             _reset(writer)
         elif behaviour == "close":
-            writer.close()
+            # A clean FIN: shut our side down, then read (and discard) until the client
+            # gives up. Closing outright while the client's first bytes are already
+            # queued makes Linux answer them with an RST, which is a reset, not a hang-up.
+            writer.write_eof()
+            await _drain_forever(reader)
         elif behaviour == "stall":
             # Never answer; a TLS ClientHello or HTTP request just sits here.
             await _drain_forever(reader)

@@ -19,13 +19,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import dns.exception
+import dns.resolver
 import pytest
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-
-import dns.exception
-import dns.resolver
 
 from exporter.certs import CertFactory, Issued, server_context
 from exporter.net import resolve
@@ -33,10 +32,7 @@ from exporter.net.connection import STREAM_LIMIT, Connection, connect
 from exporter.net.tls import TLSConfig, client_context, tls_info_of
 from exporter.result import TCPInfo
 
-try:
-    from tests.peers import DNSServer
-except ImportError:  # run from inside tests/
-    from peers import DNSServer  # type: ignore[no-redef]
+from peers import DNSServer  # tests/ is on sys.path under pytest's default import mode
 
 LOCALHOST = "127.0.0.1"
 T = 30.0  # bound on one test's coroutine; nothing here should come near it

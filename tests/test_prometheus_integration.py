@@ -3,13 +3,18 @@
 * blackbox-style: metrics_path /probe, params module, the usual relabelling of
   __address__ into __param_target and the exporter's address into __address__;
 * continuous mode: /metrics of a connhealth whose config has ``targets:``
-  (one healthy HTTPS target, one refused TCP port, with service/region labels).
+  (one healthy HTTPS target, one refused TCP port, one HTTPS target whose
+  certificate was expired from the start, with service/region labels);
+* the generated probe rules (alerts/generated/connhealth-probes.rules.yml)
+  loaded into Prometheus: ConnhealthCertificateExpired fires for the expired
+  certificate although no handshake with it ever completed (blackbox #1119).
 
 Everything runs on 127.0.0.1; every wait is a bounded poll.
 """
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import math
 import time
@@ -27,6 +32,9 @@ except ImportError:  # pragma: no cover
     from peers import HTTPServer  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(90)
+
+PROBE_RULES = procs.REPO / "alerts" / "generated" / "connhealth-probes.rules.yml"
+EXPIRED_ALERT = 'ALERTS{alertname="ConnhealthCertificateExpired",alertstate="firing"}'
 
 QUANTILE_QUERY = (
     'histogram_quantile(0.95, sum by (le) '
@@ -63,9 +71,12 @@ async def test_prometheus_scrapes_both_modes(tmp_path: Path) -> None:
     certs = CertFactory(tmp_path / "certs")
     ca = certs.ca()
     refused = procs.free_port()
+    expired = certs.leaf(ca, name="expired.test", not_after=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2))
+    expired_at = expired.not_valid_after.timestamp()
 
-    async with HTTPServer(server_context(certs.leaf(ca))) as https:
+    async with HTTPServer(server_context(certs.leaf(ca))) as https, HTTPServer(server_context(expired)) as stale:
         healthy_url = https.url("/ok")
+        expired_url = stale.url("/ok")
         connhealth_config = tmp_path / "connhealth.yml"
         connhealth_config.write_text(f"""
 modules:
@@ -93,6 +104,10 @@ targets:
     module: tcp_plain
     interval: 500ms
     labels: {{service: db, region: us-east}}
+  - target: {expired_url}
+    module: http_ca
+    interval: 500ms
+    labels: {{service: shop, region: eu-west}}
 """)
         ch = await procs.start_connhealth(connhealth_config, tmp_path)
         prom = None
@@ -103,12 +118,14 @@ global:
   scrape_interval: 1s
   scrape_timeout: 1s
   evaluation_interval: 1s
+rule_files:
+  - {PROBE_RULES}
 scrape_configs:
   - job_name: connhealth-probe
     metrics_path: /probe
     params: {{module: [http_ca]}}
     static_configs:
-      - targets: ["{healthy_url}", "http://127.0.0.1:{refused}/"]
+      - targets: ["{healthy_url}", "http://127.0.0.1:{refused}/", "{expired_url}"]
     relabel_configs:
       - source_labels: [__address__]
         target_label: __param_target
@@ -126,7 +143,7 @@ scrape_configs:
                 base = prom.base_url
 
                 # blackbox-style: one series per relabelled target, instance = the probed URL.
-                want = {healthy_url: 1.0, f"http://127.0.0.1:{refused}/": 0.0}
+                want = {healthy_url: 1.0, f"http://127.0.0.1:{refused}/": 0.0, expired_url: 0.0}
                 result = await poll(session, base, 'probe_success{job="connhealth-probe"}',
                                     lambda r: by(r, "instance") == want, deadline)
                 assert by(result, "instance") == want
@@ -151,8 +168,31 @@ scrape_configs:
                 # Both connhealth targets were scraped with their labels (attempts > 0 each).
                 result = await query(session, base, "sum by (service, region) (connhealth_probe_attempts_total)")
                 attempts = {(r["metric"]["service"], r["metric"]["region"]): float(r["value"][1]) for r in result}
-                assert set(attempts) == {("api", "eu-west"), ("db", "us-east")}, attempts
+                assert set(attempts) == {("api", "eu-west"), ("db", "us-east"), ("shop", "eu-west")}, attempts
                 assert all(v > 0 for v in attempts.values()), attempts
+
+                # The expired certificate: /probe reports its expiry although verification failed ...
+                result = await poll(session, base, f'probe_ssl_earliest_cert_expiry{{instance="{expired_url}"}}',
+                                    lambda r: len(r) == 1, deadline)
+                assert float(result[0]["value"][1]) == expired_at, result
+                # ... every continuous probe of it fails with tls_cert_expired, none succeeds ...
+                result = await query(session, base, f'connhealth_probe_failures_total{{target="{expired_url}"}} > 0')
+                assert {(r["metric"]["phase"], r["metric"]["reason"]) for r in result} == {("tls", "tls_cert_expired")}, result
+                result = await query(session, base, f'connhealth_probe_successes_total{{target="{expired_url}"}} > 0')
+                assert result == [], result
+                # ... and the generated rule (for: 0m) fires on the expiry the failed handshakes exported.
+                result = await poll(session, base, EXPIRED_ALERT, lambda r: len(r) > 0, deadline)
+                assert [r["metric"] for r in result] == [{
+                    "__name__": "ALERTS", "alertname": "ConnhealthCertificateExpired", "alertstate": "firing",
+                    "severity": "critical", "target": expired_url, "module": "http_ca",
+                    "service": "shop", "region": "eu-west", "job": "connhealth", "instance": ch.address,
+                }], result
+                result = await query(session, base, "connhealth_tls_cert_earliest_expiry_timestamp_seconds")
+                assert {r["metric"]["target"]: float(r["value"][1]) for r in result}[expired_url] == expired_at, result
+                # No other certificate alert: the healthy certificate has 30 days left.
+                result = await query(session, base, 'ALERTS{alertname=~"ConnhealthCertificate.*"}')
+                assert [(r["metric"]["alertname"], r["metric"]["target"]) for r in result] == [
+                    ("ConnhealthCertificateExpired", expired_url)], result
 
                 # Every scrape job is up.
                 result = await query(session, base, "up")

@@ -111,14 +111,17 @@ class Connection(asyncio.Protocol):
         if incoming is None:
             self._buffer += data
             self._wake()
-        elif not incoming.eof:
-            incoming.write(data)
-            if self._state == _TLS:
+        elif self._state == _TLS:
+            if not incoming.eof:
+                incoming.write(data)
                 self._decrypt()
-            elif self._state == _HANDSHAKE:
-                if not self._answer_ns:
-                    self._answer_ns = perf_counter_ns()
-                self._wake()
+        elif self._state == _HANDSHAKE:
+            if not incoming.eof:
+                incoming.write(data)
+            if not self._answer_ns:
+                self._answer_ns = perf_counter_ns()
+            self._wake()
+        # After a failed handshake nothing reads the BIO any more: dropped, not kept.
         # Flow control as StreamReader: stop reading while 2 limits are unread.
         if not self._reading_paused and len(self._buffer) > 2 * STREAM_LIMIT:
             self._transport.pause_reading()
@@ -207,7 +210,7 @@ class Connection(asyncio.Protocol):
         if session is None or (tls.version() == "TLSv1.3" and not session.has_ticket):
             return None
         info = self._tls_info
-        if info is not None and info.chain:
+        if info is not None and info.chain and session.id:
             _SESSION_CHAINS[session.id] = (info.chain, info.verified_chain_expiry)
             _SESSION_CHAINS.move_to_end(session.id)
             if len(_SESSION_CHAINS) > _SESSION_CHAINS_SIZE:
@@ -337,7 +340,7 @@ class Connection(asyncio.Protocol):
             sslobj, reported_name, sslctx.verify_mode != ssl.CERT_NONE,
             session_offered=session is not None, server_hello_seconds=_seconds(sent_ns, self._answer_ns),
         )
-        if info.session_reused and session is not None:
+        if info.session_reused and session is not None and session.id:
             known = _SESSION_CHAINS.get(session.id)
             if known is not None:
                 info = dataclasses.replace(info, chain=known[0], verified_chain_expiry=known[1])

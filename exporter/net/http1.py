@@ -16,6 +16,7 @@ docs/benchmarks.md, "HTTP/1.1 parser: httptools vs h11".
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -146,6 +147,7 @@ def _unescape(raw: bytes, what: str) -> bytes:
     return bytes(out)
 
 
+@functools.lru_cache(maxsize=4096)  # targets repeat every probe
 def request_target(path: str, query: str) -> str:
     """The request-target for an origin server, as Go's ``url.URL.RequestURI()``.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import copy
+import functools
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -314,5 +315,10 @@ class ProbeContext:
         if self.tracestate:
             headers.append(("tracestate", self.tracestate))
         if cfg.baggage:
-            headers.append(("baggage", ",".join(f"{k}={quote(v, safe='')}" for k, v in cfg.baggage)))
+            headers.append(("baggage", _baggage(cfg.baggage)))
         return headers
+
+
+@functools.lru_cache(maxsize=256)
+def _baggage(items: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f"{k}={quote(v, safe='')}" for k, v in items)

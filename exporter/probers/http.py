@@ -14,6 +14,7 @@ headers dropped on a redirect to another domain.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -127,6 +128,7 @@ class _Response:
         return [value for key, value in self.headers if key.lower() == lname]
 
 
+@functools.lru_cache(maxsize=4096)  # targets repeat every probe; parsing costs more than caching
 def _split_url(url: str) -> tuple[SplitResult, str, int, str]:
     """(parts, host, port, request target) of an http(s) URL; ValueError names what is wrong."""
     parts = urlsplit(url)
@@ -139,6 +141,13 @@ def _split_url(url: str) -> tuple[SplitResult, str, int, str]:
     except ValueError as exc:
         raise ValueError(f"{redact_url(url)!r}: {exc}") from None
     return parts, parts.hostname, port or (443 if parts.scheme == "https" else 80), target
+
+
+def _split_target(target: str) -> tuple[SplitResult, str, int, str]:
+    try:
+        return _split_url(target)
+    except ValueError as exc:
+        raise ProbeFailure("invalid_target", f"target {exc}") from None
 
 
 def redact_url(url: str) -> str:
@@ -247,18 +256,14 @@ class HTTPProber(Prober):
         return data
 
     def check_target(self, target: str) -> None:
-        try:
-            _split_url(target)
-        except ValueError as exc:
-            raise ProbeFailure("invalid_target", f"target {exc}") from None
+        _split_target(target)
 
     async def probe(self, ctx: ProbeContext, target: str, settings: HTTPProbeConfig) -> None:
         cfg = settings
-        self.check_target(target)
+        first_host = _split_target(target)[1]
         url, method = target, cfg.method
         body = cfg.body.encode() if cfg.body is not None else None
         headers = list(cfg.headers)
-        first_host = _split_url(target)[1]
         response: _Response | None = None
         try:
             for redirects in range(MAX_REDIRECTS + 2):
@@ -275,7 +280,8 @@ class HTTPProber(Prober):
                 location = response.header("Location")
                 if not (cfg.follow_redirects and response.status in _REDIRECT_CODES and location):
                     break
-                url = urljoin(url, location)
+                previous, url = url, urljoin(url, location)
+                headers = _with_referer(headers, cfg.headers, previous, url)
                 if response.status in (301, 302, 303):
                     # Go: RFC 7231 would allow keeping the method; browsers and Go turn it into GET, without the body.
                     if method not in ("GET", "HEAD"):
@@ -325,6 +331,18 @@ _HTTP_SSL = ProbeFamily("probe_http_ssl", "Indicates if SSL was used for the fin
 _HTTP_STATUS_CODE = ProbeFamily("probe_http_status_code", "Response HTTP status code")
 _HTTP_BODY_LENGTH = ProbeFamily("probe_http_uncompressed_body_length", "Length of uncompressed response body")
 _HTTP_VERSION = ProbeFamily("probe_http_version", "Returns the version of HTTP of the probe response")
+
+
+def _with_referer(headers: list[tuple[str, str]], configured: tuple[tuple[str, str], ...], previous: str,
+                  url: str) -> list[tuple[str, str]]:
+    """Go's client sends the previous URL (without userinfo) as Referer on a redirect, never from https to http."""
+    if any(k.lower() == "referer" for k, _ in configured):
+        return headers
+    kept = [(k, v) for k, v in headers if k.lower() != "referer"]
+    prev = urlsplit(previous)
+    if prev.scheme == "https" and urlsplit(url).scheme == "http":
+        return kept
+    return [*kept, ("Referer", prev._replace(netloc=prev.netloc.rpartition("@")[2]).geturl())]
 
 
 def _same_or_subdomain(first: str, host: str) -> bool:

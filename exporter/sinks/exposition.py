@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 
-from collections.abc import Callable
-
 from .. import metrics as m
 from ..metrics import ProbeFamily, ProbeSamples
 from ..probers import PROBERS
@@ -27,7 +25,8 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def labels(pairs: tuple[tuple[str, str], ...] | list[tuple[str, str]]) -> str:
+@functools.lru_cache(maxsize=4096)  # the same label sets come back every probe
+def labels(pairs: tuple[tuple[str, str], ...]) -> str:
     return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
 
@@ -96,61 +95,67 @@ _TIMEOUT = _gauge("probe_timeout_seconds", "Returns how long the probe timeout i
 _EXTRA = {s.name: _gauge(s.name, s.help) for s in m.PROBE_ENDPOINT_EXTRA}
 
 
+class _Writer:
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []  # each ends with a newline
+
+    def gauge(self, family: ProbeFamily, value: float) -> None:
+        self.parts.append(f"{family.header}{family.name} {fmt(value)}\n")
+
+    def family(self, family: ProbeFamily, samples: ProbeSamples) -> None:
+        parts = self.parts
+        parts.append(family.header)
+        name = family.name
+        for pairs, value in samples:
+            parts.append(f"{name}{{{labels(pairs)}}} {fmt(value)}\n" if pairs else f"{name} {fmt(value)}\n")
+
+
 def probe_text(result: ProbeResult) -> str:
-    """blackbox's /probe body for ``result``: the shared families, the prober's own, connhealth's extras; sorted by name."""
-    families: list[tuple[ProbeFamily, ProbeSamples]] = []
-    add = families.append
-    add((_DNS_LOOKUP, [((), result.total_phases().get("dns", 0.0))]))
-    add((_DURATION, [((), result.duration_seconds)]))
-    add((_FAILED_DUE_TO_REGEX, [((), 1.0 if result.failed_due_to_regex else 0.0)]))
+    """blackbox's /probe body for ``result``: the shared families, the prober's own, then connhealth's extras."""
+    w = _Writer()
+    w.gauge(_DNS_LOOKUP, result.total_phases().get("dns", 0.0))
+    w.gauge(_DURATION, result.duration_seconds)
+    w.gauge(_FAILED_DUE_TO_REGEX, 1.0 if result.failed_due_to_regex else 0.0)
     if result.peer is not None:
-        add((_IP_ADDR_HASH, [((), float(ip_hash(result.peer.ip)))]))
-        add((_IP_PROTOCOL, [((), 6.0 if result.peer.family == "ipv6" else 4.0)]))
-    families.extend(PROBERS[result.prober].exposition(result))
+        w.gauge(_IP_ADDR_HASH, float(ip_hash(result.peer.ip)))
+        w.gauge(_IP_PROTOCOL, 6.0 if result.peer.family == "ipv6" else 4.0)
+    for family, samples in PROBERS[result.prober].exposition(result):
+        w.family(family, samples)
     tls = result.tls
     if tls is not None:
         expiry = tls.earliest_expiry
         if expiry is not None:
             # blackbox: earliest notAfter of the presented certificates (also
             # when verification failed: blackbox #1119, which we fix) ...
-            add((_SSL_EARLIEST_EXPIRY, [((), expiry)]))
+            w.gauge(_SSL_EARLIEST_EXPIRY, expiry)
             if tls.completed:
                 # ... and, of the verified chain(s), including the trust anchor the
                 # server did not send. Without verification (insecure_skip_verify)
                 # blackbox has no verified chain and reports Go's zero time.
                 last_chain = tls.verified_chain_expiry
-                add((_SSL_LAST_CHAIN_EXPIRY, [((), last_chain if last_chain is not None else _GO_ZERO_TIME_UNIX)]))
+                w.gauge(_SSL_LAST_CHAIN_EXPIRY, last_chain if last_chain is not None else _GO_ZERO_TIME_UNIX)
         if tls.chain and tls.completed:
             leaf = tls.chain[0]
-            add((_SSL_LAST_CHAIN_INFO, [((("fingerprint_sha256", leaf.fingerprint_sha256), ("issuer", leaf.issuer),
-                                          ("subject", leaf.subject), ("subjectalternative", ",".join(_dns_sans(leaf.sans)))), 1.0)]))
+            w.family(_SSL_LAST_CHAIN_INFO, [((("fingerprint_sha256", leaf.fingerprint_sha256), ("issuer", leaf.issuer),
+                                              ("subject", leaf.subject), ("subjectalternative", ",".join(_dns_sans(leaf.sans)))), 1.0)])
         if tls.version:
-            add((_TLS_VERSION_INFO, [((("version", tls.version),), 1.0)]))
+            w.family(_TLS_VERSION_INFO, [((("version", tls.version),), 1.0)])
         if tls.cipher:
-            add((_TLS_CIPHER_INFO, [((("cipher", tls.cipher),), 1.0)]))
-    add((_SUCCESS, [((), 1.0 if result.success else 0.0)]))
-    add((_TIMEOUT, [((), result.timeout_seconds)]))
-    _connhealth(add, result)
-    families.sort(key=lambda item: item[0].name)
-    parts: list[str] = []
-    for family, samples in families:
-        parts.append(family.header)
-        name = family.name
-        for pairs, value in samples:
-            parts.append(f"{name}{{{labels(pairs)}}} {fmt(value)}\n" if pairs else f"{name} {fmt(value)}\n")
-    return "".join(parts)
-
-
-def _connhealth(add: Callable[[tuple[ProbeFamily, ProbeSamples]], None], result: ProbeResult) -> None:
+            w.family(_TLS_CIPHER_INFO, [((("cipher", tls.cipher),), 1.0)])
+    w.gauge(_SUCCESS, 1.0 if result.success else 0.0)
+    w.gauge(_TIMEOUT, result.timeout_seconds)
     extra = _EXTRA
     if result.failure is not None:
         f = result.failure
-        add((extra[m.FAILURE_INFO], [((("phase", f.phase), ("reason", f.reason)), 1.0)]))
+        w.family(extra[m.FAILURE_INFO], [((("phase", f.phase), ("reason", f.reason)), 1.0)])
     if result.timeline:
-        add((extra[m.PROBE_PHASE_SECONDS], [((("phase", p),), s) for p, s in result.phases.items()]))
+        w.family(extra[m.PROBE_PHASE_SECONDS], [((("phase", p),), s) for p, s in result.phases.items()])
     if len(result.hops) > 1:
-        add((extra[m.PROBE_HOP_PHASE_SECONDS],
-             [((("hop", str(i)), ("phase", p)), s) for i in range(len(result.hops)) for p, s in result.hop_phases(i).items()]))
+        w.family(extra[m.PROBE_HOP_PHASE_SECONDS],
+                 [((("hop", str(i)), ("phase", p)), s) for i in range(len(result.hops)) for p, s in result.hop_phases(i).items()])
     if result.tcp is not None:
-        add((extra[m.PROBE_TCP_RTT], [((), result.tcp.rtt_seconds)]))
-        add((extra[m.PROBE_TCP_RETRANSMITS], [((), float(result.tcp.retransmits))]))
+        w.gauge(extra[m.PROBE_TCP_RTT], result.tcp.rtt_seconds)
+        w.gauge(extra[m.PROBE_TCP_RETRANSMITS], float(result.tcp.retransmits))
+    return "".join(w.parts)
