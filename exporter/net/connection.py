@@ -236,6 +236,10 @@ class Connection(asyncio.Protocol):
         # no close_notify for the same reason).
         if self._transport is not None:
             self._transport.abort()
+        # A stored handshake error holds its traceback, whose frames hold this
+        # connection: drop it so refcounting, not the cyclic GC, frees both.
+        if self._state == _TLS_FAILED:
+            self._exception = ssl.SSLError("connection closed after a failed TLS handshake")
 
     # --- TLS --------------------------------------------------------------------
     async def start_tls(
@@ -432,8 +436,12 @@ class Connection(asyncio.Protocol):
             return
         buf = self._buffer
         before = len(buf)
+        incoming = self._incoming
+        assert incoming is not None
         try:
-            while True:
+            # Only when there is something to read (or the EOF to learn about):
+            # a read that ends in SSLWantReadError costs an exception each time.
+            while incoming.pending or tls.pending() or incoming.eof:
                 # With a buffer, read() returns a count (typeshed says bytes).
                 n = cast(int, tls.read(_SCRATCH_SIZE, scratch))
                 if not n:  # close_notify

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -289,17 +290,35 @@ _MAX_MESSAGE = 200
 
 
 class _Callbacks:
-    """What httptools calls; bound to one reader (httptools looks the names up once)."""
+    """What httptools calls, forwarding to one reader through a weak reference.
 
-    __slots__ = ("on_message_begin", "on_status", "on_header", "on_headers_complete", "on_body", "on_message_complete")
+    A strong one would make reader -> parser -> callbacks -> reader a cycle per
+    response: only the cyclic GC could free it, and at thousands of probes a
+    second those collections cost more than the parsing (docs/benchmarks.md).
+    """
+
+    __slots__ = ("_reader",)
 
     def __init__(self, reader: ResponseReader) -> None:
-        self.on_message_begin = reader._on_message_begin
-        self.on_status = reader._on_status
-        self.on_header = reader._on_header
-        self.on_headers_complete = reader._on_headers_complete
-        self.on_body = reader._on_body
-        self.on_message_complete = reader._on_message_complete
+        self._reader = weakref.ref(reader)
+
+    def on_message_begin(self) -> None:
+        self._reader()._on_message_begin()  # type: ignore[union-attr]
+
+    def on_status(self, status: bytes) -> None:
+        self._reader()._on_status(status)  # type: ignore[union-attr]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._reader()._on_header(name, value)  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        self._reader()._on_headers_complete()  # type: ignore[union-attr]
+
+    def on_body(self, body: bytes) -> None:
+        self._reader()._on_body(body)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        self._reader()._on_message_complete()  # type: ignore[union-attr]
 
 
 class ResponseReader:
@@ -332,7 +351,8 @@ class ResponseReader:
     __slots__ = ("_method", "_keep_alive", "_limit", "_parser", "_events", "_pending", "_state", "_fed",
                  "_head_bytes", "_retained", "_normalising", "_normalised", "_parse_error", "_informational",
                  "_skip_informational", "_in_informational", "_reason", "_fields", "_eof", "_switched",
-                 "_close_delimited", "_unsolicited", "_body_bytes", "_head", "_error", "_callback_error", "reusable")
+                 "_close_delimited", "_unsolicited", "_body_bytes", "_head", "_error", "_callback_error", "reusable",
+                 "__weakref__")
 
     def __init__(self, method: str, *, keep_alive: bool = False, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
         self._method = method
