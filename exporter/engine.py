@@ -39,8 +39,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     prober = PROBERS[module.prober]
     epoch_ns = time.time_ns()
     start_ns = time.perf_counter_ns()
-    ids = traces.begin(parent, f"probe {module.name}",
-                       {"probe.module": module.name, "probe.target": target, "probe.prober": module.prober})
+    ids = traces.begin(parent, module.name, target, module.prober)
     ctx = ProbeContext(
         target, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
         resolver=module.resolver, tracing=module.tracing, trace_id=ids.trace_id, span_id=ids.span_id,

@@ -111,5 +111,6 @@ class ProbeFamily:
         return f"ProbeFamily({self.name!r})"
 
 
-# (label pairs, value) samples of one family, as a prober hands them to the /probe exposition.
-ProbeSamples = list[tuple[tuple[tuple[str, str], ...], float]]
+# A family's value as a prober hands it to the /probe exposition: one unlabelled
+# value, or (label pairs, value) samples.
+ProbeSamples = float | list[tuple[tuple[tuple[str, str], ...], float]]

@@ -31,6 +31,11 @@ from hypercorn.config import Config
 
 from exporter.certs import Issued
 
+try:  # works whether or not tests/ becomes a package later
+    from tests.peers import StreamPeer
+except ImportError:  # pragma: no cover
+    from peers import StreamPeer  # type: ignore[no-redef]
+
 __all__ = ["H2Server", "RawH2Server", "LOCALHOST"]
 
 LOCALHOST = "127.0.0.1"
@@ -282,7 +287,7 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
 # ---------------------------------------------------------------------------
 
 
-class RawH2Server:
+class RawH2Server(StreamPeer):
     """A bare h2 server over TLS (ALPN h2) that answers every request with one scripted behaviour.
 
     Behaviours: ``"ok"`` (200, body "raw ok"); ``"rst:CODE"`` (RST_STREAM with
@@ -302,17 +307,13 @@ class RawH2Server:
     """
 
     def __init__(self, ssl_context: ssl.SSLContext, behaviour: str, *, host: str = LOCALHOST) -> None:
+        super().__init__(host, ssl=ssl_context)
         self.ssl_context = ssl_context
         self.behaviour = behaviour
-        self.host = host
-        self.port = 0
         self.requests: list[list[tuple[str, str]]] = []
         self.bodies: list[bytes] = []
         self.request_seen = asyncio.Event()
         self.release = asyncio.Event()
-        self._server: asyncio.base_events.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def scheme(self) -> str:
@@ -321,36 +322,8 @@ class RawH2Server:
     def url(self, path: str = "/", *, host: str | None = None) -> str:
         return _url("https", host or self.host, self.port, path)
 
-    async def __aenter__(self) -> Self:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._on_client, self.host, 0, ssl=self.ssl_context)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        # The aborts end every handler's read; cancel only a handler that
-        # still hangs (asyncio 3.11 logs a cancelled connection handler).
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=2)
-            for task in pending:
-                task.cancel()
-
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._track(writer)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         conn.initiate_connection()
         writer.write(conn.data_to_send())

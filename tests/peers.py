@@ -26,7 +26,7 @@ import ssl
 import struct
 import subprocess
 import threading
-from typing import Awaitable, Callable, Mapping, NamedTuple, Self
+from typing import Any, Awaitable, Callable, Mapping, NamedTuple, Self
 
 import dns.exception
 import dns.flags
@@ -75,7 +75,7 @@ class _AsyncPeer:
         return (self.host, self.port)
 
 
-class _StreamPeer(_AsyncPeer):
+class StreamPeer(_AsyncPeer):
     """An asyncio stream server whose stop() also aborts the open connections and their handler tasks.
 
     Server.close() only stops listening (before Python 3.13 there is no
@@ -84,9 +84,10 @@ class _StreamPeer(_AsyncPeer):
     ``_track(writer)`` first thing.
     """
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, **server_options: Any) -> None:
         self.host = host
         self.port = 0
+        self._server_options = server_options  # for asyncio.start_server: ssl=, limit=
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -95,7 +96,7 @@ class _StreamPeer(_AsyncPeer):
         raise NotImplementedError
 
     async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._on_client, self.host, 0)
+        self._server = await asyncio.start_server(self._on_client, self.host, 0, **self._server_options)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -105,10 +106,14 @@ class _StreamPeer(_AsyncPeer):
             self._server = None
         for writer in list(self._writers):
             writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
+        # The aborts end every handler's read; cancel only a handler that still
+        # hangs (asyncio 3.11 logs a cancelled connection handler).
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=2)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=2)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
 
     def _track(self, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -433,7 +438,7 @@ async def _drain_forever(reader: asyncio.StreamReader) -> None:
         pass
 
 
-class RawTCPServer(_StreamPeer):
+class RawTCPServer(StreamPeer):
     """A TCP listener that misbehaves in one precise way.
 
     Behaviours: ``reset``, ``stall``, ``reset_after_request``, ``garbage``,
@@ -522,7 +527,7 @@ class RawTCPServer(_StreamPeer):
 # ---------------------------------------------------------------------------
 
 
-class TLSTerminator(_StreamPeer):
+class TLSTerminator(StreamPeer):
     """Terminates TLS on ``port`` and relays plaintext to ``backend``.
 
     Why not asyncio's own ``ssl=`` server support: when a server-side

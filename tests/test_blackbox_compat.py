@@ -1,5 +1,9 @@
 """connhealth's /probe against the real blackbox_exporter, same blackbox.yml, same targets.
 
+(HTTP framing edge cases from raw servers — 1xx, POST→303, bad and conflicting
+Content-Length, obs-fold, chunked, percent-encoding, userinfo — and HTTP/2 are
+compared side by side in tests/test_blackbox_compat_raw.py.)
+
 blackbox_exporter is the reference for its own metric names: for every metric
 of the list below that blackbox emits for a target, connhealth must emit it
 too, with the same TYPE and HELP, the same label names and values, and the

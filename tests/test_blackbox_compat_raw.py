@@ -29,7 +29,6 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 from urllib.parse import urlencode
 
 import aiohttp
@@ -44,9 +43,11 @@ from exporter.certs import CertFactory
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
     from tests.h2peer import H2Server
+    from tests.peers import StreamPeer
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
     from h2peer import H2Server  # type: ignore[no-redef]
+    from peers import StreamPeer  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -92,7 +93,7 @@ class Received:
 _NOT_FOUND = Reply(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")
 
 
-class ScriptedServer:
+class ScriptedServer(StreamPeer):
     """HTTP/1.1 on 127.0.0.1 answering each request target with its scripted Reply (404 otherwise).
 
     A connection serves requests until the client closes it or a Reply says
@@ -101,38 +102,15 @@ class ScriptedServer:
     """
 
     def __init__(self, routes: Mapping[str, Reply]) -> None:
+        super().__init__(LOCALHOST, limit=_MAX_REQUEST_HEAD)
         self.routes = dict(routes)
         self.received: list[Received] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def url(self, path: str, userinfo: str = "") -> str:
         return f"http://{userinfo + '@' if userinfo else ''}{LOCALHOST}:{self.port}{path}"
 
-    async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._on_client, LOCALHOST, 0, limit=_MAX_REQUEST_HEAD)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=2)
-            for task in pending:
-                task.cancel()
-
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._track(writer)
         try:
             while (request := await asyncio.wait_for(_read_request(reader), _READ_TIMEOUT)) is not None:
                 self.received.append(request)

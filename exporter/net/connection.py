@@ -78,8 +78,6 @@ class Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
-        self._sock: Any = None
-        self._peer: tuple[str, int] = ("", 0)
         self._buffer = bytearray()  # plaintext not yet read
         self._eof = False  # no byte will be added to _buffer any more
         self._exception: BaseException | None = None
@@ -100,11 +98,9 @@ class Connection(asyncio.Protocol):
 
     # --- asyncio.Protocol callbacks -------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Nothing else here: uvloop answers get_extra_info("socket"/"peername")
+        # with a system call each, which most probes never need.
         self._transport = transport  # type: ignore[assignment]
-        self._sock = transport.get_extra_info("socket")
-        peername = transport.get_extra_info("peername")
-        if peername:
-            self._peer = (str(peername[0]), int(peername[1]))
 
     def data_received(self, data: bytes) -> None:
         incoming = self._incoming
@@ -168,18 +164,20 @@ class Connection(asyncio.Protocol):
     # --- what the connection is ---------------------------------------------------
     @property
     def peer(self) -> tuple[str, int]:
-        """(ip, port) of the other end."""
-        return self._peer
+        """(ip, port) of the other end, ("", 0) once unknown."""
+        peername = self._transport.get_extra_info("peername") if self._transport is not None else None
+        return (str(peername[0]), int(peername[1])) if peername else ("", 0)
 
     @property
     def socket(self) -> Any:
         """The transport's socket (asyncio's TransportSocket or uvloop's pseudo-socket):
         getsockopt/setsockopt work on both, I/O on it does not belong here."""
-        return self._sock
+        return self._transport.get_extra_info("socket") if self._transport is not None else None
 
     def tcp_info(self) -> TCPInfo | None:
         """TCP_INFO now (None where the kernel has none)."""
-        return tcp_info_of(self._sock) if self._sock is not None else None
+        sock = self.socket
+        return tcp_info_of(sock) if sock is not None else None
 
     @property
     def tls(self) -> ssl.SSLObject | None:

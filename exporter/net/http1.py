@@ -117,6 +117,7 @@ _END = End()
 # --- the request -------------------------------------------------------------------
 
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: the _TCHAR set, one regex call
 _ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Go's shouldEscape(c, encodePath) is false for exactly these.
 _PATH_KEEP = frozenset(_ALNUM + b"-_.~$&+,/:;=@")
@@ -187,7 +188,7 @@ def validate_header(name: str, value: str) -> None:
     a config value can never add a header line or end the head. The value
     itself is not quoted in the message: it may be a secret.
     """
-    if not name or not all(c in _TCHAR for c in name.encode("utf-8")):
+    if not _TOKEN_RE.fullmatch(name):
         raise ValueError(f"header name {name!r} is not a valid HTTP token")
     ctl = _VALUE_CTL_RE.search(value)
     if ctl:
@@ -232,7 +233,7 @@ def build_request(method: str, target: str, host_header: str, headers: Sequence[
     Every header is validated (``validate_header``); values are trimmed
     of surrounding blanks and sent as UTF-8.
     """
-    if not method or not all(c in _TCHAR for c in method.encode("utf-8")):
+    if not _TOKEN_RE.fullmatch(method):
         raise ValueError(f"method {method!r} is not a valid HTTP token")
     if not target or _CTL_RE.search(target) or " " in target or not target.isascii():
         raise ValueError(f"request target {target!r} must be percent-encoded (see request_target)")

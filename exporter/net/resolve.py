@@ -59,11 +59,19 @@ async def resolve(
     them for A/AAAA in ``families`` order, each query limited to ``timeout``
     and never more than ``budget`` (what is left of the caller's deadline).
     """
-    if is_ip(host):
-        return host, socket.AF_INET6 if ":" in host else socket.AF_INET
+    known = literal(host)
+    if known is not None:
+        return known
     if nameservers:
         return await _resolve_with_nameservers(host, families, nameservers, min(timeout or budget, budget))
     return await _resolve_system(host, families)
+
+
+def literal(host: str) -> tuple[str, int] | None:
+    """(ip, family) of an IP literal, None for a name: the dns phase has nothing to do for a literal."""
+    if is_ip(host):
+        return host, socket.AF_INET6 if ":" in host else socket.AF_INET
+    return None
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,40 +12,39 @@ from .base import ProbeContext
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
 
-async def _resolve(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int]:
-    """The dns phase (absent for an IP literal); ctx.peer is the address chosen."""
+async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int]:
+    """The dns phase, for a name."""
+    cfg = ctx.resolver
     families = resolve.families(preferred_ip_protocol, fallback)
-    if resolve.is_ip(host):
-        ip, family = await resolve.resolve(host, families)
-    else:
-        cfg = ctx.resolver
-        ip, family = await ctx.phase("dns", resolve.resolve(host, families, cfg.nameservers, cfg.timeout,
-                                                            max(ctx.remaining(), 0.001)))
-        ctx.log(f"resolved {host} to {ip}")
-    # Known even when the connect fails (blackbox sets probe_ip_protocol /
-    # probe_ip_addr_hash right after resolution too).
+    ip, family = await ctx.phase("dns", resolve.resolve(host, families, cfg.nameservers, cfg.timeout,
+                                                        max(ctx.remaining(), 0.001)))
+    ctx.log(f"resolved {host} to {ip}")
+    return ip, family
+
+
+async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
+    """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
+    known = resolve.literal(host)
+    ip, family = known if known is not None else await _address(ctx, host, preferred_ip_protocol, fallback)
+    # Known even when the connect then fails: blackbox sets probe_ip_protocol /
+    # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
     ctx.log(f"connecting to {ip}:{port}")
-    return ip, family
+    sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
+    ctx.tcp = connection.tcp_info_of(sock)
+    ctx.log(f"connected to {ip}:{port}")
+    return sock
 
 
 async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
                           ip_protocol_fallback: bool) -> connection.Connection:
     """dns + connect phases; ctx.peer and ctx.tcp filled."""
-    ip, family = await _resolve(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback)
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
-    ctx.tcp = connection.tcp_info_of(sock)
-    ctx.log(f"connected to {ip}:{port}")
-    return await connection.wrap(sock)
+    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback))
 
 
 async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool) -> None:
     """dns + connect phases on a bare socket, closed at once: a plain tcp_connect needs no transport."""
-    ip, family = await _resolve(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback)
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
-    ctx.tcp = connection.tcp_info_of(sock)
-    sock.close()
-    ctx.log(f"connected to {ip}:{port}")
+    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback)).close()
 
 
 async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, cfg: TLSConfig,

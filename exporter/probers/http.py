@@ -150,6 +150,7 @@ def _split_target(target: str) -> tuple[SplitResult, str, int, str]:
         raise ProbeFailure("invalid_target", f"target {exc}") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def redact_url(url: str) -> str:
     """The URL without its password, for logs and spans (OTel's url.full rule)."""
     parts = urlsplit(url)
@@ -303,14 +304,17 @@ class HTTPProber(Prober):
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         http = result.details if isinstance(result.details, HTTPDetails) else None
         total = result.total_phases()
-        yield _HTTP_DURATION, [((("phase", bb),), sum(total.get(p, 0.0) for p in ours)) for bb, ours in _BLACKBOX_HTTP_PHASES]
-        yield _HTTP_CONTENT_LENGTH, [((), float(http.content_length) if http and http.content_length is not None else -1.0 if http else 0.0)]
-        yield _HTTP_REDIRECTS, [((), float(http.redirects) if http else 0.0)]
-        ssl = http is not None and http.final_url.lower().startswith("https://") and result.tls is not None and result.tls.completed
-        yield _HTTP_SSL, [((), 1.0 if ssl else 0.0)]
-        yield _HTTP_STATUS_CODE, [((), float(http.status or 0) if http else 0.0)]
-        yield _HTTP_BODY_LENGTH, [((), float(http.body_length or 0) if http else 0.0)]
-        yield _HTTP_VERSION, [((), float(http.version.split("/", 1)[1]) if http and http.version else 0.0)]
+        yield _HTTP_DURATION, [(pairs, sum(total.get(p, 0.0) for p in ours)) for pairs, ours in _BLACKBOX_HTTP_PHASES]
+        if http is None:  # no response at all: blackbox's zero values
+            yield from ((family, 0.0) for family in _HTTP_GAUGES)
+            return
+        ssl = http.final_url.lower().startswith("https://") and result.tls is not None and result.tls.completed
+        yield _HTTP_CONTENT_LENGTH, float(http.content_length) if http.content_length is not None else -1.0
+        yield _HTTP_REDIRECTS, float(http.redirects)
+        yield _HTTP_SSL, 1.0 if ssl else 0.0
+        yield _HTTP_STATUS_CODE, float(http.status or 0)
+        yield _HTTP_BODY_LENGTH, float(http.body_length or 0)
+        yield _HTTP_VERSION, float(http.version.split("/", 1)[1]) if http.version else 0.0
 
 
 # blackbox phase names for probe_http_duration_seconds, mapped from ours. Its
@@ -318,11 +322,11 @@ class HTTPProber(Prober):
 # (Go's httptrace GotConn -> GotFirstResponseByte), so it includes writing the
 # request: our request + first_byte.
 _BLACKBOX_HTTP_PHASES = (
-    ("connect", ("connect",)),
-    ("processing", ("request", "first_byte")),
-    ("resolve", ("dns",)),
-    ("tls", ("tls",)),
-    ("transfer", ("transfer",)),
+    ((("phase", "connect"),), ("connect",)),
+    ((("phase", "processing"),), ("request", "first_byte")),
+    ((("phase", "resolve"),), ("dns",)),
+    ((("phase", "tls"),), ("tls",)),
+    ((("phase", "transfer"),), ("transfer",)),
 )
 _HTTP_DURATION = ProbeFamily("probe_http_duration_seconds", "Duration of http request by phase, summed over all redirects")
 _HTTP_CONTENT_LENGTH = ProbeFamily("probe_http_content_length", "Length of http content response")
@@ -331,6 +335,7 @@ _HTTP_SSL = ProbeFamily("probe_http_ssl", "Indicates if SSL was used for the fin
 _HTTP_STATUS_CODE = ProbeFamily("probe_http_status_code", "Response HTTP status code")
 _HTTP_BODY_LENGTH = ProbeFamily("probe_http_uncompressed_body_length", "Length of uncompressed response body")
 _HTTP_VERSION = ProbeFamily("probe_http_version", "Returns the version of HTTP of the probe response")
+_HTTP_GAUGES = (_HTTP_CONTENT_LENGTH, _HTTP_REDIRECTS, _HTTP_SSL, _HTTP_STATUS_CODE, _HTTP_BODY_LENGTH, _HTTP_VERSION)
 
 
 def _with_referer(headers: list[tuple[str, str]], configured: tuple[tuple[str, str], ...], previous: str,

@@ -105,6 +105,9 @@ class _Writer:
         self.parts.append(f"{family.header}{family.name} {fmt(value)}\n")
 
     def family(self, family: ProbeFamily, samples: ProbeSamples) -> None:
+        if isinstance(samples, float):
+            self.gauge(family, samples)
+            return
         parts = self.parts
         parts.append(family.header)
         name = family.name
@@ -115,7 +118,7 @@ class _Writer:
 def probe_text(result: ProbeResult) -> str:
     """blackbox's /probe body for ``result``: the shared families, the prober's own, then connhealth's extras."""
     w = _Writer()
-    w.gauge(_DNS_LOOKUP, result.total_phases().get("dns", 0.0))
+    w.gauge(_DNS_LOOKUP, sum(p.duration for p in result.timeline if p.name == "dns"))
     w.gauge(_DURATION, result.duration_seconds)
     w.gauge(_FAILED_DUE_TO_REGEX, 1.0 if result.failed_due_to_regex else 0.0)
     if result.peer is not None:

@@ -68,7 +68,7 @@ def new_span_id() -> int:
     return _random.getrandbits(64) or 1
 
 
-def begin(parent: Context | None, name: str, attributes: dict[str, Any]) -> TraceIds:
+def begin(parent: Context | None, module: str, target: str, prober: str) -> TraceIds:
     """Ids for a new probe, a child of ``parent``'s span if it has one; sampled as the configured sampler says."""
     parent_ctx = trace.get_current_span(parent).get_span_context() if parent is not None else None
     if parent_ctx is not None and parent_ctx.is_valid:
@@ -80,7 +80,8 @@ def begin(parent: Context | None, name: str, attributes: dict[str, Any]) -> Trac
         # No SDK: still a well-formed traceparent (not sampled), so the target's
         # logs can be matched with this probe's trace id.
         return TraceIds(trace_id, new_span_id(), parent_span, False, "")
-    decision = sink.sampler.should_sample(parent, trace_id, name, SpanKind.INTERNAL, attributes)
+    attributes = {"probe.module": module, "probe.target": target, "probe.prober": prober}
+    decision = sink.sampler.should_sample(parent, trace_id, f"probe {module}", SpanKind.INTERNAL, attributes)
     state = decision.trace_state.to_header() if decision.trace_state else ""
     return TraceIds(trace_id, new_span_id(), parent_span, decision.decision.is_sampled(), state)
 
