@@ -127,7 +127,7 @@ def check_phase_spans(rx: OTLPReceiver, parent: ReceivedSpan, json_phases: dict[
             f"{span.name}: span {span.duration_ns / 1e9:.6f}s vs JSON {json_phases[span.name]:.6f}s")
     for before, after in zip(phases, phases[1:]):
         assert before.end_ns <= after.start_ns, f"phase spans overlap: {before.name} ends after {after.name} starts"
-    if phases:  # the parent covers its phases (hop spans use the wall clock, phases the monotonic one: 1 ms slack)
+    if phases:  # the parent covers its phases (all spans are offsets from the result's start: the slack only absorbs rounding)
         slack = 1_000_000
         assert parent.start_ns - slack <= phases[0].start_ns and phases[-1].end_ns <= parent.end_ns + slack, (
             f"phases [{phases[0].start_ns}, {phases[-1].end_ns}] outside {parent.name} [{parent.start_ns}, {parent.end_ns}]")
