@@ -116,8 +116,7 @@ _END = End()
 
 # --- the request -------------------------------------------------------------------
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: the _TCHAR set, one regex call
+_TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token (tchar+)
 _ALNUM = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Go's shouldEscape(c, encodePath) is false for exactly these.
 _PATH_KEEP = frozenset(_ALNUM + b"-_.~$&+,/:;=@")

@@ -140,7 +140,7 @@ def register(prober: Prober) -> Prober:
         raise ValueError(f"prober {prober.name}: phase names repeat: {names}")
     register_reasons(prober.reasons)
     PROBERS[prober.name] = prober
-    _all_phases.cache = None
+    all_phases.cache_clear()
     return prober
 
 
@@ -149,29 +149,17 @@ def unregister(name: str) -> None:
     prober = PROBERS.pop(name)
     others = {r for p in PROBERS.values() for r in p.reasons}
     unregister_reasons([r for r in prober.reasons if r not in others])
-    _all_phases.cache = None
+    all_phases.cache_clear()
 
 
-def get(name: str) -> Prober:
-    return PROBERS[name]
-
-
-class _PhaseCache:
-    cache: tuple[PhaseSpec, ...] | None = None
-
-
-_all_phases = _PhaseCache()
-
-
+@functools.cache
 def all_phases() -> tuple[PhaseSpec, ...]:
     """Every registered phase, once, in connection order (first appearance over the probers)."""
-    if _all_phases.cache is None:
-        seen: dict[str, PhaseSpec] = {}
-        for prober in PROBERS.values():
-            for spec in prober.phases:
-                seen.setdefault(spec.name, spec)
-        _all_phases.cache = tuple(seen.values())
-    return _all_phases.cache
+    seen: dict[str, PhaseSpec] = {}
+    for prober in PROBERS.values():
+        for spec in prober.phases:
+            seen.setdefault(spec.name, spec)
+    return tuple(seen.values())
 
 
 def phase_label(name: str) -> str:
