@@ -322,11 +322,11 @@ async def test_comparison_catches_the_differences_it_exists_for() -> None:
         "# HELP probe_ssl_last_chain_info Contains SSL leaf certificate information\n# TYPE probe_ssl_last_chain_info gauge\n"
         'probe_ssl_last_chain_info{fingerprint_sha256="ab",issuer="CN=ca",subject="CN=x",subjectalternative="localhost,127.0.0.1"} 1\n'
         "# HELP probe_duration_seconds Returns how long the probe took to complete in seconds\n"
-        "# TYPE probe_duration_seconds gauge\nprobe_duration_seconds 0.2\n"
+        "# TYPE probe_duration_seconds gauge\nprobe_duration_seconds 0.9\n"
         "# HELP probe_http_ssl Indicates if SSL was used for the final redirect\n# TYPE probe_http_ssl gauge\nprobe_http_ssl 0\n"
     )
     found = "\n".join(differences(bb, old_connhealth))
     for needle in ("probe_ip_addr_hash{}: blackbox 3668918509",
                    "probe_ip_protocol: emitted by blackbox only", "probe_ssl_last_chain_info: label sets differ",
-                   "probe_duration_seconds{}: blackbox 0.004 != connhealth 0.2", "probe_http_ssl: emitted by connhealth only"):
+                   "probe_duration_seconds{}: blackbox 0.004 != connhealth 0.9", "probe_http_ssl: emitted by connhealth only"):
         assert needle in found, found
