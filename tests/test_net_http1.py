@@ -228,6 +228,23 @@ def test_build_request_post_with_body_sends_content_length_and_body() -> None:
     )
 
 
+def test_build_request_extra_fields_follow_the_given_ones_and_vary_per_call() -> None:
+    """The cached part of the head never carries one request's traceparent into the next."""
+    def request(trace: str) -> bytes:
+        return http1.build_request("POST", "/", "h", [("X-A", "1")], b"hi", user_agent=UA,
+                                   extra=[("traceparent", trace), ("tracestate", " a=b ")])
+    first, second = request("00-1-2-01"), request("00-3-4-01")
+    assert first == (b"POST / HTTP/1.1\r\nHost: h\r\nUser-Agent: connhealth/1.2.3\r\nAccept: */*\r\nX-A: 1\r\n"
+                     b"traceparent: 00-1-2-01\r\ntracestate: a=b\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+    assert second == first.replace(b"00-1-2-01", b"00-3-4-01")
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Smuggled: 1", "a\nb", "a\x00"])
+def test_build_request_refuses_control_characters_in_extra_fields(value: str) -> None:
+    with pytest.raises(ValueError, match="'tracestate': value contains the control character"):
+        http1.build_request("GET", "/", "h", (), None, user_agent=UA, extra=[("tracestate", value)])
+
+
 @pytest.mark.parametrize(("method", "body", "line"), [
     ("PUT", None, b"Content-Length: 0\r\n"),
     ("PATCH", b"", b"Content-Length: 0\r\n"),

@@ -219,19 +219,39 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def build_request(method: str, target: str, host_header: str, headers: Sequence[tuple[str, str]], body: bytes | None,
-                  *, user_agent: str, keep_alive: bool = False) -> bytes:
+                  *, user_agent: str, keep_alive: bool = False, extra: Sequence[tuple[str, str]] = ()) -> bytes:
     """The bytes of one HTTP/1.1 request.
 
     Order: request line, Host (a given Host header replaces ``host_header``),
     User-Agent ``user_agent`` and ``Accept: */*`` unless given, the given
-    headers in order, Content-Length when there is a body or the method is
-    POST/PUT/PATCH (as Go), ``Connection: close`` unless ``keep_alive`` (or
-    a given Connection header already says close). Given Content-Length,
-    Transfer-Encoding and Trailer headers are dropped: the framing is ours,
-    as in Go. A given User-Agent with an empty value sends none (Go).
-    Every header is validated (``validate_header``); values are trimmed
-    of surrounding blanks and sent as UTF-8.
+    headers in order, then ``extra``, Content-Length when there is a body or
+    the method is POST/PUT/PATCH (as Go), ``Connection: close`` unless
+    ``keep_alive`` (or a given Connection header already says close). Given
+    Content-Length, Transfer-Encoding and Trailer headers are dropped: the
+    framing is ours, as in Go. A given User-Agent with an empty value sends
+    none (Go). Every header is validated (``validate_header``); values are
+    trimmed of surrounding blanks and sent as UTF-8.
+
+    ``extra`` is for fields that change with every request (traceparent):
+    validated and sent as they are, without the rules above. Everything else
+    is built once per distinct request and cached: probes repeat.
     """
+    head, tail = _request_head(method, target, host_header, tuple(headers), len(body) if body else 0, user_agent,
+                               keep_alive)
+    if not extra:
+        return head + tail + (body or b"")
+    lines = []
+    for name, value in extra:
+        validate_header(name, value)
+        value = value.strip(" \t")
+        lines.append(f"{name}: {value}\r\n")
+    return head + "".join(lines).encode("utf-8") + tail + (body or b"")
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_head(method: str, target: str, host_header: str, headers: tuple[tuple[str, str], ...], body_length: int,
+                  user_agent: str, keep_alive: bool) -> tuple[bytes, bytes]:
+    """(request line and fields up to the given headers, the rest of the head) for ``build_request``."""
     if not _TOKEN_RE.fullmatch(method):
         raise ValueError(f"method {method!r} is not a valid HTTP token")
     if not target or _CTL_RE.search(target) or " " in target or not target.isascii():
@@ -262,12 +282,12 @@ def build_request(method: str, target: str, host_header: str, headers: Sequence[
     if "accept" not in has:
         lines.append("Accept: */*")
     lines.extend(f"{name}: {value}" for name, value in given)
-    if body or method in _BODY_METHODS:
-        lines.append(f"Content-Length: {len(body) if body else 0}")
+    tail = []
+    if body_length or method in _BODY_METHODS:
+        tail.append(f"Content-Length: {body_length}")
     if not keep_alive and not any(n.lower() == "connection" and _has_token(v, "close") for n, v in given):
-        lines.append("Connection: close")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8") + (body or b"")
+        tail.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8"), "".join(f"{line}\r\n" for line in tail).encode("utf-8") + b"\r\n"
 
 
 def _has_token(value: str, token: str) -> bool:
@@ -295,6 +315,8 @@ class _Callbacks:
     A strong one would make reader -> parser -> callbacks -> reader a cycle per
     response: only the cyclic GC could free it, and at thousands of probes a
     second those collections cost more than the parsing (docs/benchmarks.md).
+    No ``on_status``/``on_header``: a Python call per header field cost more
+    than the rest of the parse; the reader splits the head llhttp accepted.
     """
 
     __slots__ = ("_reader",)
@@ -304,12 +326,6 @@ class _Callbacks:
 
     def on_message_begin(self) -> None:
         self._reader()._on_message_begin()  # type: ignore[union-attr]
-
-    def on_status(self, status: bytes) -> None:
-        self._reader()._on_status(status)  # type: ignore[union-attr]
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._reader()._on_header(name, value)  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         self._reader()._on_headers_complete()  # type: ignore[union-attr]
@@ -350,7 +366,7 @@ class ResponseReader:
 
     __slots__ = ("_method", "_keep_alive", "_limit", "_parser", "_events", "_pending", "_state", "_fed",
                  "_head_bytes", "_retained", "_normalising", "_normalised", "_parse_error", "_informational",
-                 "_skip_informational", "_in_informational", "_reason", "_fields", "_eof", "_switched",
+                 "_skip_informational", "_in_informational", "_scan", "_eof", "_switched",
                  "_close_delimited", "_unsolicited", "_body_bytes", "_head", "_error", "_callback_error", "reusable",
                  "__weakref__")
 
@@ -371,8 +387,7 @@ class ResponseReader:
         self._informational = 0
         self._skip_informational = 0  # interim responses already reported before a head was parsed again
         self._in_informational = False
-        self._reason: list[bytes] = []
-        self._fields: list[tuple[bytes, bytes]] = []
+        self._scan = 0  # where the next head starts in the retained bytes
         self._eof = False
         self._switched = False
         self._close_delimited = False
@@ -520,6 +535,7 @@ class ResponseReader:
         self._normalised = True
         self._skip_informational, self._informational = self._informational, 0
         self._retained = [rewritten]
+        self._scan = 0
         self._parser = self._new_parser()
         self._run(rewritten)
         if self._state == _HEAD:  # pragma: no cover - the rewrite holds the whole final head
@@ -551,19 +567,18 @@ class ResponseReader:
         if self._state == _DONE:
             self._unsolicited = True
             raise self._fail(_Stop())
-        self._reason.clear()
-        self._fields = []
-
-    def _on_status(self, data: bytes) -> None:
-        self._reason.append(data)
-
-    def _on_header(self, name: bytes, value: bytes) -> None:
-        if self._state == _HEAD:  # later ones are trailers: skipped, as Go's client does for the body's reader
-            self._fields.append((name, value))
 
     def _on_headers_complete(self) -> None:
+        # Only a head's fields are read: trailers are skipped, as Go's client does for the body's reader.
         parser = self._parser
         status = parser.get_status_code()
+        retained = self._retained
+        buf = retained[0] if len(retained) == 1 else b"".join(retained)
+        start = self._scan
+        end = _HEAD_END_RE.search(buf, start)
+        assert end is not None  # llhttp accepted a complete head, so the bytes it read hold its empty line
+        self._scan = end.end()
+        reason, headers = _split_head(buf[start:end.end()])
         if 100 <= status < 200 and status != 101:
             self._in_informational = True
             self._informational += 1
@@ -573,25 +588,24 @@ class ResponseReader:
             if self._skip_informational:
                 self._skip_informational -= 1
             else:
-                self._events.append(Informational(status, _decode_fields(self._fields)))
+                self._events.append(Informational(status, headers))
             return
         chunked = False
         declared: int | None = None
-        for name, value in self._fields:
+        for name, value in headers:
             size = len(name)  # a cheap filter before lower(): most names are neither
-            if size == 14 and name.lower() == b"content-length":
+            if size == 14 and name.lower() == "content-length":
                 declared = int(value)  # llhttp let only digits through, and only one such header
                 if declared > _MAX_CONTENT_LENGTH:
-                    raise self._fail(ProtocolError(f"invalid Content-Length {value.decode('ascii')}: out of range"))
-            elif size == 17 and name.lower() == b"transfer-encoding":
+                    raise self._fail(ProtocolError(f"invalid Content-Length {value}: out of range"))
+            elif size == 17 and name.lower() == "transfer-encoding":
                 # Go accepts exactly one Transfer-Encoding header, saying chunked; llhttp more.
                 if chunked:
                     raise self._fail(ProtocolError("multiple Transfer-Encoding headers"))
-                coding = value.strip(b" \t").decode("latin-1")
+                coding = value
                 if coding.lower() != "chunked":
                     raise self._fail(ProtocolError(f"unsupported Transfer-Encoding {coding!r} (only chunked)"))
                 chunked = True
-        headers = _decode_fields(self._fields)
         method = self._method
         headers_only = method == "HEAD" or (method == "CONNECT" and 200 <= status < 300)
         if status < 200 or status in (204, 304):
@@ -605,12 +619,11 @@ class ResponseReader:
         self._close_delimited = not headers_only and status >= 200 and status not in (204, 304) and not chunked \
             and declared is None
         self._switched = status == 101 or (method == "CONNECT" and 200 <= status < 300)
-        self._head = Head(f"HTTP/{parser.get_http_version()}", status, b"".join(self._reason).decode("utf-8", "replace"),
-                          headers, content_length)
+        self._head = Head(f"HTTP/{parser.get_http_version()}", status, reason, headers, content_length)
         self._events.append(self._head)
         self._state = _BODY
         if headers_only:
-            self._unsolicited = _bytes_after_heads(b"".join(self._retained), self._informational + 1)
+            self._unsolicited = self._scan < len(buf)
             self._retained = []
             self._state = _DONE
             self._events.append(_END)
@@ -643,10 +656,22 @@ class ResponseReader:
         return message
 
 
-def _decode_fields(fields: list[tuple[bytes, bytes]]) -> Headers:
-    # llhttp leaves trailing blanks in a value; Go and RFC 9110 (OWS) drop them.
-    return tuple((name.decode("ascii"), (value.rstrip(b" \t") if value[-1:] in b" \t" else value).decode("utf-8", "replace"))
-                 for name, value in fields)
+def _split_head(head: bytes) -> tuple[str, Headers]:
+    """(reason phrase, header fields) of one head llhttp accepted: token names, no folds, lines ending in CRLF.
+
+    Values are UTF-8 with invalid bytes replaced, without surrounding blanks
+    (RFC 9110 OWS, as Go). One decode of the whole head gives the same text
+    as one per value: a line end is ASCII, so no sequence spans two lines.
+    """
+    lines = head.decode("utf-8", "replace").split("\r\n")
+    status_line = lines[0].split(" ", 2)
+    fields = []
+    for line in lines[1:]:
+        if not line:
+            break
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+    return (status_line[2] if len(status_line) > 2 else ""), tuple(fields)
 
 
 def _normalise_heads(buf: bytes, limit: int) -> bytes | None:
@@ -688,17 +713,6 @@ def _normalise_head(head: bytes) -> bytes:
         duplicates = {i for i, _ in lengths[1:]}
         fields = [f for i, f in enumerate(fields) if i not in duplicates]
     return b"\r\n".join([lines[0], *fields]) + b"\r\n\r\n"
-
-
-def _bytes_after_heads(buf: bytes, heads: int) -> bool:
-    """Whether anything follows the ``heads``-th head in ``buf``."""
-    pos = 0
-    for _ in range(heads):
-        end = _HEAD_END_RE.search(buf, pos)
-        if end is None:
-            return False
-        pos = end.end()
-    return pos < len(buf)
 
 
 def _field_values(head: bytes, name: str) -> list[str]:

@@ -376,12 +376,15 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
         conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
         if tls:
             await start_tls(ctx, conn, host, cfg.tls_config, ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
-        headers.extend((k, v) for k, v in ctx.propagation_headers() if not any(k == h.lower() for h, _ in config_headers))
+        # Per-probe values (traceparent) travel apart from the headers: the request head is built once per URL.
+        propagation = [(k, v) for k, v in ctx.propagation_headers() if not any(k == h.lower() for h, _ in config_headers)]
         keep_limit = cfg.body_size_limit or DEFAULT_KEEP_LIMIT
         if tls and ctx.tls is not None and ctx.tls.alpn == "h2":
-            await _h2(ctx, conn, method, _authority(host, port, tls), target, headers, body, cfg, keep_limit, response)
+            await _h2(ctx, conn, method, _authority(host, port, tls), target, headers + propagation, body, cfg, keep_limit,
+                      response)
         else:
-            await _h1(ctx, conn, method, _authority(host, port, tls), target, headers, body, cfg, keep_limit, response)
+            await _h1(ctx, conn, method, _authority(host, port, tls), target, headers, propagation, body, cfg, keep_limit,
+                      response)
         ctx.log(f"{response.version} {response.status}, {response.body_length} body bytes")
     finally:
         ctx.end_hop(response.status)
@@ -395,8 +398,9 @@ def _authority(host: str, port: int, tls: bool) -> str:
 
 
 async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, target: str, headers: list[tuple[str, str]],
-              body: bytes | None, cfg: HTTPProbeConfig, keep_limit: int, response: _Response) -> None:
-    conn.write(http1.build_request(method, target, authority, headers, body, user_agent=USER_AGENT))
+              propagation: list[tuple[str, str]], body: bytes | None, cfg: HTTPProbeConfig, keep_limit: int,
+              response: _Response) -> None:
+    conn.write(http1.build_request(method, target, authority, headers, body, user_agent=USER_AGENT, extra=propagation))
     await ctx.phase("request", conn.drain())
     reader = http1.ResponseReader(method, max_header_bytes=MAX_HEADER_BYTES)
     await ctx.phase("first_byte", http1.wait_first_byte(conn, reader))
