@@ -111,6 +111,17 @@ class ProbeFamily:
         return f"ProbeFamily({self.name!r})"
 
 
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    """Label pairs as exposition text (``a="x",b="y"``, values escaped), without the braces."""
+    return ",".join(f'{k}="{escape_label_value(v)}"' for k, v in pairs)
+
+
 # A family's value as a prober hands it to the /probe exposition: one unlabelled
-# value, or (label pairs, value) samples.
-ProbeSamples = float | list[tuple[tuple[tuple[str, str], ...], float]]
+# value, or (labels, value) samples. Labels are pairs, or, for a label set used
+# on every probe, its ``label_text`` rendered once (rendering it costs more
+# than the rest of the sample).
+ProbeSamples = float | list[tuple[tuple[tuple[str, str], ...] | str, float]]

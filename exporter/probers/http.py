@@ -22,7 +22,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 from .. import __version__
 from ..failures import ProbeFailure, Reason
-from ..metrics import ProbeFamily, ProbeSamples
+from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..net import http1, http2
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
@@ -304,7 +304,7 @@ class HTTPProber(Prober):
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         http = result.details if isinstance(result.details, HTTPDetails) else None
         total = result.total_phases()
-        yield _HTTP_DURATION, [(pairs, sum(total.get(p, 0.0) for p in ours)) for pairs, ours in _BLACKBOX_HTTP_PHASES]
+        yield _HTTP_DURATION, [(text, sum([total.get(p, 0.0) for p in ours])) for text, ours in _BLACKBOX_HTTP_PHASES]
         if http is None:  # no response at all: blackbox's zero values
             yield from ((family, 0.0) for family in _HTTP_GAUGES)
             return
@@ -321,13 +321,13 @@ class HTTPProber(Prober):
 # "processing" runs from getting the connection to the first response byte
 # (Go's httptrace GotConn -> GotFirstResponseByte), so it includes writing the
 # request: our request + first_byte.
-_BLACKBOX_HTTP_PHASES = (
-    ((("phase", "connect"),), ("connect",)),
-    ((("phase", "processing"),), ("request", "first_byte")),
-    ((("phase", "resolve"),), ("dns",)),
-    ((("phase", "tls"),), ("tls",)),
-    ((("phase", "transfer"),), ("transfer",)),
-)
+_BLACKBOX_HTTP_PHASES = tuple((label_text((("phase", bb),)), ours) for bb, ours in (
+    ("connect", ("connect",)),
+    ("processing", ("request", "first_byte")),
+    ("resolve", ("dns",)),
+    ("tls", ("tls",)),
+    ("transfer", ("transfer",)),
+))
 _HTTP_DURATION = ProbeFamily("probe_http_duration_seconds", "Duration of http request by phase, summed over all redirects")
 _HTTP_CONTENT_LENGTH = ProbeFamily("probe_http_content_length", "Length of http content response")
 _HTTP_REDIRECTS = ProbeFamily("probe_http_redirects", "The number of redirects")

@@ -21,13 +21,8 @@ from ..result import ProbeResult
 _GO_ZERO_TIME_UNIX = -62135596800.0
 
 
-def escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-@functools.lru_cache(maxsize=4096)  # the same label sets come back every probe
-def labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+escape = m.escape_label_value
+labels = functools.lru_cache(maxsize=4096)(m.label_text)  # the same label sets come back every probe
 
 
 _INF = float("inf")
@@ -105,20 +100,28 @@ class _Writer:
         self.parts.append(f"{family.header}{family.name} {fmt(value)}\n")
 
     def family(self, family: ProbeFamily, samples: ProbeSamples) -> None:
-        if isinstance(samples, float):
-            self.gauge(family, samples)
-            return
         parts = self.parts
+        if not isinstance(samples, list):  # one unlabelled value
+            parts.append(f"{family.header}{family.name} {fmt(samples)}\n")
+            return
         parts.append(family.header)
         name = family.name
         for pairs, value in samples:
-            parts.append(f"{name}{{{labels(pairs)}}} {fmt(value)}\n" if pairs else f"{name} {fmt(value)}\n")
+            if not pairs:
+                parts.append(f"{name} {fmt(value)}\n")
+            else:
+                parts.append(f"{name}{{{pairs if type(pairs) is str else labels(pairs)}}} {fmt(value)}\n")
+
+
+@functools.lru_cache(maxsize=256)
+def _phase_label(phase: str) -> str:
+    return labels((("phase", phase),))
 
 
 def probe_text(result: ProbeResult) -> str:
     """blackbox's /probe body for ``result``: the shared families, the prober's own, then connhealth's extras."""
     w = _Writer()
-    w.gauge(_DNS_LOOKUP, sum(p.duration for p in result.timeline if p.name == "dns"))
+    w.gauge(_DNS_LOOKUP, result.total_phases().get("dns", 0.0))
     w.gauge(_DURATION, result.duration_seconds)
     w.gauge(_FAILED_DUE_TO_REGEX, 1.0 if result.failed_due_to_regex else 0.0)
     if result.peer is not None:
@@ -154,7 +157,7 @@ def probe_text(result: ProbeResult) -> str:
         f = result.failure
         w.family(extra[m.FAILURE_INFO], [((("phase", f.phase), ("reason", f.reason)), 1.0)])
     if result.timeline:
-        w.family(extra[m.PROBE_PHASE_SECONDS], [((("phase", p),), s) for p, s in result.phases.items()])
+        w.family(extra[m.PROBE_PHASE_SECONDS], [(_phase_label(p), s) for p, s in result.phases.items()])
     if len(result.hops) > 1:
         w.family(extra[m.PROBE_HOP_PHASE_SECONDS],
                  [((("hop", str(i)), ("phase", p)), s) for i in range(len(result.hops)) for p, s in result.hop_phases(i).items()])
