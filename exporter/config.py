@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .net.guard import DEFAULT_DENY, DEFAULT_GUARD, ProbeGuard, parse_rules
 from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TracingConfig
 from .schema import ConfigError, Fields, parse_duration, split_host_port
@@ -80,6 +81,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     raw_modules: dict[str, Any] = field(default_factory=dict)
     slos: Any = None  # exporter.slo.SLOSpec | None: the `slos:` section (used by `connhealth generate`)
+    probe_guard: ProbeGuard = DEFAULT_GUARD
 
 
 def _parse_resolver(f: Fields) -> ResolverConfig:
@@ -190,9 +192,24 @@ def parse_config(text: str, source: str | None = None, *, with_builtins: bool = 
         for i, raw_f in enumerate(f.get("target_files", list, []))
     )
     slos = parse_slos(f.raw.pop("slos", None), scheduler.buckets)
+    guard = _parse_probe_guard(f.sub("probe_guard"))
     f.done()
     return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
-                  raw_modules=dict(raw_modules), slos=slos)
+                  raw_modules=dict(raw_modules), slos=slos, probe_guard=guard)
+
+
+def _parse_probe_guard(f: Fields) -> ProbeGuard:
+    """``probe_guard``: allow/deny rules (CIDRs, :ports, host patterns); deny defaults to DEFAULT_DENY."""
+    sets = {}
+    for key, default in (("allow", []), ("deny", list(DEFAULT_DENY))):
+        rules = f.list_of(key, str) if key in f.raw and f.raw[key] is not None else default
+        try:
+            sets[key] = parse_rules(rules)
+        except ValueError as exc:
+            raise ConfigError(f"{f.p(key)}{exc}") from None
+    guard = ProbeGuard(allow=sets["allow"], deny=sets["deny"], apply_to_targets=f.get("apply_to_targets", bool, False))
+    f.done()
+    return guard
 
 
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")

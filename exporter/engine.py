@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 
 from .config import Module
 from .failures import DeadlineExceeded, classify
+from .net.guard import ProbeGuard
 from .probers import PROBERS, ProbeContext
 from .result import Failure, ProbeResult
 from .sinks import traces
@@ -26,11 +27,13 @@ log = logging.getLogger("connhealth.probe")
 DEFAULT_TIMEOUT = 10.0
 
 
-async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None) -> ProbeResult:
+async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None,
+                    *, guard: ProbeGuard | None = None) -> ProbeResult:
     """Probe ``target`` with ``module``. Never raises for a target's fault; re-raises cancellation.
 
     ``parent`` is an OpenTelemetry context (e.g. extracted from a scrape's
-    traceparent): the probe's trace becomes its child.
+    traceparent): the probe's trace becomes its child. ``guard`` is the SSRF
+    guard every connection of the probe must pass (None: none, as for the CLI).
     """
     if timeout is None:
         timeout = module.timeout or DEFAULT_TIMEOUT
@@ -43,7 +46,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     ctx = ProbeContext(
         target, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
         resolver=module.resolver, tracing=module.tracing, trace_id=ids.trace_id, span_id=ids.span_id,
-        sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id,
+        sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id, guard=guard,
     )
     failure: Failure | None = None
     failed_at: float | None = None

@@ -23,7 +23,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
-from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
+from .config import Config, ConfigError, Module, TargetSpec, load_config, load_config_or_builtins, split_host_port
 from .engine import run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
@@ -102,6 +102,7 @@ class Exporter:
             config.modules, config.scheduler, self._on_result,
             on_lag=self.self_metrics.scheduler_lag.observe,
             on_skip=lambda reason: self.self_metrics.skipped.labels(reason).inc(),
+            probe=self._probe_configured,
         )
         self.watcher = TargetFileWatcher()
         self.file_targets: list[TargetSpec] = []
@@ -181,6 +182,10 @@ class Exporter:
             await asyncio.sleep(LOOP_LAG_INTERVAL)
             self.self_metrics.loop_lag.observe(max(0.0, loop.time() - planned))
 
+    async def _probe_configured(self, target: str, module: Module, timeout: float | None) -> ProbeResult:
+        guard = self.config.probe_guard
+        return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
+
     def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
         self.store.observe(spec.target, spec.module, spec.labels, result)
         self.history.add("scheduled", result)
@@ -201,7 +206,7 @@ class Exporter:
         self.probe_endpoint_in_flight += 1
         try:
             # A client that disconnects cancels this handler, and with it the probe.
-            result = await run_probe(target, module, timeout, parent)
+            result = await run_probe(target, module, timeout, parent, guard=self.config.probe_guard)
         finally:
             self.probe_endpoint_in_flight -= 1
         text = probe_text(result)

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
 from ..metrics import ProbeFamily, ProbeSamples
+from ..net.guard import ProbeGuard
 from ..net.tls import TLS_VERSIONS, TLSConfig
 from ..result import Details, Hop, Peer, Phase, ProbeResult, TCPInfo, TLSInfo
 from ..schema import ConfigError, Fields
@@ -209,13 +210,13 @@ class ProbeContext:
     __slots__ = (
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
         "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "failed_due_to_regex", "logs",
-        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop",
+        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard",
     )
 
     def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
                  phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
                  tracing: TracingConfig = TracingConfig(), trace_id: int = 0, span_id: int = 0, sampled: bool = False,
-                 tracestate: str = "", new_span_id: Any = None) -> None:
+                 tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None) -> None:
         self.target = target
         self.module = module
         self.timeout = timeout
@@ -226,6 +227,7 @@ class ProbeContext:
         self.tracing = tracing
         self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
         self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
+        self.guard = guard  # the SSRF guard every connection of this probe passes (None: none)
         self.phase_name = "probe"
         self.phase_start_ns: int | None = None
         self.timeline: list[Phase] = []
