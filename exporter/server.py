@@ -9,8 +9,9 @@ import platform
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from aiohttp import web
@@ -33,6 +34,7 @@ from .scheduler import Scheduler
 from .status import render_status
 from .sinks.store import SeriesStore
 from .targets import TargetFileWatcher
+from .webconfig import WebConfig, load_web_config
 from .sinks.traces_export import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("connhealth.server")
@@ -51,6 +53,7 @@ class ServeOptions:
     history_limit: int = 100
     grace: float = 10.0
     tracing: TracingOptions = TracingOptions()
+    web_config_file: str | None = None  # exporter-toolkit's --web.config.file: TLS, basic auth, headers
 
 
 class SelfMetrics:
@@ -256,6 +259,9 @@ class Exporter:
         return web.Response(text=self.debug_output(entry), content_type="text/plain")
 
     async def handle_reload(self, request: web.Request) -> web.Response:
+        if not _same_origin(request):
+            # A page in a browser on an operator's machine must not reload us (CSRF).
+            return web.Response(status=403, text="Cross-origin reload refused\n")
         ok, message = self.reload()
         return web.Response(status=200 if ok else 500, text=message + "\n")
 
@@ -274,6 +280,17 @@ def redact(raw: object) -> object:
             if prober.section in data:
                 data[prober.section] = prober.redact(data[prober.section])
     return data
+
+
+def _same_origin(request: web.Request) -> bool:
+    """No Origin (curl, Prometheus, scripts) or one naming this very host; browsers always send Origin on a POST."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme == request.scheme and parts.netloc.lower() == request.host.lower()
 
 
 def _scrape_timeout(request: web.Request, offset: float) -> float | None:
@@ -311,8 +328,9 @@ def _prefix(route_prefix: str) -> str:
     return "" if p == "/" else p
 
 
-def build_app(exporter: Exporter) -> web.Application:
-    app = web.Application()
+def build_app(exporter: Exporter, web_config: WebConfig = WebConfig()) -> web.Application:
+    app = web.Application(middlewares=web_config.middlewares())
+    web_config.add_headers(app)
     p = _prefix(exporter.options.route_prefix)
     app.router.add_get(p + "/probe", exporter.handle_probe)
     app.router.add_get(p + "/metrics", exporter.handle_metrics)
@@ -339,13 +357,14 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     if config is None:
         config = load_config_or_builtins(options.config_file)
     listen = [_parse_listen(a) for a in options.listen]
+    web_config = load_web_config(options.web_config_file) if options.web_config_file else WebConfig()
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
-    app = build_app(exporter)
+    app = build_app(exporter, web_config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
     await runner.setup()
     for host, port in listen:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context)
         await site.start()
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
