@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 import platform
@@ -24,9 +23,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
-from .config import Config, ConfigError, Module, TargetSpec, load_config, load_config_or_builtins, split_host_port
+from .config import (Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins, module_view,
+                     shown_target, split_host_port)
 from .engine import run_probe
-from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .result import ProbeResult
@@ -161,7 +160,12 @@ class Exporter:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        self.store.retain({t.key for t in targets})
+        self.store.retain({self._series_key(t) for t in targets})
+
+    def _series_key(self, spec: TargetSpec) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        """The store's key: the target as results show it (label values never carry its secrets)."""
+        module = self.config.modules.get(spec.module)
+        return (shown_target(spec.target, module) if module else spec.target, spec.module, spec.labels)
 
     def _scan_files(self) -> tuple[list[TargetSpec], bool]:
         errors_before = self.watcher.errors
@@ -190,7 +194,7 @@ class Exporter:
         return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
 
     def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
-        self.store.observe(spec.target, spec.module, spec.labels, result)
+        self.store.observe(result.target, spec.module, spec.labels, result)
         self.history.add("scheduled", result)
 
     # --- handlers -----------------------------------------------------------
@@ -220,13 +224,12 @@ class Exporter:
 
     def debug_output(self, entry: HistoryEntry, metrics_text: str | None = None) -> str:
         result = entry.result
-        raw = self.config.raw_modules.get(result.module)
-        if raw is None:
-            raw = {"prober": result.prober, "note": "built-in module"}
+        module = self.config.modules.get(result.module)
+        view = module_view(module) if module is not None else {"prober": result.prober, "note": "no longer configured"}
         return (
             "Logs for the probe:\n" + "\n".join(result.logs) + "\n\n"
             "Metrics that would have been returned:\n" + (metrics_text or probe_text(result)) + "\n"
-            "Module configuration:\n" + yaml.safe_dump({result.module: redact(raw)}, sort_keys=False)
+            "Module configuration:\n" + yaml.safe_dump({result.module: view}, sort_keys=False)
         )
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
@@ -258,6 +261,9 @@ class Exporter:
             return web.Response(status=404, text="Probe not found (it may have left the history)\n")
         return web.Response(text=self.debug_output(entry), content_type="text/plain")
 
+    async def handle_config(self, request: web.Request) -> web.Response:
+        return web.Response(text=yaml.safe_dump(config_view(self.config), sort_keys=False), content_type="text/plain")
+
     async def handle_reload(self, request: web.Request) -> web.Response:
         if not _same_origin(request):
             # A page in a browser on an operator's machine must not reload us (CSRF).
@@ -270,16 +276,6 @@ class Exporter:
 
     async def handle_ready(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.ready else 503, text="Ready\n" if self.ready else "Not ready\n")
-
-
-def redact(raw: object) -> object:
-    """A copy of a module's raw config with every prober section's secrets replaced (each prober declares its own)."""
-    data = copy.deepcopy(raw)
-    if isinstance(data, dict):
-        for prober in PROBERS.values():
-            if prober.section in data:
-                data[prober.section] = prober.redact(data[prober.section])
-    return data
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -338,6 +334,7 @@ def build_app(exporter: Exporter, web_config: WebConfig = WebConfig()) -> web.Ap
     if p:
         app.router.add_get(p, exporter.handle_index)
     app.router.add_get(p + "/logs", exporter.handle_logs)
+    app.router.add_get(p + "/config", exporter.handle_config)
     app.router.add_post(p + "/-/reload", exporter.handle_reload)
     app.router.add_get(p + "/-/healthy", exporter.handle_healthy)
     app.router.add_get(p + "/-/ready", exporter.handle_ready)

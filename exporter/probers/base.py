@@ -1,13 +1,13 @@
 """The prober contract and the registry every other part of connhealth reads.
 
 A prober is one module that subclasses ``Prober`` and calls ``register`` once.
-It declares its config section (parser, defaults, unsupported and secret
-fields), its target check, its ordered phases with waterfall labels, its
-failure reasons and how its own exceptions map to them, its typed result
-details, its ``/probe`` exposition fragment and its probe coroutine. Config,
-failures, exposition, the continuous store, the CLI, redaction, SLO phase
-validation and the docs tables all ask the registry; nothing outside
-``probers/`` names a prober.
+It declares its config section (parser, defaults, unsupported fields; secret
+values typed ``schema.Secret``), its target check and how a target is shown,
+its ordered phases with waterfall labels, its failure reasons and how its own
+exceptions map to them, its typed result details, its ``/probe`` exposition
+fragment and its probe coroutine. Config, failures, exposition, the
+continuous store, the CLI, SLO phase validation and the docs tables all ask
+the registry; nothing outside ``probers/`` names a prober.
 
 The engine hands a prober a ``ProbeContext``: the phase clock, the deadline,
 the log and the trace-propagation headers. A prober never sees the engine,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import copy
 import functools
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -78,9 +77,6 @@ class Prober(abc.ABC):
     errors: ClassVar[tuple[tuple[type[BaseException], str], ...]] = ()
     # blackbox fields of this section that connhealth does not implement (a clear error, not "unknown").
     unsupported: ClassVar[frozenset[str]] = frozenset()
-    # Dotted paths inside the section whose values are secrets ("headers.*" = every value of headers
-    # whose name looks secret is decided by redact(); plain paths are always replaced).
-    secret_fields: ClassVar[tuple[str, ...]] = ()
     # Module keys of the form "<name>:" that belong to this prober (default: its name).
     section: ClassVar[str] = ""
 
@@ -100,12 +96,13 @@ class Prober(abc.ABC):
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
         return ()
 
-    def redact(self, section: Any) -> Any:
-        """A copy of the raw config section with secrets replaced by "<secret>"."""
-        data = copy.deepcopy(section)
-        for path in self.secret_fields:
-            _redact_path(data, path.split("."))
-        return data
+    def display_target(self, target: str, settings: Any) -> str:
+        """The target as every output shows it (result, logs, labels, spans): its secrets masked.
+
+        Secrets in the settings are typed (schema.Secret) by parse(); a target is
+        plain text, so a prober whose targets can carry credentials masks them here.
+        """
+        return target
 
     @property
     def rules(self) -> Rules:
@@ -113,19 +110,6 @@ class Prober(abc.ABC):
             timeout_reasons={p.name: p.timeout_reason for p in self.phases if p.timeout_reason},
             errors=self.errors,
         )
-
-
-def _redact_path(data: Any, keys: list[str]) -> None:
-    if not isinstance(data, dict) or not keys:
-        return
-    key, rest = keys[0], keys[1:]
-    for name in list(data) if key == "*" else [key]:
-        if name not in data:
-            continue
-        if rest:
-            _redact_path(data[name], rest)
-        elif data[name] is not None:
-            data[name] = "<secret>"
 
 
 PROBERS: dict[str, Prober] = {}
