@@ -71,7 +71,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list, frozenset, set)):
-        items = list(value)
+        items = sorted(value, key=str) if isinstance(value, (frozenset, set)) else list(value)
         if items and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
             return {k: plain(v) for k, v in items}
         return [plain(i) for i in items]
