@@ -1,6 +1,7 @@
 """The SSRF guard (probe_guard): rules, config errors, every hop and address, and the "no packet sent" proof."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from exporter.config import ConfigError, parse_config
 from exporter.engine import run_probe
 from exporter.net.guard import DEFAULT_GUARD, ProbeGuard, TargetForbidden, parse_rules
+from exporter.server import Exporter, ServeOptions
 
 try:  # works whether or not tests/ becomes a package later
     from tests.peers import DNSServer, HTTPServer, Namespace
@@ -143,3 +145,29 @@ def test_no_packet_reaches_metadata_in_any_encoding_or_through_a_redirect() -> N
     assert out["redirect_requests"] == ["/to-http"]  # the first hop went out, the second did not
     assert out["dns_queries"] and set(out["dns_queries"]) == {"meta.test"}, out["dns_queries"]  # resolved, then refused
     assert out["packets"] == 0 and out["requests"] == 0, out
+
+
+@pytest.mark.parametrize("apply_to_targets", [True, False])
+async def test_configured_targets_are_guarded_only_when_asked(apply_to_targets: bool) -> None:
+    async with HTTPServer() as server:
+        config = parse_config(f"""
+probe_guard: {{deny: [127.0.0.0/8], apply_to_targets: {str(apply_to_targets).lower()}}}
+targets: [{{target: "{server.url('/ok')}", interval: 100ms}}]
+""")
+        exporter = Exporter(ServeOptions(), config)
+        exporter.start()
+        try:
+            for _ in range(200):  # bounded: the first scheduled probe comes within one interval
+                if exporter.history.recent():
+                    break
+                await asyncio.sleep(0.05)
+            result = exporter.history.recent()[0].result
+        finally:
+            await exporter.stop()
+        # /probe is always guarded.
+        probe = await run_probe(server.url("/ok"), config.modules["http_2xx"], 5, guard=config.probe_guard)
+    assert probe.failure is not None and probe.failure.reason == "target_forbidden"
+    if apply_to_targets:
+        assert result.failure is not None and result.failure.reason == "target_forbidden", result.failure
+    else:
+        assert result.success, result.failure
