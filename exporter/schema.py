@@ -64,7 +64,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, Secret):
         return SECRET_MASK
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not f.name.startswith("_")}
     if isinstance(value, re.Pattern):
         pattern = value.pattern
         return pattern.decode("utf-8", "replace") if isinstance(pattern, bytes) else pattern

@@ -32,12 +32,12 @@ METADATA_FORMS = [
 @pytest.mark.parametrize("ip", METADATA_FORMS)
 def test_default_guard_denies_metadata_and_link_local_in_every_ip_form(ip: str) -> None:
     with pytest.raises(TargetForbidden, match="is denied by probe_guard rule"):
-        DEFAULT_GUARD.check_address("target.example", ip, 80)
+        DEFAULT_GUARD.check("target.example", ip, 80)
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "198.18.0.1", "10.0.0.1", "169.253.255.255", "169.255.0.0"])
 def test_default_guard_allows_everything_else(ip: str) -> None:
-    DEFAULT_GUARD.check_address(ip, ip, 80)
+    DEFAULT_GUARD.check(ip, ip, 80)
 
 
 @pytest.mark.parametrize("name", ["metadata.google.internal", "METADATA.Google.Internal.", "[metadata.google.internal]"])
@@ -49,9 +49,9 @@ def test_default_guard_denies_the_metadata_name_before_resolution(name: str) -> 
 def test_allow_rules_of_each_kind_must_all_be_met_and_deny_wins() -> None:
     guard = ProbeGuard(allow=parse_rules(["198.18.0.0/15", "*.corp.example", ":443", ":8000-8099"]),
                        deny=parse_rules(["198.18.9.0/24", ":8080"]))
-    guard.check_address("198.18.1.1", "198.18.1.1", 443)
-    guard.check_address("api.corp.example", "10.1.2.3", 8000)  # allowed by name, whatever its address
-    guard.check_address("a.b.corp.example", "10.1.2.3", 8099)
+    guard.check("198.18.1.1", "198.18.1.1", 443)
+    guard.check("api.corp.example", "10.1.2.3", 8000)  # allowed by name, whatever its address
+    guard.check("a.b.corp.example", "10.1.2.3", 8099)
     for host, ip, port, why in [
         ("10.1.2.3", "10.1.2.3", 443, "matches no probe_guard allow rule"),
         ("corp.example", "10.1.2.3", 443, "matches no probe_guard allow rule"),  # *.x is below x only
@@ -60,7 +60,7 @@ def test_allow_rules_of_each_kind_must_all_be_met_and_deny_wins() -> None:
         ("198.18.1.1", "198.18.1.1", 8080, "denied by probe_guard rule ':8080'"),
     ]:
         with pytest.raises(TargetForbidden, match=why):
-            guard.check_address(host, ip, port)
+            guard.check(host, ip, port)
 
 
 def test_config_defaults_to_metadata_deny_for_probe_only_and_deny_list_replaces_it() -> None:
@@ -68,7 +68,7 @@ def test_config_defaults_to_metadata_deny_for_probe_only_and_deny_list_replaces_
     assert default == DEFAULT_GUARD and not default.apply_to_targets
     off = parse_config("probe_guard: {deny: [], apply_to_targets: true}").probe_guard
     assert not off.deny and off.apply_to_targets
-    off.check_address("169.254.169.254", "169.254.169.254", 80)
+    off.check("169.254.169.254", "169.254.169.254", 80)
 
 
 @pytest.mark.parametrize("text, error", [

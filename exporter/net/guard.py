@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["DEFAULT_DENY", "DEFAULT_GUARD", "ProbeGuard", "RuleSet", "TargetForbidden", "parse_rules"]
 
@@ -51,6 +51,12 @@ class RuleSet:
     networks: tuple[IPNetwork, ...] = ()
     hosts: tuple[str, ...] = ()  # lower case; "*.x" matches every name below x
     ports: tuple[tuple[int, int], ...] = ()
+    # (version, first, last, rule) per network: integer compares cost a fraction of `ip in network`.
+    _ranges: tuple[tuple[int, int, int, str], ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ranges = tuple((n.version, int(n.network_address), int(n.broadcast_address), str(n)) for n in self.networks)
+        object.__setattr__(self, "_ranges", ranges)
 
     def __bool__(self) -> bool:
         return bool(self.networks or self.hosts or self.ports)
@@ -62,11 +68,11 @@ class RuleSet:
                 return pattern
         return None
 
-    def network_rule(self, ip: IPAddress) -> str | None:
-        for candidate in _forms(ip):
-            for net in self.networks:
-                if candidate.version == net.version and candidate in net:
-                    return str(net)
+    def network_rule(self, ip: str) -> str | None:
+        for version, value in _forms(ip):
+            for net_version, first, last, rule in self._ranges:
+                if version == net_version and first <= value <= last:
+                    return rule
         return None
 
     def port_rule(self, port: int) -> str | None:
@@ -83,24 +89,23 @@ class ProbeGuard:
     apply_to_targets: bool = False  # configured targets too, not only /probe's
 
     def check_name(self, host: str, port: int) -> None:
-        """Before resolution: a denied name or port never reaches a resolver."""
+        """Before resolution: the name and the port (a denied name never reaches a resolver)."""
         if rule := self.deny.host_rule(host) or self.deny.port_rule(port):
             raise TargetForbidden(f"{_where(host, host, port)} is denied by probe_guard rule {rule!r}")
-        self._check_port_allowed(host, port)
-
-    def check_address(self, host: str, ip: str, port: int) -> None:
-        """The address about to be connected to (``host`` is the name it came from, or ip again)."""
-        address = _address(ip)
-        if rule := self.deny.host_rule(host) or self.deny.network_rule(address) or self.deny.port_rule(port):
-            raise TargetForbidden(f"{_where(host, ip, port)} is denied by probe_guard rule {rule!r}")
-        allow = self.allow
-        if (allow.networks or allow.hosts) and not (allow.host_rule(host) or allow.network_rule(address)):
-            raise TargetForbidden(f"{_where(host, ip, port)} matches no probe_guard allow rule")
-        self._check_port_allowed(host, port)
-
-    def _check_port_allowed(self, host: str, port: int) -> None:
         if self.allow.ports and not self.allow.port_rule(port):
             raise TargetForbidden(f"{_where(host, host, port)}: port {port} matches no probe_guard allow rule")
+
+    def check_address(self, host: str, ip: str, port: int) -> None:
+        """After check_name: the address about to be connected to (``host``: the name it came from, or ip again)."""
+        if rule := self.deny.network_rule(ip):
+            raise TargetForbidden(f"{_where(host, ip, port)} is denied by probe_guard rule {rule!r}")
+        allow = self.allow
+        if (allow.networks or allow.hosts) and not (allow.host_rule(host) or allow.network_rule(ip)):
+            raise TargetForbidden(f"{_where(host, ip, port)} matches no probe_guard allow rule")
+
+    def check(self, host: str, ip: str, port: int) -> None:
+        self.check_name(host, port)
+        self.check_address(host, ip, port)
 
 
 def parse_rules(rules: list[str]) -> RuleSet:
@@ -139,20 +144,16 @@ def _where(host: str, ip: str, port: int) -> str:
     return address if _name(host) == _name(ip) else f"{host} ({address})"
 
 
-@functools.lru_cache(maxsize=4096)
-def _address(ip: str) -> IPAddress:
-    return ipaddress.ip_address(ip.strip("[]").partition("%")[0])
-
-
-def _forms(ip: IPAddress) -> tuple[IPAddress, ...]:
-    """The address and the IPv4 address an IPv6 one carries (mapped, compatible, NAT64)."""
-    if isinstance(ip, ipaddress.IPv4Address):
-        return (ip,)
+@functools.lru_cache(maxsize=4096)  # probes repeat their addresses; parsing costs µs
+def _forms(text: str) -> tuple[tuple[int, int], ...]:
+    """(version, value) of the address, and of the IPv4 address an IPv6 one carries (mapped, compatible, NAT64, 6to4)."""
+    ip = ipaddress.ip_address(text.strip("[]").partition("%")[0])
     forms: list[IPAddress] = [ip]
-    if ip.ipv4_mapped is not None:
-        forms.append(ip.ipv4_mapped)
-    elif ip in _NAT64 or int(ip) >> 32 == 0 and int(ip) > 1:  # 64:ff9b::a.b.c.d, ::a.b.c.d
-        forms.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    if ip.sixtofour is not None:
-        forms.append(ip.sixtofour)
-    return tuple(forms)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            forms.append(ip.ipv4_mapped)
+        elif ip in _NAT64 or int(ip) >> 32 == 0 and int(ip) > 1:  # 64:ff9b::a.b.c.d, ::a.b.c.d
+            forms.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None:
+            forms.append(ip.sixtofour)
+    return tuple((f.version, int(f)) for f in forms)

@@ -279,7 +279,8 @@ class HTTPProber(Prober):
         try:
             for redirects in range(MAX_REDIRECTS + 2):
                 if redirects > MAX_REDIRECTS:
-                    raise ProbeFailure("http_too_many_redirects", f"more than {MAX_REDIRECTS} redirects (last: {redact_url(url, cfg.secret_query_params)})",
+                    last = redact_url(url, cfg.secret_query_params)
+                    raise ProbeFailure("http_too_many_redirects", f"more than {MAX_REDIRECTS} redirects (last: {last})",
                                        phase="first_byte")
                 current = _Response()
                 try:
