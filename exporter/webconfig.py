@@ -73,8 +73,10 @@ _HEADER_VALUES: dict[str, tuple[str, ...] | None] = {
     "Content-Security-Policy": None,
 }
 _UNSUPPORTED_TLS = frozenset({"cert", "key", "client_ca", "curve_preferences", "client_allowed_sans"})
-# Verified passwords are remembered by a keyed hash, never as text; bcrypt costs ~50-100 ms of CPU.
+# Verified passwords are remembered by a keyed hash, never as text; bcrypt costs ~50-400 ms of CPU.
 _AUTH_CACHE_SIZE = 256
+# bcrypt checks running at once: a flood of wrong passwords queues here instead of taking every core from the probes.
+_AUTH_CONCURRENCY = 2
 # Compared against for an unknown user, so a wrong name costs as long as a wrong password.
 _DUMMY_HASH = b"$2b$10$qP8sfbTC3tQAfDJ3hTxkYOsH/rZCEzJV/dUgAYJBGQhbkACCfMQ5S"
 
@@ -106,6 +108,7 @@ class _BasicAuth:
         self.users = users
         self.key = bcrypt.gensalt()  # per process: cache keys mean nothing elsewhere
         self.verified: OrderedDict[bytes, bool] = OrderedDict()
+        self.slots = asyncio.Semaphore(_AUTH_CONCURRENCY)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -120,8 +123,8 @@ class _BasicAuth:
             self.verified.move_to_end(key)
             return known
         hashed = self.users.get(user)
-        # Off the loop: a bcrypt check is tens of milliseconds of CPU.
-        ok = await asyncio.to_thread(_bcrypt_ok, password.encode(), hashed or _DUMMY_HASH)
+        async with self.slots:  # off the loop: a bcrypt check is tens of milliseconds of CPU
+            ok = await asyncio.to_thread(_bcrypt_ok, password.encode(), hashed or _DUMMY_HASH)
         ok = ok and hashed is not None
         self.verified[key] = ok
         if len(self.verified) > _AUTH_CACHE_SIZE:

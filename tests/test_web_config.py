@@ -11,14 +11,18 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import aiohttp
 import bcrypt
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.certs import CertFactory, Issued
-from exporter.config import ConfigError
+from exporter.config import ConfigError, parse_config
+from exporter.server import Exporter, ServeOptions, build_app
+from exporter import webconfig
 from exporter.webconfig import load_web_config
 
 try:  # works whether or not tests/ becomes a package later
@@ -253,3 +257,41 @@ def test_serve_refuses_to_start_with_a_bad_web_config(tmp_path: Path) -> None:
     assert "basic_auth_users.admin: expected a bcrypt hash" in proc.stderr and "hunter2" not in proc.stderr
 
 
+
+
+async def test_a_flood_of_wrong_credentials_queues_without_stalling_the_loop(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt runs in threads, at most two at once; a known-good login is answered from the cache meanwhile."""
+    running, most = 0, 0
+    lock = threading.Lock()
+    real_check = webconfig._bcrypt_ok
+
+    def counting_check(password: bytes, hashed: bytes) -> bool:  # the real check, with a concurrency count around it
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            return real_check(password, hashed)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(webconfig, "_bcrypt_ok", counting_check)
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users: {{{USER}: '{HASH}'}}\n")
+    exporter = Exporter(ServeOptions(), parse_config(""))
+    good = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
+    async with TestClient(TestServer(build_app(exporter, load_web_config(str(path))))) as client:
+        assert (await client.get("/-/healthy", headers=good)).status == 200  # verified once, then cached
+        # Unknown users cost a full cost-10 bcrypt each (the dummy hash), like a wrong password would.
+        flood = [asyncio.ensure_future(client.get("/metrics", headers={
+            "Authorization": aiohttp.encode_basic_auth(f"intruder{i}", "guess")})) for i in range(12)]
+        await asyncio.sleep(0)
+        healthy = await client.get("/-/healthy", headers=good)
+        pending_when_healthy_answered = sum(not f.done() for f in flood)
+        responses = await asyncio.gather(*flood)
+    assert healthy.status == 200
+    assert pending_when_healthy_answered > 0  # the loop answered while the checks were still queued
+    assert [r.status for r in responses] == [401] * 12
+    assert most == 2, most
