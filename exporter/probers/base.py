@@ -12,8 +12,8 @@ the registry; nothing outside ``probers/`` names a prober.
 The engine hands a prober a ``ProbeContext``: the phase clock, the deadline,
 the log, the trace-propagation headers and the SSRF guard (``ctx.guard``,
 enforced by ``probers/connect.py``; a prober that opens sockets of its own
-must call ``guard.check_name`` / ``guard.check_address`` itself). A prober never sees the engine,
-a metric or a span.
+must call ``guard.check_name`` / ``guard.check_address`` itself). A prober
+never sees the engine, a metric or a span.
 """
 from __future__ import annotations
 
