@@ -6,6 +6,7 @@ Prometheus scrape configured with basic_auth and tls_config.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import ssl
@@ -284,6 +285,10 @@ async def test_a_flood_of_wrong_credentials_queues_without_stalling_the_loop(tmp
     good = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
     async with TestClient(TestServer(build_app(exporter, load_web_config(str(path))))) as client:
         assert (await client.get("/-/healthy", headers=good)).status == 200  # verified once, then cached
+        # Malformed credentials are a 401 like any wrong password, never a 500.
+        for header in ("Basic !!!", "Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "Bearer x", "Basic",
+                       aiohttp.encode_basic_auth(USER, "p" * 100), aiohttp.encode_basic_auth(USER, "")):
+            assert (await client.get("/-/healthy", headers={"Authorization": header})).status == 401, header
         # Unknown users cost a full cost-10 bcrypt each (the dummy hash), like a wrong password would.
         flood = [asyncio.ensure_future(client.get("/metrics", headers={
             "Authorization": aiohttp.encode_basic_auth(f"intruder{i}", "guess")})) for i in range(12)]
