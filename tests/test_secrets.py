@@ -18,7 +18,7 @@ import re
 import sys
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import pytest
 from aiohttp import web
@@ -210,7 +210,7 @@ async def test_canary_secret_appears_on_no_output_surface(tmp_path: Path) -> Non
     await peers.stop()
 
     # The secrets really went out: nothing here passes by not sending them.
-    sent = [(path, query, headers, body) for path, query, headers, body in peers.http]
+    sent = peers.http
     assert any(h.get("X-Auth-Key") == CANARY and h.get("Authorization") == f"Bearer {CANARY}"
                and h.get("Cookie") == f"s={CANARY}" and body == f"password={CANARY}".encode()
                and q.get("token") == [CANARY] and q.get("session") == [CANARY] for p, q, h, body in sent if p == "/redirect")
