@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config.file", dest="config_file", help="config file (modules, targets, target_files, scheduler)")
     s.add_argument("--web.listen-address", dest="listen", action="append", metavar="[HOST]:PORT",
                    help="address to listen on (repeatable; default :9115)")
+    s.add_argument("--web.config.file", dest="web_config_file",
+                   help="exporter-toolkit web config: TLS (client certificates too), basic auth, security headers")
     s.add_argument("--web.route-prefix", dest="route_prefix", default="/", help="prefix for all routes (default /)")
     s.add_argument("--timeout-offset", dest="timeout_offset", type=float, default=0.5,
                    help="seconds subtracted from Prometheus' scrape timeout (default 0.5)")
@@ -129,6 +131,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         history_limit=args.history_limit,
         grace=args.grace,
         tracing=_tracing_options(args),
+        web_config_file=args.web_config_file,
     )
     if args.history_limit < 1:
         raise ConfigError("--history.limit must be at least 1")

@@ -13,9 +13,10 @@ from typing import Any
 
 import yaml
 
+from .net.guard import DEFAULT_DENY, DEFAULT_GUARD, ProbeGuard, parse_rules
 from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TracingConfig
-from .schema import ConfigError, Fields, parse_duration, split_host_port
+from .schema import ConfigError, Fields, parse_duration, plain, split_host_port
 from .slo import parse_slos
 
 __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig", "TargetFiles", "TargetSpec", "TracingConfig",
@@ -78,8 +79,8 @@ class Config:
     targets: tuple[TargetSpec, ...] = ()
     target_files: tuple[TargetFiles, ...] = ()
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    raw_modules: dict[str, Any] = field(default_factory=dict)
     slos: Any = None  # exporter.slo.SLOSpec | None: the `slos:` section (used by `connhealth generate`)
+    probe_guard: ProbeGuard = DEFAULT_GUARD
 
 
 def _parse_resolver(f: Fields) -> ResolverConfig:
@@ -190,9 +191,24 @@ def parse_config(text: str, source: str | None = None, *, with_builtins: bool = 
         for i, raw_f in enumerate(f.get("target_files", list, []))
     )
     slos = parse_slos(f.raw.pop("slos", None), scheduler.buckets)
+    guard = _parse_probe_guard(f.sub("probe_guard"))
     f.done()
     return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
-                  raw_modules=dict(raw_modules), slos=slos)
+                  slos=slos, probe_guard=guard)
+
+
+def _parse_probe_guard(f: Fields) -> ProbeGuard:
+    """``probe_guard``: allow/deny rules (CIDRs, :ports, host patterns); deny defaults to DEFAULT_DENY."""
+    sets = {}
+    for key, default in (("allow", []), ("deny", list(DEFAULT_DENY))):
+        rules = f.list_of(key, str) if key in f.raw and f.raw[key] is not None else default
+        try:
+            sets[key] = parse_rules(rules)
+        except ValueError as exc:
+            raise ConfigError(f"{f.p(key)}{exc}") from None
+    guard = ProbeGuard(allow=sets["allow"], deny=sets["deny"], apply_to_targets=f.get("apply_to_targets", bool, False))
+    f.done()
+    return guard
 
 
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -274,6 +290,37 @@ def _parse_target_files(raw: Any, path: str, modules: dict[str, Module], schedul
     labels = parse_labels(f.raw.pop("labels", None), f"{path}.labels")
     f.done()
     return TargetFiles(files=files, module=module, interval=interval, timeout=timeout, labels=labels)
+
+
+def shown_target(target: str, module: Module) -> str:
+    """The target as outputs show it (labels, pages, spans): the module's prober masks its secrets."""
+    return PROBERS[module.prober].display_target(target, module.settings)
+
+
+def module_view(module: Module) -> dict[str, Any]:
+    """A module as debug output and /config show it: defaults filled in, every Secret as <secret> (by its type)."""
+    view: dict[str, Any] = {"prober": module.prober, "timeout": module.timeout,
+                            PROBERS[module.prober].section: plain(module.settings)}
+    if module.phase_timeouts:
+        view["phase_timeouts"] = plain(module.phase_timeouts)
+    view["resolver"] = plain(module.resolver)
+    view["tracing"] = plain(module.tracing)
+    return view
+
+
+def config_view(config: Config) -> dict[str, Any]:
+    """The whole running config for /config, secrets masked as in module_view."""
+    targets = []
+    for t in config.targets:
+        module = config.modules.get(t.module)
+        targets.append({**plain(t), "target": shown_target(t.target, module) if module else t.target})
+    return {
+        "modules": {name: module_view(m) for name, m in config.modules.items()},
+        "targets": targets,
+        "target_files": plain(config.target_files),
+        "scheduler": plain(config.scheduler),
+        "probe_guard": plain(config.probe_guard),
+    }
 
 
 def load_config(path: str | Path) -> Config:

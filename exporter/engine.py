@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 
 from .config import Module
 from .failures import DeadlineExceeded, classify
+from .net.guard import ProbeGuard
 from .probers import PROBERS, ProbeContext
 from .result import Failure, ProbeResult
 from .sinks import traces
@@ -26,28 +27,32 @@ log = logging.getLogger("connhealth.probe")
 DEFAULT_TIMEOUT = 10.0
 
 
-async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None) -> ProbeResult:
+async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None,
+                    *, guard: ProbeGuard | None = None) -> ProbeResult:
     """Probe ``target`` with ``module``. Never raises for a target's fault; re-raises cancellation.
 
     ``parent`` is an OpenTelemetry context (e.g. extracted from a scrape's
-    traceparent): the probe's trace becomes its child.
+    traceparent): the probe's trace becomes its child. ``guard`` is the SSRF
+    guard every connection of the probe must pass (None: none, as for the CLI).
     """
     if timeout is None:
         timeout = module.timeout or DEFAULT_TIMEOUT
     elif module.timeout:
         timeout = min(timeout, module.timeout)
     prober = PROBERS[module.prober]
+    # The target as every output shows it: results, logs, labels and spans never see its secrets.
+    shown = prober.display_target(target, module.settings)
     epoch_ns = time.time_ns()
     start_ns = time.perf_counter_ns()
-    ids = traces.begin(parent, module.name, target, module.prober)
+    ids = traces.begin(parent, module.name, shown, module.prober)
     ctx = ProbeContext(
-        target, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
+        shown, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
         resolver=module.resolver, tracing=module.tracing, trace_id=ids.trace_id, span_id=ids.span_id,
-        sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id,
+        sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id, guard=guard,
     )
     failure: Failure | None = None
     failed_at: float | None = None
-    ctx.log(f"probing {target} with module {module.name} (prober {module.prober}, timeout {timeout:g}s)")
+    ctx.log(f"probing {shown} with module {module.name} (prober {module.prober}, timeout {timeout:g}s)")
     try:
         # The outer deadline catches time spent outside any phase.
         async with asyncio.timeout(max(ctx.remaining(), 0)):
@@ -59,13 +64,13 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         if ctx.phase_start_ns is not None and failure.phase == ctx.phase_name:
             failed_at = ctx.offset(ctx.phase_start_ns)
         if failure.reason == "internal_error":
-            log.error("internal error probing %s: %s", target, "".join(traceback.format_exception(exc)))
+            log.error("internal error probing %s: %s", shown, "".join(traceback.format_exception(exc)))
         ctx.log(f"FAILED in phase {failure.phase}: {failure.reason}: {failure.message}")
     else:
         ctx.log("probe succeeded")
     duration_ns = time.perf_counter_ns() - start_ns
     result = ProbeResult(
-        target=target,
+        target=shown,
         module=module.name,
         prober=module.prober,
         started_at=epoch_ns / 1e9,

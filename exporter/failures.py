@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import dns.exception
 import dns.resolver
 
+from .net.guard import TargetForbidden
 from .net.resolve import NoAddressError
 from .result import Failure
 
@@ -40,6 +41,7 @@ REASONS: dict[str, Reason] = {
     "connect_refused": Reason("connect", "the host answered the SYN with a reset", "nothing listening on the port, service down"),
     "connect_timeout": Reason("connect", "no SYN-ACK before the deadline", "firewall dropping packets, host down, blackholed route"),
     "connect_unreachable": Reason("connect", "a router or the kernel reported the host/network unreachable", "no route, ICMP unreachable from a firewall"),
+    "target_forbidden": Reason("connect", "probe_guard forbids the name, address or port (checked after resolution, on every redirect hop); nothing was sent to it", "a /probe target or a redirect pointing at cloud metadata, link-local or outside probe_guard.allow"),
     "connect_reset": Reason("connect", "the peer reset the connection right after accepting it, before the TLS handshake completed", "load balancer without healthy backends, accept-queue overflow, TCP wrappers"),
     # tls
     "tls_handshake_timeout": Reason("tls", "the TLS handshake did not complete before the deadline", "server accepts but never answers (overload, wrong port speaking another protocol)"),
@@ -137,6 +139,8 @@ def classify(exc: BaseException, phase: str, rules: Rules = _NO_RULES) -> Failur
     """Map an exception raised while in ``phase`` to the failure it means, given the prober's ``rules``."""
     if isinstance(exc, ProbeFailure):
         return Failure(exc.phase or phase, exc.reason, exc.message)
+    if isinstance(exc, TargetForbidden):
+        return Failure("connect", "target_forbidden", str(exc))
     for kind, reason in rules.errors:
         if isinstance(exc, kind):
             return Failure(phase, reason, str(exc) or type(exc).__name__)

@@ -6,6 +6,7 @@ checked to be finite and in range here, so nothing downstream sees NaN or Inf.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any
@@ -13,6 +14,72 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the offending path."""
+
+
+SECRET_MASK = "<secret>"
+
+
+class Secret:
+    """A config value that is never shown: str(), repr() and format() give ``<secret>``.
+
+    Only the code that puts it on the wire calls ``reveal()``. Every output
+    surface (debug output, /logs, /config, the status page, spans, logs,
+    metric labels) renders the config through ``plain()``, so a secret there
+    is masked by its type, not recognised by its name.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return SECRET_MASK
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return SECRET_MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash((Secret, self._value))
+
+
+def reveal(value: str | Secret) -> str:
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def plain(value: Any) -> Any:
+    """A typed config value as YAML-able data for display: secrets masked, regexps as their pattern.
+
+    Dataclasses become mappings, and so do tuples of (name, value) pairs (headers,
+    labels, baggage, phase limits).
+    """
+    if isinstance(value, Secret):
+        return SECRET_MASK
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not f.name.startswith("_")}
+    if isinstance(value, re.Pattern):
+        pattern = value.pattern
+        return pattern.decode("utf-8", "replace") if isinstance(pattern, bytes) else pattern
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list, frozenset, set)):
+        items = sorted(value, key=str) if isinstance(value, (frozenset, set)) else list(value)
+        if items and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
+            return {k: plain(v) for k, v in items}
+        return [plain(i) for i in items]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -93,6 +160,11 @@ class Fields:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{self.p(key)}: must be a finite number, got {value!r}")
         return value
+
+    def secret(self, key: str, secret: bool) -> str | Secret | None:
+        """A string field, typed Secret when ``secret`` (the section marked it so)."""
+        value = self.get(key, str, None)
+        return Secret(value) if secret and value is not None else value
 
     def duration(self, key: str, default: float | None) -> float | None:
         if key not in self.raw or self.raw[key] is None:

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 import platform
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from aiohttp import web
@@ -23,9 +23,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
-from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
+from .config import (Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins, module_view,
+                     shown_target, split_host_port)
 from .engine import run_probe
-from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .result import ProbeResult
@@ -33,6 +33,7 @@ from .scheduler import Scheduler
 from .status import render_status
 from .sinks.store import SeriesStore
 from .targets import TargetFileWatcher
+from .webconfig import WebConfig, load_web_config
 from .sinks.traces_export import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
 
 log = logging.getLogger("connhealth.server")
@@ -51,6 +52,7 @@ class ServeOptions:
     history_limit: int = 100
     grace: float = 10.0
     tracing: TracingOptions = TracingOptions()
+    web_config_file: str | None = None  # exporter-toolkit's --web.config.file: TLS, basic auth, headers
 
 
 class SelfMetrics:
@@ -102,6 +104,7 @@ class Exporter:
             config.modules, config.scheduler, self._on_result,
             on_lag=self.self_metrics.scheduler_lag.observe,
             on_skip=lambda reason: self.self_metrics.skipped.labels(reason).inc(),
+            probe=self._probe_configured,
         )
         self.watcher = TargetFileWatcher()
         self.file_targets: list[TargetSpec] = []
@@ -157,7 +160,12 @@ class Exporter:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        self.store.retain({t.key for t in targets})
+        self.store.retain({self._series_key(t) for t in targets})
+
+    def _series_key(self, spec: TargetSpec) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+        """The store's key: the target as results show it (label values never carry its secrets)."""
+        module = self.config.modules.get(spec.module)
+        return (shown_target(spec.target, module) if module else spec.target, spec.module, spec.labels)
 
     def _scan_files(self) -> tuple[list[TargetSpec], bool]:
         errors_before = self.watcher.errors
@@ -181,8 +189,12 @@ class Exporter:
             await asyncio.sleep(LOOP_LAG_INTERVAL)
             self.self_metrics.loop_lag.observe(max(0.0, loop.time() - planned))
 
+    async def _probe_configured(self, target: str, module: Module, timeout: float | None) -> ProbeResult:
+        guard = self.config.probe_guard
+        return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
+
     def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
-        self.store.observe(spec.target, spec.module, spec.labels, result)
+        self.store.observe(result.target, spec.module, spec.labels, result)
         self.history.add("scheduled", result)
 
     # --- handlers -----------------------------------------------------------
@@ -201,7 +213,7 @@ class Exporter:
         self.probe_endpoint_in_flight += 1
         try:
             # A client that disconnects cancels this handler, and with it the probe.
-            result = await run_probe(target, module, timeout, parent)
+            result = await run_probe(target, module, timeout, parent, guard=self.config.probe_guard)
         finally:
             self.probe_endpoint_in_flight -= 1
         text = probe_text(result)
@@ -212,13 +224,12 @@ class Exporter:
 
     def debug_output(self, entry: HistoryEntry, metrics_text: str | None = None) -> str:
         result = entry.result
-        raw = self.config.raw_modules.get(result.module)
-        if raw is None:
-            raw = {"prober": result.prober, "note": "built-in module"}
+        module = self.config.modules.get(result.module)
+        view = module_view(module) if module is not None else {"prober": result.prober, "note": "no longer configured"}
         return (
             "Logs for the probe:\n" + "\n".join(result.logs) + "\n\n"
             "Metrics that would have been returned:\n" + (metrics_text or probe_text(result)) + "\n"
-            "Module configuration:\n" + yaml.safe_dump({result.module: redact(raw)}, sort_keys=False)
+            "Module configuration:\n" + yaml.safe_dump({result.module: view}, sort_keys=False)
         )
 
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
@@ -250,7 +261,13 @@ class Exporter:
             return web.Response(status=404, text="Probe not found (it may have left the history)\n")
         return web.Response(text=self.debug_output(entry), content_type="text/plain")
 
+    async def handle_config(self, request: web.Request) -> web.Response:
+        return web.Response(text=yaml.safe_dump(config_view(self.config), sort_keys=False), content_type="text/plain")
+
     async def handle_reload(self, request: web.Request) -> web.Response:
+        if not _same_origin(request):
+            # A page in a browser on an operator's machine must not reload us (CSRF).
+            return web.Response(status=403, text="Cross-origin reload refused\n")
         ok, message = self.reload()
         return web.Response(status=200 if ok else 500, text=message + "\n")
 
@@ -261,14 +278,15 @@ class Exporter:
         return web.Response(status=200 if self.ready else 503, text="Ready\n" if self.ready else "Not ready\n")
 
 
-def redact(raw: object) -> object:
-    """A copy of a module's raw config with every prober section's secrets replaced (each prober declares its own)."""
-    data = copy.deepcopy(raw)
-    if isinstance(data, dict):
-        for prober in PROBERS.values():
-            if prober.section in data:
-                data[prober.section] = prober.redact(data[prober.section])
-    return data
+def _same_origin(request: web.Request) -> bool:
+    """No Origin (curl, Prometheus, scripts) or one naming this very host; browsers always send Origin on a POST."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.scheme == request.scheme and parts.netloc.lower() == request.host.lower()
 
 
 def _scrape_timeout(request: web.Request, offset: float) -> float | None:
@@ -306,8 +324,9 @@ def _prefix(route_prefix: str) -> str:
     return "" if p == "/" else p
 
 
-def build_app(exporter: Exporter) -> web.Application:
-    app = web.Application()
+def build_app(exporter: Exporter, web_config: WebConfig = WebConfig()) -> web.Application:
+    app = web.Application(middlewares=web_config.middlewares())
+    web_config.add_headers(app)
     p = _prefix(exporter.options.route_prefix)
     app.router.add_get(p + "/probe", exporter.handle_probe)
     app.router.add_get(p + "/metrics", exporter.handle_metrics)
@@ -315,6 +334,7 @@ def build_app(exporter: Exporter) -> web.Application:
     if p:
         app.router.add_get(p, exporter.handle_index)
     app.router.add_get(p + "/logs", exporter.handle_logs)
+    app.router.add_get(p + "/config", exporter.handle_config)
     app.router.add_post(p + "/-/reload", exporter.handle_reload)
     app.router.add_get(p + "/-/healthy", exporter.handle_healthy)
     app.router.add_get(p + "/-/ready", exporter.handle_ready)
@@ -334,13 +354,14 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     if config is None:
         config = load_config_or_builtins(options.config_file)
     listen = [_parse_listen(a) for a in options.listen]
+    web_config = load_web_config(options.web_config_file) if options.web_config_file else WebConfig()
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
-    app = build_app(exporter)
+    app = build_app(exporter, web_config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
     await runner.setup()
     for host, port in listen:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context)
         await site.start()
     addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))

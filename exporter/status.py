@@ -73,7 +73,7 @@ def render_status(exporter: Exporter, prefix: str) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>connhealth</title><style>{_CSS}</style></head>
 <body>
 <h1>connhealth</h1>
-<p>Version {escape(__version__)} · <a href="{prefix}/metrics">Metrics</a></p>
+<p>Version {escape(__version__)} · <a href="{prefix}/metrics">Metrics</a> · <a href="{prefix}/config">Configuration</a></p>
 <form action="{prefix}/probe" method="get" id="probe-form">Probe now (debug output):
 <input name="target" placeholder="https://host/path or host:port" size="40" required>
 <select name="module">{modules}</select><input type="hidden" name="debug" value="true"> <button type="submit">Probe</button></form>

@@ -44,6 +44,7 @@ __all__ = [
     "HTTPServer",
     "TLSTerminator",
     "BlackholeNet",
+    "Namespace",
     "LOCALHOST",
     "errno_name",
 ]
@@ -801,7 +802,7 @@ _NOARP_DEV = "noarp"  # lives inside the namespace only, so a fixed name is fine
 _CMD_TIMEOUT = 15.0
 # Strong references on purpose: an instance dropped without stop() must still
 # be cleaned up at exit, which a WeakSet would forget.
-_instances: "set[BlackholeNet]" = set()
+_instances: "set[Any]" = set()  # BlackholeNet and Namespace
 _counter = itertools.count()
 _counter_lock = threading.Lock()
 
@@ -1039,6 +1040,49 @@ class BlackholeNet:
             _run("ip", "netns", "del", name, check=False)
             reaped.append(name)
         return reaped
+
+
+class Namespace:
+    """An isolated network namespace with only ``lo`` (up) and the given extra addresses on it.
+
+    Nothing routes into or out of it: whatever runs inside (``exec_argv``)
+    can reach only its own loopback, which is what a "no packet left" proof
+    needs: a sniffer on its ``lo`` sees every packet any process in it sent.
+    """
+
+    def __init__(self, *addresses: str) -> None:
+        with _counter_lock:
+            self.name = f"{_NS_PREFIX}{os.getpid()}-ns{next(_counter)}"
+        self.addresses = addresses
+        self._created = False
+
+    def __enter__(self) -> "Namespace":
+        ok, why = BlackholeNet.available()
+        if not ok:
+            raise RuntimeError(f"Namespace unavailable: {why}")
+        _instances.add(self)
+        try:
+            _run("ip", "netns", "add", self.name)
+            self._created = True
+            _run(*self.exec_argv(), "ip", "link", "set", "lo", "up")
+            for address in self.addresses:
+                _run(*self.exec_argv(), "ip", "addr", "add", address, "dev", "lo")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def exec_argv(self) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", self.name)
+
+    def stop(self) -> None:
+        if self._created:
+            _run("ip", "netns", "del", self.name, check=False)
+            self._created = False
+        _instances.discard(self)
 
 
 @atexit.register

@@ -128,7 +128,7 @@ def test_real_world_blackbox_yml_loads_unchanged():
     assert [s.starttls for s in smtp.query_response].count(True) == 1
     assert smtp.tls is False
     assert config.modules["tls_connect"].settings.tls is True
-    assert "http_2xx_example" in config.raw_modules  # kept for /probe?debug=true
+    assert "http_2xx_example" in config.modules
 
 
 def _readme_config_example() -> str:

@@ -24,7 +24,7 @@ from exporter.net import connection
 from exporter.probers import PROBERS
 from exporter.probers.base import PhaseSpec, ProbeContext, Prober, register, unregister
 from exporter.result import Details, Peer
-from exporter.schema import ConfigError, Fields, split_host_port
+from exporter.schema import ConfigError, Fields, Secret, split_host_port
 from exporter.server import Exporter, ServeOptions, build_app
 
 pytestmark = pytest.mark.timeout(30)
@@ -35,7 +35,7 @@ _REPLY_LENGTH = ProbeFamily("probe_echo_reply_length", "Bytes the echo server se
 
 @dataclass(frozen=True, slots=True)
 class EchoSettings:
-    word: str = "ping"
+    word: Secret = Secret("ping")  # a secret by its type: masked in every output
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +51,13 @@ class EchoProber(Prober):
     phases = (PhaseSpec("connect", "TCP connect", limitable=True),
               PhaseSpec("greet", "Echo round trip", "word written → echoed back", limitable=True))
     reasons = {"echo_mismatch": Reason("greet", "the echo server answered something else", "not an echo server")}
-    secret_fields = ("word",)
 
     def parse(self, f: Fields, module: str) -> EchoSettings:
         word = f.get("word", str, "ping")
         f.done()
         if not word.isalpha():
             raise ConfigError(f"{f.path}.word: letters only, got {word!r}")
-        return EchoSettings(word)
+        return EchoSettings(Secret(word))
 
     def check_target(self, target: str) -> None:
         try:
@@ -72,12 +71,12 @@ class EchoProber(Prober):
         sock = await ctx.phase("connect", connection.open_socket(host, port, 2))
         conn = await connection.wrap(sock)
         try:
-            conn.write(settings.word.encode() + b"\n")
+            conn.write(settings.word.reveal().encode() + b"\n")
             reply = (await ctx.phase("greet", conn.readuntil(b"\n"))).decode().strip()
         finally:
             conn.close()
-        ctx.details = EchoDetails(settings.word, reply)
-        if reply != settings.word:
+        ctx.details = EchoDetails(str(settings.word), reply)
+        if reply != settings.word.reveal():
             raise ProbeFailure("echo_mismatch", f"sent {settings.word!r}, got {reply!r}")
 
     def exposition(self, result):  # type: ignore[no-untyped-def]
@@ -140,7 +139,7 @@ def test_check_config_reads_the_probers_own_section(echo_prober: None, tmp_path:
     path = _config(tmp_path, 9)
     code, out, err = _cli(capsys, "check-config", str(path))
     assert code == 0 and "OK (5 modules" in out, (out, err)
-    assert load_config(path).modules["echo"].settings == EchoSettings("hello")
+    assert load_config(path).modules["echo"].settings == EchoSettings(Secret("hello"))
     bad = tmp_path / "bad.yml"
     bad.write_text("modules:\n  e:\n    prober: echo_test\n    echo_test: {word: '42'}\n")
     code, out, err = _cli(capsys, "check-config", str(bad))
@@ -158,11 +157,11 @@ async def test_cli_waterfall_and_json_use_the_probers_phases(echo_prober: None, 
     code, out, err = await asyncio.to_thread(_cli, capsys, "probe", target, "--config", str(path), "--module", "echo")
     assert code == 0, (out, err)
     assert "Echo round trip" in out and "TCP connect" in out
-    assert "word hello  reply hello" in out
+    assert "word <secret>  reply hello" in out  # the word is a Secret: masked in the details too
     code, out, err = await asyncio.to_thread(_cli, capsys, "probe", target, "--config", str(path), "--module", "echo", "--json")
     d = json.loads(out)
     assert code == 0 and d["success"] is True and list(d["phases"]) == ["connect", "greet"]
-    assert d["details"] == {"word": "hello", "reply": "hello"}
+    assert d["details"] == {"word": "<secret>", "reply": "hello"}
     bad = _config(tmp_path, echo_server, word="wrong")
     code, out, err = await asyncio.to_thread(_cli, capsys, "probe", target, "--config", str(bad), "--module", "echo")
     assert code == 1

@@ -8,6 +8,6 @@ re-exported here, so ``net.resolve`` stays the module and not its function.
 """
 from __future__ import annotations
 
-from . import connection, resolve, tls
+from . import connection, guard, resolve, tls
 
-__all__ = ["connection", "resolve", "tls"]
+__all__ = ["connection", "guard", "resolve", "tls"]

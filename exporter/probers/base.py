@@ -1,23 +1,24 @@
 """The prober contract and the registry every other part of connhealth reads.
 
 A prober is one module that subclasses ``Prober`` and calls ``register`` once.
-It declares its config section (parser, defaults, unsupported and secret
-fields), its target check, its ordered phases with waterfall labels, its
-failure reasons and how its own exceptions map to them, its typed result
-details, its ``/probe`` exposition fragment and its probe coroutine. Config,
-failures, exposition, the continuous store, the CLI, redaction, SLO phase
-validation and the docs tables all ask the registry; nothing outside
-``probers/`` names a prober.
+It declares its config section (parser, defaults, unsupported fields; secret
+values typed ``schema.Secret``), its target check and how a target is shown,
+its ordered phases with waterfall labels, its failure reasons and how its own
+exceptions map to them, its typed result details, its ``/probe`` exposition
+fragment and its probe coroutine. Config, failures, exposition, the
+continuous store, the CLI, SLO phase validation and the docs tables all ask
+the registry; nothing outside ``probers/`` names a prober.
 
 The engine hands a prober a ``ProbeContext``: the phase clock, the deadline,
-the log and the trace-propagation headers. A prober never sees the engine,
-a metric or a span.
+the log, the trace-propagation headers and the SSRF guard (``ctx.guard``,
+enforced by ``probers/connect.py``; a prober that opens sockets of its own
+must call ``guard.check_name`` / ``guard.check_address`` itself). A prober
+never sees the engine, a metric or a span.
 """
 from __future__ import annotations
 
 import abc
 import asyncio
-import copy
 import functools
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -28,6 +29,7 @@ from urllib.parse import quote
 
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
 from ..metrics import ProbeFamily, ProbeSamples
+from ..net.guard import ProbeGuard
 from ..net.tls import TLS_VERSIONS, TLSConfig
 from ..result import Details, Hop, Peer, Phase, ProbeResult, TCPInfo, TLSInfo
 from ..schema import ConfigError, Fields
@@ -77,9 +79,6 @@ class Prober(abc.ABC):
     errors: ClassVar[tuple[tuple[type[BaseException], str], ...]] = ()
     # blackbox fields of this section that connhealth does not implement (a clear error, not "unknown").
     unsupported: ClassVar[frozenset[str]] = frozenset()
-    # Dotted paths inside the section whose values are secrets ("headers.*" = every value of headers
-    # whose name looks secret is decided by redact(); plain paths are always replaced).
-    secret_fields: ClassVar[tuple[str, ...]] = ()
     # Module keys of the form "<name>:" that belong to this prober (default: its name).
     section: ClassVar[str] = ""
 
@@ -99,12 +98,13 @@ class Prober(abc.ABC):
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
         return ()
 
-    def redact(self, section: Any) -> Any:
-        """A copy of the raw config section with secrets replaced by "<secret>"."""
-        data = copy.deepcopy(section)
-        for path in self.secret_fields:
-            _redact_path(data, path.split("."))
-        return data
+    def display_target(self, target: str, settings: Any) -> str:
+        """The target as every output shows it (result, logs, labels, spans): its secrets masked.
+
+        Secrets in the settings are typed (schema.Secret) by parse(); a target is
+        plain text, so a prober whose targets can carry credentials masks them here.
+        """
+        return target
 
     @property
     def rules(self) -> Rules:
@@ -112,19 +112,6 @@ class Prober(abc.ABC):
             timeout_reasons={p.name: p.timeout_reason for p in self.phases if p.timeout_reason},
             errors=self.errors,
         )
-
-
-def _redact_path(data: Any, keys: list[str]) -> None:
-    if not isinstance(data, dict) or not keys:
-        return
-    key, rest = keys[0], keys[1:]
-    for name in list(data) if key == "*" else [key]:
-        if name not in data:
-            continue
-        if rest:
-            _redact_path(data[name], rest)
-        elif data[name] is not None:
-            data[name] = "<secret>"
 
 
 PROBERS: dict[str, Prober] = {}
@@ -209,13 +196,13 @@ class ProbeContext:
     __slots__ = (
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
         "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "failed_due_to_regex", "logs",
-        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop",
+        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard",
     )
 
     def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
                  phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
                  tracing: TracingConfig = TracingConfig(), trace_id: int = 0, span_id: int = 0, sampled: bool = False,
-                 tracestate: str = "", new_span_id: Any = None) -> None:
+                 tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None) -> None:
         self.target = target
         self.module = module
         self.timeout = timeout
@@ -226,6 +213,7 @@ class ProbeContext:
         self.tracing = tracing
         self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
         self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
+        self.guard = guard  # the SSRF guard every connection of this probe passes (None: none)
         self.phase_name = "probe"
         self.phase_start_ns: int | None = None
         self.timeline: list[Phase] = []

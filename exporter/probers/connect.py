@@ -24,8 +24,14 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
 
 async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
+    guard = ctx.guard
+    if guard is not None:
+        guard.check_name(host, port)
     known = resolve.literal(host)
     ip, family = known if known is not None else await _address(ctx, host, preferred_ip_protocol, fallback)
+    if guard is not None:
+        # The address connected to, whatever the target's spelling: every hop, every address tried.
+        guard.check_address(host, ip, port)
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)

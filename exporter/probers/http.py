@@ -18,7 +18,7 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urljoin, urlsplit
 
 from .. import __version__
 from ..failures import ProbeFailure, Reason
@@ -27,7 +27,7 @@ from ..net import http1, http2
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, compile_regex, parse_ip_protocol
+from ..schema import ConfigError, Fields, Secret, compile_regex, parse_ip_protocol, reveal
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from .connect import open_connection, start_tls
 
@@ -42,8 +42,15 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _VERSIONS = {"HTTP/1.0": "HTTP/1.0", "HTTP/1.1": "HTTP/1.1", "HTTP/2": "HTTP/2.0", "HTTP/2.0": "HTTP/2.0"}
 # Go drops these on a redirect to a host that is neither the original one nor its subdomain.
 _SENSITIVE_ON_REDIRECT = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
-# Header names whose values /probe?debug=true and the logs page show as <secret>.
-_SECRET_HEADER_HINTS = ("authorization", "cookie", "token", "secret", "password", "api-key", "apikey")
+# Credentials by definition (RFC 9110, RFC 6265): their values are always Secret; secret_headers adds more.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+# Query parameters whose values never leave as text (OTel's url.full list plus common credentials);
+# secret_query_params adds more. Matched without regard to case.
+DEFAULT_SECRET_QUERY_PARAMS = frozenset({
+    "token", "access_token", "id_token", "refresh_token", "key", "api_key", "apikey", "password", "passwd", "secret",
+    "client_secret", "sig", "signature", "awsaccesskeyid", "x-amz-signature", "x-amz-credential",
+    "x-amz-security-token", "x-goog-signature", "x-goog-credential",
+})
 
 REASONS = {
     "http_timeout_first_byte": Reason("first_byte", "the request was sent but no response byte arrived before the deadline", "slow backend, stuck worker pool"),
@@ -71,8 +78,9 @@ class HTTPProbeConfig:
     valid_status_codes: tuple[int, ...] = ()  # empty = any 2xx
     valid_http_versions: tuple[str, ...] = ()  # normalised: "HTTP/2" is "HTTP/2.0"
     method: str = "GET"
-    headers: tuple[tuple[str, str], ...] = ()
-    body: str | None = None
+    headers: tuple[tuple[str, str | Secret], ...] = ()
+    body: str | Secret | None = None  # Secret when secret_body is set
+    secret_query_params: frozenset[str] = DEFAULT_SECRET_QUERY_PARAMS  # lower case
     follow_redirects: bool = True
     enable_http2: bool = True  # as blackbox: offer h2 over ALPN on https
     body_size_limit: int = 0  # 0: no limit (blackbox's default)
@@ -133,13 +141,13 @@ def _split_url(url: str) -> tuple[SplitResult, str, int, str]:
     """(parts, host, port, request target) of an http(s) URL; ValueError names what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{redact_url(url)!r} is not an http:// or https:// URL")
+        raise ValueError(f"{redact_url(url, DEFAULT_SECRET_QUERY_PARAMS)!r} is not an http:// or https:// URL")
     try:
         port = parts.port
         # Go's url.Parse refuses control characters and bad %-escapes in the path.
         target = http1.request_target(parts.path, parts.query)
     except ValueError as exc:
-        raise ValueError(f"{redact_url(url)!r}: {exc}") from None
+        raise ValueError(f"{redact_url(url, DEFAULT_SECRET_QUERY_PARAMS)!r}: {exc}") from None
     return parts, parts.hostname, port or (443 if parts.scheme == "https" else 80), target
 
 
@@ -151,13 +159,17 @@ def _split_target(target: str) -> tuple[SplitResult, str, int, str]:
 
 
 @functools.lru_cache(maxsize=4096)
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs and spans (OTel's url.full rule)."""
+def redact_url(url: str, secret_params: frozenset[str]) -> str:
+    """The URL as every output shows it (OTel's url.full rule): userinfo and secret query values as REDACTED."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:REDACTED@{netloc}").geturl()
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="REDACTED:REDACTED@" + parts.netloc.rpartition("@")[2])
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k.lower() in secret_params for k, _ in pairs):
+            query = urlencode([(k, "REDACTED" if k.lower() in secret_params else v) for k, v in pairs], safe="")
+            parts = parts._replace(query=query)
+    return parts.geturl()
 
 
 def _parse_header_matches(f: Fields, key: str) -> tuple[HeaderMatch, ...]:
@@ -215,7 +227,8 @@ class HTTPProber(Prober):
         method = f.get("method", str, "GET").upper()
         if not re.fullmatch(r"[A-Z]+", method):
             raise ConfigError(f"{f.path}.method: invalid method {method!r}")
-        headers = []
+        secret_headers = _CREDENTIAL_HEADERS | {h.lower() for h in f.list_of("secret_headers", str)}
+        headers: list[tuple[str, str | Secret]] = []
         for name, value in f.get("headers", dict, {}).items():
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ConfigError(f"{f.path}.headers.{name}: expected a string value")
@@ -223,14 +236,15 @@ class HTTPProber(Prober):
                 http1.validate_header(str(name), str(value))
             except ValueError as exc:
                 raise ConfigError(f"{f.path}.headers.{name}: {exc}") from None
-            headers.append((str(name), str(value)))
+            headers.append((str(name), Secret(str(value)) if str(name).lower() in secret_headers else str(value)))
         proto, fallback = parse_ip_protocol(f)
         cfg = HTTPProbeConfig(
             valid_status_codes=codes,
             valid_http_versions=tuple(versions),
             method=method,
             headers=tuple(headers),
-            body=f.get("body", str, None),
+            body=f.secret("body", f.get("secret_body", bool, False)),
+            secret_query_params=DEFAULT_SECRET_QUERY_PARAMS | {p.lower() for p in f.list_of("secret_query_params", str)},
             follow_redirects=f.get("follow_redirects", bool, True),
             enable_http2=f.get("enable_http2", bool, True),
             body_size_limit=f.size("body_size_limit", 0),
@@ -249,12 +263,8 @@ class HTTPProber(Prober):
             raise ConfigError(f"{f.path}: fail_if_ssl and fail_if_not_ssl cannot both be true")
         return cfg
 
-    def redact(self, section: object) -> object:
-        data = super().redact(section)
-        if isinstance(data, dict) and isinstance(data.get("headers"), dict):
-            data["headers"] = {k: "<secret>" if any(s in str(k).lower() for s in _SECRET_HEADER_HINTS) else v
-                               for k, v in data["headers"].items()}
-        return data
+    def display_target(self, target: str, settings: HTTPProbeConfig) -> str:
+        return redact_url(target, settings.secret_query_params)
 
     def check_target(self, target: str) -> None:
         _split_target(target)
@@ -263,13 +273,14 @@ class HTTPProber(Prober):
         cfg = settings
         first_host = _split_target(target)[1]
         url, method = target, cfg.method
-        body = cfg.body.encode() if cfg.body is not None else None
-        headers = list(cfg.headers)
+        body = reveal(cfg.body).encode() if cfg.body is not None else None
+        headers = [(k, reveal(v)) for k, v in cfg.headers]  # secrets are typed until they go on the wire
         response: _Response | None = None
         try:
             for redirects in range(MAX_REDIRECTS + 2):
                 if redirects > MAX_REDIRECTS:
-                    raise ProbeFailure("http_too_many_redirects", f"more than {MAX_REDIRECTS} redirects (last: {redact_url(url)})",
+                    last = redact_url(url, cfg.secret_query_params)
+                    raise ProbeFailure("http_too_many_redirects", f"more than {MAX_REDIRECTS} redirects (last: {last})",
                                        phase="first_byte")
                 current = _Response()
                 try:
@@ -290,13 +301,13 @@ class HTTPProber(Prober):
                     body = None
                 if not _same_or_subdomain(first_host, urlsplit(url).hostname or ""):
                     headers = [(k, v) for k, v in headers if k.lower() not in _SENSITIVE_ON_REDIRECT]
-                ctx.log(f"redirect {response.status} to {redact_url(url)} ({method})")
+                ctx.log(f"redirect {response.status} to {redact_url(url, cfg.secret_query_params)} ({method})")
         finally:
             if response is not None:
                 ctx.details = HTTPDetails(
                     status=response.status, version=response.version, redirects=len(ctx.hops) - 1,
                     content_length=response.content_length, body_length=response.body_length,
-                    final_url=redact_url(url),
+                    final_url=redact_url(url, cfg.secret_query_params),
                 )
         assert response is not None
         _check(ctx, cfg, url, response)
@@ -338,7 +349,7 @@ _HTTP_VERSION = ProbeFamily("probe_http_version", "Returns the version of HTTP o
 _HTTP_GAUGES = (_HTTP_CONTENT_LENGTH, _HTTP_REDIRECTS, _HTTP_SSL, _HTTP_STATUS_CODE, _HTTP_BODY_LENGTH, _HTTP_VERSION)
 
 
-def _with_referer(headers: list[tuple[str, str]], configured: tuple[tuple[str, str], ...], previous: str,
+def _with_referer(headers: list[tuple[str, str]], configured: tuple[tuple[str, str | Secret], ...], previous: str,
                   url: str) -> list[tuple[str, str]]:
     """Go's client sends the previous URL (without userinfo) as Referer on a redirect, never from https to http."""
     if any(k.lower() == "referer" for k, _ in configured):
@@ -371,7 +382,7 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
             raise ProbeFailure("invalid_target", f"URL userinfo: {exc}", phase="probe") from None
     tls = parts.scheme == "https"
     conn: Connection | None = None
-    ctx.begin_hop(method, redact_url(url))
+    ctx.begin_hop(method, redact_url(url, cfg.secret_query_params))
     try:
         conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
         if tls:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from ..failures import ProbeFailure
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
-from ..schema import Fields, compile_regex, parse_ip_protocol, split_host_port
+from ..schema import Fields, Secret, compile_regex, parse_ip_protocol, reveal, split_host_port
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from .connect import connect_only, open_connection, start_tls
 
@@ -16,7 +16,7 @@ from .connect import connect_only, open_connection, start_tls
 @dataclass(frozen=True, slots=True)
 class QueryStep:
     expect: re.Pattern[bytes] | None = None
-    send: str | None = None
+    send: str | Secret | None = None  # Secret when the step says secret: true (AUTH PLAIN ...)
     starttls: bool = False
 
 
@@ -36,7 +36,7 @@ def _parse_step(raw: object, path: str) -> QueryStep:
         compile_regex(expect, f"{path}.expect")  # the error names the str pattern the user wrote
     step = QueryStep(
         expect=re.compile(expect.encode()) if expect is not None else None,
-        send=qf.get("send", str, None),
+        send=qf.secret("send", qf.get("secret", bool, False)),
         starttls=qf.get("starttls", bool, False),
     )
     qf.done()
@@ -90,7 +90,7 @@ async def _step(ctx: ProbeContext, conn: Connection, host: str, cfg: TCPProbeCon
     if step.expect is not None:
         await ctx.phase("first_byte", _expect(ctx, conn, index, step.expect))
     if step.send is not None:
-        conn.write(step.send.encode() + b"\n")
+        conn.write(reveal(step.send).encode() + b"\n")
         await ctx.phase("request", conn.drain())
     if step.starttls:
         await start_tls(ctx, conn, host, cfg.tls_config)
