@@ -52,7 +52,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     )
     failure: Failure | None = None
     failed_at: float | None = None
-    ctx.log(f"probing {shown} with module {module.name} (prober {module.prober}, timeout {timeout:g}s)")
+    ctx.log("probing %s with module %s (prober %s, timeout %gs)", shown, module.name, module.prober, timeout)
     try:
         # The outer deadline catches time spent outside any phase.
         async with asyncio.timeout(max(ctx.remaining(), 0)):
@@ -65,7 +65,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
             failed_at = ctx.offset(ctx.phase_start_ns)
         if failure.reason == "internal_error":
             log.error("internal error probing %s: %s", shown, "".join(traceback.format_exception(exc)))
-        ctx.log(f"FAILED in phase {failure.phase}: {failure.reason}: {failure.message}")
+        ctx.log("FAILED in phase %s: %s: %s", failure.phase, failure.reason, failure.message)
     else:
         ctx.log("probe succeeded")
     duration_ns = time.perf_counter_ns() - start_ns
@@ -85,7 +85,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         hops=tuple(ctx.hops),
         details=ctx.details,
         failed_due_to_regex=ctx.failed_due_to_regex,
-        logs=tuple(ctx.logs),
+        log_records=tuple(ctx.logs),
         trace_id=f"{ids.trace_id:032x}",
         span_id=f"{ids.span_id:016x}",
         parent_span_id=f"{ids.parent_span_id:016x}" if ids.parent_span_id else None,

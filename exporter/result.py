@@ -149,7 +149,9 @@ class ProbeResult:
     hops: tuple[Hop, ...] = ()
     details: Details | None = None
     failed_due_to_regex: bool = False
-    logs: tuple[str, ...] = ()
+    # (nanoseconds from the start, message, %-arguments): formatted only when
+    # read (``logs``), as most probes' logs are never looked at.
+    log_records: tuple[tuple[int, str, tuple[Any, ...]], ...] = ()
     # The probe's trace; sampled=False means no span is exported for it.
     trace_id: str | None = None
     span_id: str | None = None
@@ -158,6 +160,11 @@ class ProbeResult:
     sampled: bool = False
     # total_phases(), computed on first use: every sink asks for it.
     _totals: Mapping[str, float] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def logs(self) -> tuple[str, ...]:
+        """The probe's log lines: ``  0.0012s message``."""
+        return tuple(f"{ns / 1e9:8.4f}s {message % args if args else message}" for ns, message, args in self.log_records)
 
     @property
     def success(self) -> bool:

@@ -187,11 +187,18 @@ def validate_header(name: str, value: str) -> None:
     a config value can never add a header line or end the head. The value
     itself is not quoted in the message: it may be a secret.
     """
-    if not _TOKEN_RE.fullmatch(name):
+    if not _is_token(name):
         raise ValueError(f"header name {name!r} is not a valid HTTP token")
+    if value.isascii() and value.isprintable():
+        return  # the common case, without a regexp scan: printable ASCII has no control character
     ctl = _VALUE_CTL_RE.search(value)
     if ctl:
         raise ValueError(f"header {name!r}: value contains the control character {ctl.group()!r}")
+
+
+@functools.lru_cache(maxsize=1024)  # header names repeat every probe
+def _is_token(name: str) -> bool:
+    return _TOKEN_RE.fullmatch(name) is not None
 
 
 def basic_auth(userinfo_user: str, password: str | None) -> str:

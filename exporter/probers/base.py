@@ -224,13 +224,14 @@ class ProbeContext:
         self._hop: tuple[str, str, int, int] | None = None  # (method, url, start_ns, span id) of the open hop
         self.details: Details | None = None
         self.failed_due_to_regex = False
-        self.logs: list[str] = []
+        self.logs: list[tuple[int, str, tuple[Any, ...]]] = []
 
     def offset(self, ns: int) -> float:
         return (ns - self.start_ns) / 1e9
 
-    def log(self, message: str) -> None:
-        self.logs.append(f"{self.offset(time.perf_counter_ns()):8.4f}s {message}")
+    def log(self, message: str, *args: Any) -> None:
+        """Add a line to the probe's log; with ``args``, ``message % args``, formatted only if the log is read."""
+        self.logs.append((time.perf_counter_ns() - self.start_ns, message, args))
 
     def remaining(self) -> float:
         return (self.deadline_ns - time.perf_counter_ns()) / 1e9
@@ -244,6 +245,8 @@ class ProbeContext:
         start = self.phase_start_ns = time.perf_counter_ns()
         try:
             if remaining <= 0 or limit is not None and limit <= 0:
+                if asyncio.iscoroutine(awaitable):
+                    awaitable.close()  # never awaited: the budget was already gone
                 raise TimeoutError()
             if limit is None:
                 # Only the overall deadline applies: the engine's own timer covers
@@ -259,9 +262,6 @@ class ProbeContext:
             if by_deadline:
                 raise DeadlineExceeded(f"after {self.timeout:g}s") from exc
             raise TimeoutError(f"phase limit {limit:g}s exceeded") from exc
-        finally:
-            if asyncio.iscoroutine(awaitable):
-                awaitable.close()  # never awaited when the budget was already gone
         end = time.perf_counter_ns()
         self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, len(self.hops) if self._hop else 0))
         self.phase_start_ns = None

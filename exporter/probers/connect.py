@@ -18,7 +18,7 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
     families = resolve.families(preferred_ip_protocol, fallback)
     ip, family = await ctx.phase("dns", resolve.resolve(host, families, cfg.nameservers, cfg.timeout,
                                                         max(ctx.remaining(), 0.001)))
-    ctx.log(f"resolved {host} to {ip}")
+    ctx.log("resolved %s to %s", host, ip)
     return ip, family
 
 
@@ -35,10 +35,10 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
-    ctx.log(f"connecting to {ip}:{port}")
+    ctx.log("connecting to %s:%d", ip, port)
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
     ctx.tcp = connection.tcp_info_of(sock)
-    ctx.log(f"connected to {ip}:{port}")
+    ctx.log("connected to %s:%d", ip, port)
     return sock
 
 

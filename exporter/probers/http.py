@@ -396,7 +396,7 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
         else:
             await _h1(ctx, conn, method, _authority(host, port, tls), target, headers, propagation, body, cfg, keep_limit,
                       response)
-        ctx.log(f"{response.version} {response.status}, {response.body_length} body bytes")
+        ctx.log("%s %s, %d body bytes", response.version, response.status, response.body_length)
     finally:
         ctx.end_hop(response.status)
         if conn is not None:
