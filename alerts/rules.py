@@ -2,9 +2,11 @@
 
 Conventions (sloth/pyrra-like, one name per quantity, the window as a label):
 
-    connhealth_slo:probes:increase{service, slo, window}      probes (events) in the window
-    connhealth_slo:errors:increase{service, slo, window}      bad events in the window
-    connhealth_slo:error_ratio{service, slo, window}          errors / probes, 0 on zero traffic
+    connhealth_slo:probes:increase{service, slo, window}      probes in the window (what min_probes counts)
+    connhealth_slo:events:increase{service, slo, window}      the SLI's denominator in the window: observed
+                                                              seconds (availability), phase observations (latency)
+    connhealth_slo:errors:increase{service, slo, window}      bad events in the window, in the same unit
+    connhealth_slo:error_ratio{service, slo, window}          errors / events, 0 on zero traffic
     connhealth_slo:sli{service, slo, window}                  1 - error_ratio
     connhealth_slo:burn_rate{service, slo, window}            error_ratio / error_budget
     connhealth_slo:objective{service, slo}                    e.g. 0.999
@@ -75,20 +77,26 @@ def num(value: float) -> str:
     return f"{value:.10g}"
 
 
-def _slo_kinds(o: Objective) -> list[tuple[str, float, str, str]]:
-    """(slo, objective, total expr template, good expr template) — templates take the window."""
+def _slo_kinds(o: Objective) -> list[tuple[str, float, str, str, str]]:
+    """(slo, objective, total, good, probes expr templates) — templates take the window.
+
+    Availability is time-weighted (observed and up seconds, docs/metrics.md): re-probing a failing
+    target more often must not weigh the SLI toward failures. ``probes`` counts probes, for min_probes.
+    """
     out = []
     if o.availability is not None:
         sel = o.matchers()
         out.append(("availability", o.availability.objective,
-                    f"sum(increase({m.PROBE_ATTEMPTS}{{{sel}}}[@W@]))",
-                    f"sum(increase({m.PROBE_SUCCESSES}{{{sel}}}[@W@]))"))
+                    f"sum(increase({m.OBSERVED_SECONDS}{{{sel}}}[@W@]))",
+                    f"sum(increase({m.UP_SECONDS}{{{sel}}}[@W@]))",
+                    f"sum(increase({m.PROBE_ATTEMPTS}{{{sel}}}[@W@]))"))
     if o.latency is not None:
         lat = o.latency
         sel = o.matchers(phase=lat.phase)
-        out.append(("latency", lat.objective,
-                    f"sum(increase({m.PHASE_DURATION}_count{{{sel}}}[@W@]))",
-                    f"sum(increase({m.PHASE_DURATION}_bucket{{{o.matchers(phase=lat.phase, le=lat.le)}}}[@W@]))"))
+        count = f"sum(increase({m.PHASE_DURATION}_count{{{sel}}}[@W@]))"
+        out.append(("latency", lat.objective, count,
+                    f"sum(increase({m.PHASE_DURATION}_bucket{{{o.matchers(phase=lat.phase, le=lat.le)}}}[@W@]))",
+                    count))
     return out
 
 
@@ -105,7 +113,7 @@ def _runbook(spec: SLOSpec, alert: str, o: Objective | None = None) -> str:
 def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> list[dict[str, Any]]:
     groups = []
     for o in spec.objectives:
-        for slo, objective, total_t, good_t in _slo_kinds(o):
+        for slo, objective, total_t, good_t, probes_t in _slo_kinds(o):
             labels = {"service": o.service, "slo": slo}
             sel = f'service="{o.service}",slo="{slo}"'
             budget = round(1 - objective, 10)
@@ -127,12 +135,13 @@ def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
                 wsel = f'{sel},window="{w}"'
                 total, good = total_t.replace("@W@", w), good_t.replace("@W@", w)
                 rules += [
-                    {"record": "connhealth_slo:probes:increase", "expr": total, "labels": wl},
-                    # attempts - successes (not the failures counter): both series exist from a
-                    # target's first probe on, so zero failures is 0, not an empty result.
+                    {"record": "connhealth_slo:probes:increase", "expr": probes_t.replace("@W@", w), "labels": wl},
+                    {"record": "connhealth_slo:events:increase", "expr": total, "labels": wl},
+                    # total - good (not the failures counter): both series exist from the moment a
+                    # target is scheduled, so zero failures is 0, not an empty result.
                     {"record": "connhealth_slo:errors:increase", "expr": f"clamp_min({total} - {good}, 0)", "labels": wl},
                     {"record": "connhealth_slo:error_ratio",
-                     "expr": f"connhealth_slo:errors:increase{{{wsel}}} / clamp_min(connhealth_slo:probes:increase{{{wsel}}}, {TINY})",
+                     "expr": f"connhealth_slo:errors:increase{{{wsel}}} / clamp_min(connhealth_slo:events:increase{{{wsel}}}, {TINY})",
                      "labels": wl},
                     {"record": "connhealth_slo:sli", "expr": f"1 - connhealth_slo:error_ratio{{{wsel}}}", "labels": wl},
                     {"record": "connhealth_slo:burn_rate", "expr": f"connhealth_slo:error_ratio{{{wsel}}} / {num(budget)}",

@@ -29,7 +29,7 @@ from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .result import ProbeResult
-from .scheduler import Scheduler
+from .scheduler import Coverage, Scheduler
 from .status import render_status
 from .sinks.store import SeriesStore
 from .targets import TargetFileWatcher
@@ -157,7 +157,8 @@ class Exporter:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        self.store.retain({t.key for t in targets})
+        modules = self.config.modules
+        self.store.sync({t.key: modules[t.module].prober if t.module in modules else None for t in targets})
 
     def _scan_files(self) -> tuple[list[TargetSpec], bool]:
         errors_before = self.watcher.errors
@@ -181,8 +182,8 @@ class Exporter:
             await asyncio.sleep(LOOP_LAG_INTERVAL)
             self.self_metrics.loop_lag.observe(max(0.0, loop.time() - planned))
 
-    def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
-        self.store.observe(spec.target, spec.module, spec.labels, result)
+    def _on_result(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
+        self.store.observe(spec.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds)
         self.history.add("scheduled", result)
 
     # --- handlers -----------------------------------------------------------
