@@ -1,0 +1,83 @@
+"""A target's continuous-mode series: at 0 from the moment it is scheduled, gone when it is removed.
+
+A real ``connhealth serve`` process probes a peer that accepts the connection
+and never answers, so the target's first probe cannot finish while the test
+looks: whatever /metrics shows then was created by scheduling, not by a result.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from exporter import metrics as m
+from exporter.probers import PROBERS
+
+try:
+    from tests.procs import ExporterProcess, samples, value
+    from tests.peers import RawTCPServer
+except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
+    from procs import ExporterProcess, samples, value  # type: ignore[no-redef]
+    from peers import RawTCPServer  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.timeout(45)
+
+WAIT = 10.0  # bounds events that take well under a second here
+
+
+def config(*targets: str) -> str:
+    listed = "".join(f"  - {{target: {t}, module: slow_web, interval: 1s, labels: {{service: api}}}}\n" for t in targets)
+    return f"""
+modules:
+  slow_web:
+    prober: http
+    timeout: 30s
+    http: {{preferred_ip_protocol: ip4}}
+targets:
+{listed}"""
+
+
+def of(text: str, name: str, target: str) -> list[tuple[dict[str, str], float]]:
+    return [(ls, v) for ls, v in samples(text, name) if ls.get("target") == target]
+
+
+async def test_a_scheduled_target_has_every_series_at_zero_before_its_first_probe_finishes(tmp_path: Path) -> None:
+    async with RawTCPServer("stall") as stalled:
+        target = f"http://127.0.0.1:{stalled.port}/"
+        cfg = tmp_path / "connhealth.yml"
+        cfg.write_text(config(target))
+        exporter = await ExporterProcess(cfg, tmp_path).start()
+        try:
+            deadline = time.monotonic() + WAIT
+            while stalled.connections == 0:  # the first probe has started (and will stall for 30 s)
+                assert time.monotonic() < deadline, "the target was never probed"
+                await asyncio.sleep(0.02)
+            text = await exporter.metrics()
+            for name in (m.PROBE_ATTEMPTS, m.PROBE_SUCCESSES, m.OBSERVED_SECONDS, m.UP_SECONDS):
+                assert of(text, name, target) == [({"target": target, "module": "slow_web", "service": "api"}, 0.0)], name
+            phases = [p.name for p in PROBERS["http"].phases]
+            for name, per_phase in ((m.PROBE_DURATION, [None]), (m.PHASE_DURATION, phases)):
+                for phase in per_phase:
+                    extra = {"phase": phase} if phase else {}
+                    assert value(text, name + "_count", target=target, **extra) == 0, (name, phase)
+                    assert value(text, name + "_sum", target=target, **extra) == 0, (name, phase)
+                    buckets = [v for ls, v in of(text, name + "_bucket", target) if ls.get("phase") == phase]
+                    assert buckets == [0.0] * (len(m.DEFAULT_BUCKETS) + 1), (name, phase)
+            # No result yet: no failure series and none of the last-probe gauges (never a fake 0).
+            for name in (m.PROBE_FAILURES, m.PROBE_SUCCESS, m.LAST_PROBE, m.LAST_SUCCESS, m.CERT_EXPIRY):
+                assert of(text, name, target) == [], name
+
+            # Removed before its first probe finished: every series of it disappears.
+            cfg.write_text(config())
+            exporter.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + WAIT
+            while target in text:
+                assert time.monotonic() < deadline, "the removed target's series are still exported"
+                await asyncio.sleep(0.05)
+                text = await exporter.metrics()
+            assert value(text, "connhealth_config_reloads_total", result="success") == 1
+        finally:
+            await exporter.astop()
