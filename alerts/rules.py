@@ -106,8 +106,18 @@ def _link(spec: SLOSpec, uid: str, **params: str) -> str:
 
 
 def _runbook(spec: SLOSpec, alert: str, o: Objective | None = None) -> str:
+    """``<base>#<anchor>`` as GitHub makes it from the alert's heading in alerts/RUNBOOKS.md; "" without a base."""
     base = (o.runbook_url if o is not None and o.runbook_url else spec.runbook_url)
-    return f"{base}#{alert.lower()}"
+    return f"{base}#{alert.lower()}" if base else ""
+
+
+def _without_empty_annotations(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """No runbook_url configured: no annotation, rather than a link to nowhere."""
+    for group in groups:
+        for rule in group["rules"]:
+            if "annotations" in rule:
+                rule["annotations"] = {k: v for k, v in rule["annotations"].items() if v}
+    return groups
 
 
 def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> list[dict[str, Any]]:
@@ -277,7 +287,7 @@ def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
 def rule_files(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> dict[str, dict[str, Any]]:
     """File name -> rule file content (``{"groups": [...]}``)."""
     return {
-        "connhealth-slo.rules.yml": {"groups": slo_groups(spec, policy)},
-        "connhealth-probes.rules.yml": {"groups": probe_groups(spec)},
-        "connhealth-exporter.rules.yml": {"groups": exporter_groups(spec)},
+        "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(slo_groups(spec, policy))},
+        "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec))},
+        "connhealth-exporter.rules.yml": {"groups": _without_empty_annotations(exporter_groups(spec))},
     }

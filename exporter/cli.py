@@ -157,6 +157,8 @@ def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(f"{args.file}: OK ({len(config.modules)} modules, {len(config.targets)} targets, {len(config.target_files)} target file globs)")
+    for warning in config.slos.warnings() if config.slos is not None else ():
+        print(f"{args.file}: warning: {warning}")
     return EXIT_OK
 
 

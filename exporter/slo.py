@@ -4,8 +4,9 @@ One spec drives both the Prometheus rules (``alerts/rules.py``) and the
 Grafana dashboards (``dashboards/``)::
 
     slos:
-      grafana_url: https://grafana.example.com   # base of dashboard links in alerts ("" = relative)
-      runbook_url: https://runbooks.example.com/connhealth   # base; "#<alert>" is appended
+      grafana_url: https://grafana.example.com   # base of dashboard links in alerts (unset: relative, check-config says so)
+      runbook_url: https://runbooks.example.com/connhealth   # where alerts/RUNBOOKS.md is served; "#<alert>" is appended
+                                                            # (unset: alerts carry no runbook_url, check-config says so)
       stale_after: 10m                            # a target whose last probe is older than this is stale
       objectives:
         - service: api                  # value of the `service` label on every recorded series
@@ -78,9 +79,20 @@ class Objective:
 class SLOSpec:
     objectives: tuple[Objective, ...] = ()
     grafana_url: str = ""
-    runbook_url: str = "https://github.com/connhealth/connhealth/blob/main/alerts/RUNBOOKS.md"
+    runbook_url: str = ""  # no default: only the user knows where alerts/RUNBOOKS.md is served
     stale_after: float = 600.0
     buckets: tuple[float, ...] = field(default=m.DEFAULT_BUCKETS)
+
+    def warnings(self) -> list[str]:
+        """What works but not as a user would expect: links in alerts that will not lead anywhere."""
+        out = []
+        if not self.grafana_url:
+            out.append("slos.grafana_url is not set: the dashboard links in alert annotations are relative "
+                       "(/d/...) and work only where Grafana's own address is prefixed")
+        if not self.runbook_url:
+            out.append("slos.runbook_url is not set: alerts carry no runbook_url annotation "
+                       "(point it at where alerts/RUNBOOKS.md is served)")
+        return out
 
 
 def le_string(bound: float) -> str:

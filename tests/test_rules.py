@@ -92,3 +92,81 @@ def test_cli_generate(tmp_path: Path) -> None:
     for rel, text in outputs(load_config(EXAMPLE)).items():
         assert (tmp_path / rel).read_text() == text
     assert main(["generate", "--config", str(tmp_path / "missing.yml"), "--out", str(tmp_path)]) == 2
+
+
+# --- links in alert annotations ------------------------------------------------------------------
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes from a Markdown file's headings: lower case, punctuation other than
+    '-' and '_' dropped, spaces to '-', a repeated anchor suffixed -1, -2, ... (code blocks skipped)."""
+    import re
+
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_github_anchors_follow_githubs_rules() -> None:
+    assert github_anchors("# A b\n## ConnhealthX / ConnhealthY\n```\n# not a heading\n```\n## A b\n") == {
+        "a-b", "connhealthx--connhealthy", "a-b-1"}
+
+
+def test_every_runbook_url_anchor_exists_in_the_runbooks() -> None:
+    anchors = github_anchors((REPO / "alerts" / "RUNBOOKS.md").read_text())
+    spec = load_config(EXAMPLE).slos
+    alerts = [r for f in rule_files(spec).values() for g in f["groups"] for r in g["rules"] if "alert" in r]
+    assert {r["alert"] for r in alerts} >= {"ConnhealthErrorBudgetBurn", "ConnhealthCertificateExpired",
+                                             "ConnhealthExporterAbsent", "ConnhealthTargetsAbsent"}
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == spec.runbook_url, url
+        assert anchor in anchors, f"{rule['alert']}: {url} has no heading in alerts/RUNBOOKS.md"
+
+
+def test_without_runbook_url_alerts_carry_no_runbook_link_and_check_config_says_so(tmp_path: Path) -> None:
+    from exporter.cli import main
+
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("slos:\n  objectives:\n    - {service: api, availability: {objective: 99.9}}\n")
+    spec = load_config(cfg).slos
+    alerts = [r for f in rule_files(spec).values() for g in f["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts and all("runbook_url" not in r["annotations"] for r in alerts)
+    # No grafana_url: dashboard links are relative.
+    assert all(r["annotations"]["dashboard"].startswith("/d/") for r in alerts)
+    assert spec.warnings() == [
+        "slos.grafana_url is not set: the dashboard links in alert annotations are relative (/d/...) and work "
+        "only where Grafana's own address is prefixed",
+        "slos.runbook_url is not set: alerts carry no runbook_url annotation (point it at where "
+        "alerts/RUNBOOKS.md is served)",
+    ]
+    assert load_config(EXAMPLE).slos.warnings() == []
+    assert main(["check-config", str(cfg)]) == 0
+
+
+def test_check_config_prints_the_link_warnings(tmp_path: Path, capsys) -> None:
+    from exporter.cli import main
+
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("slos:\n  grafana_url: https://grafana.example.com/\n"
+                   "  objectives:\n    - {service: api, availability: {objective: 99.9}}\n")
+    assert main(["check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [f"{cfg}: warning: slos.runbook_url is not set: alerts carry no runbook_url annotation "
+                       "(point it at where alerts/RUNBOOKS.md is served)"]
+    spec = load_config(cfg).slos
+    dashboards = {r["annotations"]["dashboard"] for f in rule_files(spec).values() for g in f["groups"]
+                  for r in g["rules"] if "alert" in r}
+    assert all(d.startswith("https://grafana.example.com/d/") for d in dashboards), dashboards
