@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write dashboards, rule files and Grafana provisioning from the SLO spec")
     gen.add_argument("--config", help="config file with a slos: section (default: built-in modules, no SLOs)")
     gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
+    gen.add_argument("--prometheus-url", help="Prometheus as Grafana reaches it, for the provisioned data source "
+                                              "(default: Grafana's $CONNHEALTH_PROMETHEUS_URL)")
+    gen.add_argument("--traces-url", help="the trace store (Jaeger query or Tempo) as Grafana reaches it "
+                                          "(default: Grafana's $CONNHEALTH_TRACES_URL)")
+    gen.add_argument("--traces", choices=["jaeger", "tempo"], default="jaeger",
+                     help="the trace store: its data source type and the dashboards' trace-search links (default jaeger)")
     return parser
 
 
@@ -169,9 +175,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .generate import Links, generate
 
-    written = generate(load_config_or_builtins(args.config), args.out)
+    defaults = Links()
+    links = Links(prometheus_url=args.prometheus_url or defaults.prometheus_url,
+                  traces_url=args.traces_url or defaults.traces_url, traces=args.traces)
+    written = generate(load_config_or_builtins(args.config), args.out, links)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 

@@ -161,5 +161,9 @@ def test_provisioning_files() -> None:
     ds = yaml.safe_load((GENERATED / "provisioning" / "datasources" / "connhealth.yml").read_text())
     prom = next(d for d in ds["datasources"] if d["type"] == "prometheus")
     assert prom["jsonData"]["exemplarTraceIdDestinations"] == [{"name": "trace_id", "datasourceUid": "traces"}]
+    # Copied into a user's Grafana: no compose host names (Grafana expands the variables), never the default.
+    assert {d["name"]: d["url"] for d in ds["datasources"]} == {
+        "Prometheus": "${CONNHEALTH_PROMETHEUS_URL}", "Traces": "${CONNHEALTH_TRACES_URL}"}
+    assert [d["isDefault"] for d in ds["datasources"]] == [False, False]
     prov = yaml.safe_load((GENERATED / "provisioning" / "dashboards" / "connhealth.yml").read_text())
     assert prov["providers"][0]["type"] == "file"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from alerts.rules import DEFAULT_POLICY, rule_files
 from exporter.config import load_config, parse_config
 from exporter.generate import outputs
@@ -83,6 +85,25 @@ def test_ratios_never_divide_by_zero() -> None:
         for r in group["rules"]:
             if r.get("record") == "connhealth_slo:error_ratio":
                 assert "/ clamp_min(" in r["expr"], r["expr"]
+
+
+@pytest.mark.parametrize("store", ["jaeger", "tempo"])
+def test_cli_generate_takes_the_datasource_urls_from_its_options(tmp_path: Path, store: str) -> None:
+    import yaml
+
+    from exporter.cli import main
+
+    traces = "https://traces.internal.example:16686" if store == "jaeger" else "https://tempo.internal.example:3200"
+    assert main(["generate", "--config", str(EXAMPLE), "--out", str(tmp_path), "--traces", store,
+                 "--prometheus-url", "https://prom.internal.example:9090", "--traces-url", traces]) == 0
+    text = (tmp_path / "dashboards/generated/provisioning/datasources/connhealth.yml").read_text()
+    assert "prometheus:9090" not in text and "jaeger:" not in text and "${" not in text
+    ds = {d["name"]: d for d in yaml.safe_load(text)["datasources"]}
+    assert {n: (d["type"], d["url"], d["isDefault"]) for n, d in ds.items()} == {
+        "Prometheus": ("prometheus", "https://prom.internal.example:9090", False),
+        "Traces": (store, traces, False),
+    }
+    assert main(["generate", "--config", str(EXAMPLE), "--out", str(tmp_path), "--prometheus-url", "prometheus:9090"]) == 2
 
 
 def test_cli_generate(tmp_path: Path) -> None:
