@@ -196,6 +196,44 @@ def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
     return groups
 
 
+FLOOR_WINDOW = "5m"  # the floor alert's SLI: short, so "stays below" means below all the time
+
+
+def sli_floor_groups(spec: SLOSpec) -> list[dict[str, Any]]:
+    """``sli_floor`` (off unless configured): the SLI stays below a floor for a while (seeds 002/003).
+
+    Next to the burn-rate alerts, not instead: burn rates say how fast the budget goes, the floor says the
+    service has been worse than an absolute level all along (no budget arithmetic to explain on call).
+    """
+    groups = []
+    for o in spec.objectives:
+        rules = []
+        for slo, section in (("availability", o.availability), ("latency", o.latency)):
+            floor = section.sli_floor if section is not None else None
+            if floor is None:
+                continue
+            name = "ConnhealthSLIBelowFloor"
+            sel = f'service="{o.service}",slo="{slo}",window="{FLOOR_WINDOW}"'
+            rules.append({
+                "alert": name,
+                "expr": f"connhealth_slo:sli{{{sel}}} < {num(floor.objective)}\n",
+                "for": floor.for_,
+                "labels": {"service": o.service, "slo": slo, "severity": "ticket"},
+                "annotations": {
+                    "summary": f"{o.service} {slo} SLI below {num(floor.objective * 100)}% for {floor.for_}",
+                    "description": (
+                        f"The {slo} SLI of {o.service} ({o.matchers()}) over every {FLOOR_WINDOW} window of the last "
+                        f"{floor.for_} stayed below the floor of {num(floor.objective * 100)}% (the SLO objective is "
+                        f"{num(section.objective * 100)}% over {o.period})."),
+                    "runbook_url": _runbook(spec, name, o),
+                    "dashboard": _link(spec, DASHBOARD_UIDS["slo"], service=o.service),
+                },
+            })
+        if rules:
+            groups.append({"name": f"connhealth-slo-{o.service}-floor", "rules": rules})
+    return groups
+
+
 def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str, spec: SLOSpec,
            dashboard: str, **params: str) -> dict[str, Any]:
     return {
@@ -287,7 +325,7 @@ def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
 def rule_files(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> dict[str, dict[str, Any]]:
     """File name -> rule file content (``{"groups": [...]}``)."""
     return {
-        "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(slo_groups(spec, policy))},
+        "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(slo_groups(spec, policy) + sli_floor_groups(spec))},
         "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec))},
         "connhealth-exporter.rules.yml": {"groups": _without_empty_annotations(exporter_groups(spec))},
     }
