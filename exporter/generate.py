@@ -131,7 +131,7 @@ def outputs(config: Config, policy: Any = None, links: Links = Links()) -> dict[
     out: dict[str, str] = {}
     for name, content in rule_files(spec, policy or DEFAULT_POLICY).items():
         out[f"alerts/generated/{name}"] = HEADER.format(source=source) + dump_yaml(content)
-    for name, dash in dashboards().items():
+    for name, dash in dashboards(links.traces).items():
         data = dashboard_json(dash)
         out[f"dashboards/generated/{name}.json"] = json.dumps(data, indent=2, sort_keys=True) + "\n"
         out[f"dashboards/generated/importable/{name}.json"] = json.dumps(importable(data), indent=2, sort_keys=True) + "\n"
