@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import metrics as m
-from exporter.slo import Objective, SLOSpec
+from exporter.slo import Availability, Latency, Objective, SLOSpec
 
 WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -208,10 +208,11 @@ def sli_floor_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     groups = []
     for o in spec.objectives:
         rules = []
-        for slo, section in (("availability", o.availability), ("latency", o.latency)):
-            floor = section.sli_floor if section is not None else None
-            if floor is None:
+        sections: list[tuple[str, Availability | Latency | None]] = [("availability", o.availability), ("latency", o.latency)]
+        for slo, section in sections:
+            if section is None or section.sli_floor is None:
                 continue
+            floor = section.sli_floor
             name = "ConnhealthSLIBelowFloor"
             sel = f'service="{o.service}",slo="{slo}",window="{FLOOR_WINDOW}"'
             rules.append({

@@ -81,3 +81,34 @@ async def test_a_scheduled_target_has_every_series_at_zero_before_its_first_prob
             assert value(text, "connhealth_config_reloads_total", result="success") == 1
         finally:
             await exporter.astop()
+
+
+def test_store_adds_each_results_coverage_and_sync_keeps_exactly_the_scheduled_targets() -> None:
+    from exporter.result import Failure, ProbeResult
+    from exporter.sinks.store import SeriesStore
+
+    store = SeriesStore(["service"])
+    a, b = ("a:1", "tcp_connect", (("service", "x"),)), ("b:1", "tcp_connect", ())
+    store.sync({a: "tcp", b: None})
+    ok = ProbeResult(target="a:1", module="tcp_connect", prober="tcp", started_at=1000.0, duration_seconds=0.01,
+                     timeout_seconds=1.0)
+    bad = ProbeResult(target="a:1", module="tcp_connect", prober="tcp", started_at=1001.0, duration_seconds=0.01,
+                      timeout_seconds=1.0, failure=Failure("connect", "connect_refused", "refused"))
+    store.observe(*a, ok)  # a first probe stands for no time
+    store.observe(*a, bad, 2.0, 1.0)  # half of the gap before it went to the success
+    store.observe(*a, bad, 0.5, 0.0)
+    text = store.render().decode()
+    base = 'target="a:1",module="tcp_connect",service="x"'
+    assert value(text, m.OBSERVED_SECONDS, target="a:1") == 2.5 and f"{m.OBSERVED_SECONDS}{{{base}}} 2.5" in text
+    assert value(text, m.UP_SECONDS, target="a:1") == 1.0
+    assert (value(text, m.PROBE_ATTEMPTS, target="a:1"), value(text, m.PROBE_SUCCESSES, target="a:1")) == (3, 1)
+    # b's module is unknown: its counters exist, no phase histogram is guessed.
+    assert value(text, m.PROBE_ATTEMPTS, target="b:1") == 0
+    assert not [ls for ls, _ in samples(text, m.PHASE_DURATION + "_count") if ls["target"] == "b:1"]
+    assert {ls["phase"] for ls, _ in samples(text, m.PHASE_DURATION + "_count") if ls["target"] == "a:1"} == {
+        p.name for p in PROBERS["tcp"].phases}
+    store.sync({b: None})
+    assert "a:1" not in store.render().decode()
+    # Re-scheduled later: it starts again from 0.
+    store.sync({a: "tcp", b: None})
+    assert value(store.render().decode(), m.PROBE_ATTEMPTS, target="a:1") == 0
