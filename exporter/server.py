@@ -24,7 +24,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from . import __version__
 from . import metrics as m
 from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
-from .engine import run_probe
+from .engine import expected_phases, run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
@@ -157,8 +157,7 @@ class Exporter:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        modules = self.config.modules
-        self.store.sync({t.key: modules[t.module].prober if t.module in modules else None for t in targets})
+        self.store.sync({t.key: expected_phases(t.target, self.config.modules.get(t.module)) for t in targets})
 
     def _scan_files(self) -> tuple[list[TargetSpec], bool]:
         errors_before = self.watcher.errors

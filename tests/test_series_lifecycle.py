@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from exporter import metrics as m
-from exporter.probers import PROBERS
 
 try:
     from tests.procs import ExporterProcess, samples, value
@@ -58,7 +57,9 @@ async def test_a_scheduled_target_has_every_series_at_zero_before_its_first_prob
             text = await exporter.metrics()
             for name in (m.PROBE_ATTEMPTS, m.PROBE_SUCCESSES, m.OBSERVED_SECONDS, m.UP_SECONDS):
                 assert of(text, name, target) == [({"target": target, "module": "slow_web", "service": "api"}, 0.0)], name
-            phases = [p.name for p in PROBERS["http"].phases]
+            # The phases a plain-HTTP probe of an IP literal goes through: no dns, no tls.
+            phases = ["connect", "request", "first_byte", "transfer"]
+            assert {ls["phase"] for ls, _ in of(text, m.PHASE_DURATION + "_count", target)} == set(phases)
             for name, per_phase in ((m.PROBE_DURATION, [None]), (m.PHASE_DURATION, phases)):
                 for phase in per_phase:
                     extra = {"phase": phase} if phase else {}
@@ -89,7 +90,7 @@ def test_store_adds_each_results_coverage_and_sync_keeps_exactly_the_scheduled_t
 
     store = SeriesStore(["service"])
     a, b = ("a:1", "tcp_connect", (("service", "x"),)), ("b:1", "tcp_connect", ())
-    store.sync({a: "tcp", b: None})
+    store.sync({a: ("connect",), b: ()})
     ok = ProbeResult(target="a:1", module="tcp_connect", prober="tcp", started_at=1000.0, duration_seconds=0.01,
                      timeout_seconds=1.0)
     bad = ProbeResult(target="a:1", module="tcp_connect", prober="tcp", started_at=1001.0, duration_seconds=0.01,
@@ -102,13 +103,32 @@ def test_store_adds_each_results_coverage_and_sync_keeps_exactly_the_scheduled_t
     assert value(text, m.OBSERVED_SECONDS, target="a:1") == 2.5 and f"{m.OBSERVED_SECONDS}{{{base}}} 2.5" in text
     assert value(text, m.UP_SECONDS, target="a:1") == 1.0
     assert (value(text, m.PROBE_ATTEMPTS, target="a:1"), value(text, m.PROBE_SUCCESSES, target="a:1")) == (3, 1)
-    # b's module is unknown: its counters exist, no phase histogram is guessed.
+    # b expects no phase (e.g. its module is unknown): its counters exist, no phase histogram is guessed.
     assert value(text, m.PROBE_ATTEMPTS, target="b:1") == 0
     assert not [ls for ls, _ in samples(text, m.PHASE_DURATION + "_count") if ls["target"] == "b:1"]
-    assert {ls["phase"] for ls, _ in samples(text, m.PHASE_DURATION + "_count") if ls["target"] == "a:1"} == {
-        p.name for p in PROBERS["tcp"].phases}
-    store.sync({b: None})
+    # a's connect histogram existed at 0 and counts the results' connects (none here); no other phase.
+    assert {ls["phase"] for ls, _ in samples(text, m.PHASE_DURATION + "_count") if ls["target"] == "a:1"} == {"connect"}
+    store.sync({b: ()})
     assert "a:1" not in store.render().decode()
     # Re-scheduled later: it starts again from 0.
-    store.sync({a: "tcp", b: None})
+    store.sync({a: ("connect",), b: ()})
     assert value(store.render().decode(), m.PROBE_ATTEMPTS, target="a:1") == 0
+
+
+@pytest.mark.parametrize(("prober", "target", "module_yaml", "phases"), [
+    ("http", "https://example.test/", "{}", ["dns", "connect", "tls", "request", "first_byte", "transfer"]),
+    ("http", "http://127.0.0.1:8080/x", "{}", ["connect", "request", "first_byte", "transfer"]),
+    ("http", "http://[::1]:8080/", "{}", ["connect", "request", "first_byte", "transfer"]),
+    ("tcp", "127.0.0.1:22", "{}", ["connect"]),
+    ("tcp", "mail.example.test:25", "{query_response: [{expect: '^220'}, {send: EHLO x}, {starttls: true}]}",
+     ["dns", "connect", "tls", "request", "first_byte"]),
+    ("tcp", "db.example.test:5432", "{tls: true}", ["dns", "connect", "tls"]),
+])
+def test_expected_phases_are_the_ones_a_successful_probe_goes_through(
+        prober: str, target: str, module_yaml: str, phases: list[str]) -> None:
+    from exporter.config import parse_config
+    from exporter.engine import expected_phases
+
+    module = parse_config(f"modules:\n  m:\n    prober: {prober}\n    {prober}: {module_yaml}\n").modules["m"]
+    assert list(expected_phases(target, module)) == phases
+    assert expected_phases(target, None) == ()

@@ -1,9 +1,10 @@
 """Continuous-mode metrics sink: per-target counters and histograms, rendered as text.
 
-Every counter and histogram of a target exists at 0 from the moment the
-target is scheduled (``sync``), so ``increase()`` sees its first probe; a
-target that is no longer scheduled loses its series. The failure counter is
-the exception: a (phase, reason) pair appears with its first failure, since
+Every counter of a target, its probe-duration histogram and the histogram of
+every phase its probes go through exist at 0 from the moment the target is
+scheduled (``sync``), so ``increase()`` sees its first probe; a target that
+is no longer scheduled loses its series. The failure counter is the
+exception: a (phase, reason) pair appears with its first failure, since
 pre-creating every pair would add dozens of series per target.
 
 A scrape of 10k targets must not rebuild 10k targets' worth of samples: each
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .. import metrics as m
 from .exposition import escape, fmt
-from ..probers import PROBERS, all_phases
+from ..probers import all_phases
 from ..result import ProbeResult
 
 # (target, module, labels): one continuously probed target.
@@ -213,29 +214,26 @@ class SeriesStore:
         pairs = [("target", target), ("module", module)] + [(n, given.get(n, "")) for n in self.label_names]
         return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
-    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], prober: str | None = None) -> TargetSeries:
+    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], phases: Iterable[str] = ()) -> TargetSeries:
         key = (target, module, labels)
         series = self.series.get(key)
         if series is None:
-            spec = PROBERS.get(prober) if prober is not None else None
-            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1,
-                                                     (p.name for p in spec.phases) if spec is not None else ())
+            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1, phases)
         return series
 
     def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult,
                 seconds: float = 0.0, up_seconds: float = 0.0) -> None:
-        self.get(target, module, labels, result.prober).observe(result, self.bounds, seconds, up_seconds)
+        self.get(target, module, labels).observe(result, self.bounds, seconds, up_seconds)
 
-    def sync(self, targets: Mapping[Key, str | None]) -> None:
-        """Exactly the scheduled targets have series: a new one gets its counters and its prober's
-        phase histograms at 0 now, before its first probe; a target no longer scheduled loses its series.
-
-        ``targets`` maps each target's key to the name of its module's prober (None: unknown module).
+    def sync(self, targets: Mapping[Key, Iterable[str]]) -> None:
+        """Exactly the scheduled targets have series: a new one gets its counters and the histograms
+        of the phases its probes go through (``targets[key]``, Prober.expected_phases) at 0 now,
+        before its first probe; a target no longer scheduled loses its series.
         """
         for key in [k for k in self.series if k not in targets]:
             del self.series[key]
-        for key, prober in targets.items():
-            self.get(*key, prober=prober)
+        for key, phases in targets.items():
+            self.get(*key, phases=phases)
 
     def render_chunks(self, chunk_targets: int = 512, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``chunk_targets`` targets per family.
