@@ -98,7 +98,7 @@ def slo_overview() -> g.Dashboard:
     grid = Grid()
     grid.row("Objectives and error budget")
     grid.add(Stat(title="SLI over the SLO period", unitId="percentunit", reduceCalc="lastNotNull", decimals=3,
-                  description="Share of good events (successful probes, or connects under the latency threshold) over "
+                  description="Share of good events (time the targets were up, or connects under the latency threshold) over "
                               "the SLO's whole period (7d, 28d or 30d), from connhealth_slo:sli.",
                   targets=[T(f'connhealth_slo:sli{{{s},window=~"{PERIOD_RE}"}}', "{{service}} {{slo}} ({{window}})")]), 8, 5)
     grid.add(Stat(title="Objective", unitId="percentunit", reduceCalc="lastNotNull", decimals=3, graphMode="none",
