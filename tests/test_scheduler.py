@@ -287,6 +287,12 @@ async def test_recovered_target_returns_to_its_interval_after_one_planned_rechec
     assert rel(e.probe.times(s.target), e.t0) == [4, 8, 10, 11, 12, 13, 14, 22, 30]
     assert [r.success for r in e.rec.results[s.target]] == [False] * 5 + [True] * 4
     assert e.entry_failures(s) == 0
+    # The time each result stands for (the availability SLI): the first probe none; each later one the gap
+    # before it, split between the two probes that bound it (failure -> success: half down, half up).
+    assert e.rec.coverage[s.target] == [
+        Coverage(0, 0), Coverage(4, 0), Coverage(2, 0), Coverage(1, 0), Coverage(1, 0),
+        Coverage(1, 0.5), Coverage(1, 1), Coverage(8, 8), Coverage(8, 8),
+    ]
 
 
 async def test_halving_stops_after_six_failures(env: NewEnv) -> None:
@@ -341,23 +347,6 @@ async def test_a_failure_known_late_brings_the_next_probe_forward(env: NewEnv) -
 
 
 # --- the time each result stands for (the availability SLI) -----------------------
-
-async def test_each_result_covers_the_gap_before_it_split_between_the_probes_that_bound_it(env: NewEnv) -> None:
-    e = env(min_interval=1.0)
-    s = spec("flappy:1", 8.0)
-    e.probe.failing.add(s.target)
-    e.sched.update([s])
-    e.sched.start()
-    await e.clock.run_until(lambda: len(e.probe.times(s.target)) >= 5, limit=100.0)
-    e.probe.failing.clear()
-    await e.clock.run_until(lambda: len(e.probe.times(s.target)) >= 9, limit=100.0)
-    assert rel(e.probe.times(s.target), e.t0) == [4, 8, 10, 11, 12, 13, 14, 22, 30]
-    # The first probe stands for no time; a gap between a failure and a success is half down, half up.
-    assert e.rec.coverage[s.target] == [
-        Coverage(0, 0), Coverage(4, 0), Coverage(2, 0), Coverage(1, 0), Coverage(1, 0),
-        Coverage(1, 0.5), Coverage(1, 1), Coverage(8, 8), Coverage(8, 8),
-    ]
-
 
 async def test_adaptive_reprobing_does_not_bias_the_time_weighted_sli(env: NewEnv) -> None:
     """A target down exactly 10 % of the time (2 s in every 20 s), probed every 1 s when healthy and
