@@ -177,9 +177,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import Links, generate
 
-    defaults = Links()
-    links = Links(prometheus_url=args.prometheus_url or defaults.prometheus_url,
-                  traces_url=args.traces_url or defaults.traces_url, traces=args.traces)
+    urls = {"prometheus_url": args.prometheus_url, "traces_url": args.traces_url}
+    links = Links(traces=args.traces, **{k: v for k, v in urls.items() if v})
     written = generate(load_config_or_builtins(args.config), args.out, links)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
