@@ -2,9 +2,11 @@
 
 Conventions (sloth/pyrra-like, one name per quantity, the window as a label):
 
-    connhealth_slo:probes:increase{service, slo, window}      probes (events) in the window
-    connhealth_slo:errors:increase{service, slo, window}      bad events in the window
-    connhealth_slo:error_ratio{service, slo, window}          errors / probes, 0 on zero traffic
+    connhealth_slo:probes:increase{service, slo, window}      probes in the window (what min_probes counts)
+    connhealth_slo:events:increase{service, slo, window}      the SLI's denominator in the window: observed
+                                                              seconds (availability), phase observations (latency)
+    connhealth_slo:errors:increase{service, slo, window}      bad events in the window, in the same unit
+    connhealth_slo:error_ratio{service, slo, window}          errors / events, 0 on zero traffic
     connhealth_slo:sli{service, slo, window}                  1 - error_ratio
     connhealth_slo:burn_rate{service, slo, window}            error_ratio / error_budget
     connhealth_slo:objective{service, slo}                    e.g. 0.999
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import metrics as m
-from exporter.slo import Objective, SLOSpec
+from exporter.slo import Availability, Latency, Objective, SLOSpec
 
 WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -75,20 +77,26 @@ def num(value: float) -> str:
     return f"{value:.10g}"
 
 
-def _slo_kinds(o: Objective) -> list[tuple[str, float, str, str]]:
-    """(slo, objective, total expr template, good expr template) — templates take the window."""
+def _slo_kinds(o: Objective) -> list[tuple[str, float, str, str, str]]:
+    """(slo, objective, total, good, probes expr templates) — templates take the window.
+
+    Availability is time-weighted (observed and up seconds, docs/metrics.md): re-probing a failing
+    target more often must not weigh the SLI toward failures. ``probes`` counts probes, for min_probes.
+    """
     out = []
     if o.availability is not None:
         sel = o.matchers()
         out.append(("availability", o.availability.objective,
-                    f"sum(increase({m.PROBE_ATTEMPTS}{{{sel}}}[@W@]))",
-                    f"sum(increase({m.PROBE_SUCCESSES}{{{sel}}}[@W@]))"))
+                    f"sum(increase({m.OBSERVED_SECONDS}{{{sel}}}[@W@]))",
+                    f"sum(increase({m.UP_SECONDS}{{{sel}}}[@W@]))",
+                    f"sum(increase({m.PROBE_ATTEMPTS}{{{sel}}}[@W@]))"))
     if o.latency is not None:
         lat = o.latency
         sel = o.matchers(phase=lat.phase)
-        out.append(("latency", lat.objective,
-                    f"sum(increase({m.PHASE_DURATION}_count{{{sel}}}[@W@]))",
-                    f"sum(increase({m.PHASE_DURATION}_bucket{{{o.matchers(phase=lat.phase, le=lat.le)}}}[@W@]))"))
+        count = f"sum(increase({m.PHASE_DURATION}_count{{{sel}}}[@W@]))"
+        out.append(("latency", lat.objective, count,
+                    f"sum(increase({m.PHASE_DURATION}_bucket{{{o.matchers(phase=lat.phase, le=lat.le)}}}[@W@]))",
+                    count))
     return out
 
 
@@ -98,14 +106,24 @@ def _link(spec: SLOSpec, uid: str, **params: str) -> str:
 
 
 def _runbook(spec: SLOSpec, alert: str, o: Objective | None = None) -> str:
+    """``<base>#<anchor>`` as GitHub makes it from the alert's heading in alerts/RUNBOOKS.md; "" without a base."""
     base = (o.runbook_url if o is not None and o.runbook_url else spec.runbook_url)
-    return f"{base}#{alert.lower()}"
+    return f"{base}#{alert.lower()}" if base else ""
+
+
+def _without_empty_annotations(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """No runbook_url configured: no annotation, rather than a link to nowhere."""
+    for group in groups:
+        for rule in group["rules"]:
+            if "annotations" in rule:
+                rule["annotations"] = {k: v for k, v in rule["annotations"].items() if v}
+    return groups
 
 
 def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> list[dict[str, Any]]:
     groups = []
     for o in spec.objectives:
-        for slo, objective, total_t, good_t in _slo_kinds(o):
+        for slo, objective, total_t, good_t, probes_t in _slo_kinds(o):
             labels = {"service": o.service, "slo": slo}
             sel = f'service="{o.service}",slo="{slo}"'
             budget = round(1 - objective, 10)
@@ -127,12 +145,13 @@ def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
                 wsel = f'{sel},window="{w}"'
                 total, good = total_t.replace("@W@", w), good_t.replace("@W@", w)
                 rules += [
-                    {"record": "connhealth_slo:probes:increase", "expr": total, "labels": wl},
-                    # attempts - successes (not the failures counter): both series exist from a
-                    # target's first probe on, so zero failures is 0, not an empty result.
+                    {"record": "connhealth_slo:probes:increase", "expr": probes_t.replace("@W@", w), "labels": wl},
+                    {"record": "connhealth_slo:events:increase", "expr": total, "labels": wl},
+                    # total - good (not the failures counter): both series exist from the moment a
+                    # target is scheduled, so zero failures is 0, not an empty result.
                     {"record": "connhealth_slo:errors:increase", "expr": f"clamp_min({total} - {good}, 0)", "labels": wl},
                     {"record": "connhealth_slo:error_ratio",
-                     "expr": f"connhealth_slo:errors:increase{{{wsel}}} / clamp_min(connhealth_slo:probes:increase{{{wsel}}}, {TINY})",
+                     "expr": f"connhealth_slo:errors:increase{{{wsel}}} / clamp_min(connhealth_slo:events:increase{{{wsel}}}, {TINY})",
                      "labels": wl},
                     {"record": "connhealth_slo:sli", "expr": f"1 - connhealth_slo:error_ratio{{{wsel}}}", "labels": wl},
                     {"record": "connhealth_slo:burn_rate", "expr": f"connhealth_slo:error_ratio{{{wsel}}} / {num(budget)}",
@@ -174,6 +193,45 @@ def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
                     },
                 })
             groups.append({"name": f"connhealth-slo-{o.service}-{slo}", "rules": rules})
+    return groups
+
+
+FLOOR_WINDOW = "5m"  # the floor alert's SLI: short, so "stays below" means below all the time
+
+
+def sli_floor_groups(spec: SLOSpec) -> list[dict[str, Any]]:
+    """``sli_floor`` (off unless configured): the SLI stays below a floor for a while (seeds 002/003).
+
+    Next to the burn-rate alerts, not instead: burn rates say how fast the budget goes, the floor says the
+    service has been worse than an absolute level all along (no budget arithmetic to explain on call).
+    """
+    groups = []
+    for o in spec.objectives:
+        rules = []
+        sections: list[tuple[str, Availability | Latency | None]] = [("availability", o.availability), ("latency", o.latency)]
+        for slo, section in sections:
+            if section is None or section.sli_floor is None:
+                continue
+            floor = section.sli_floor
+            name = "ConnhealthSLIBelowFloor"
+            sel = f'service="{o.service}",slo="{slo}",window="{FLOOR_WINDOW}"'
+            rules.append({
+                "alert": name,
+                "expr": f"connhealth_slo:sli{{{sel}}} < {num(floor.objective)}\n",
+                "for": floor.for_,
+                "labels": {"service": o.service, "slo": slo, "severity": "ticket"},
+                "annotations": {
+                    "summary": f"{o.service} {slo} SLI below {num(floor.objective * 100)}% for {floor.for_}",
+                    "description": (
+                        f"The {slo} SLI of {o.service} ({o.matchers()}) over every {FLOOR_WINDOW} window of the last "
+                        f"{floor.for_} stayed below the floor of {num(floor.objective * 100)}% (the SLO objective is "
+                        f"{num(section.objective * 100)}% over {o.period})."),
+                    "runbook_url": _runbook(spec, name, o),
+                    "dashboard": _link(spec, DASHBOARD_UIDS["slo"], service=o.service),
+                },
+            })
+        if rules:
+            groups.append({"name": f"connhealth-slo-{o.service}-floor", "rules": rules})
     return groups
 
 
@@ -268,7 +326,7 @@ def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
 def rule_files(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> dict[str, dict[str, Any]]:
     """File name -> rule file content (``{"groups": [...]}``)."""
     return {
-        "connhealth-slo.rules.yml": {"groups": slo_groups(spec, policy)},
-        "connhealth-probes.rules.yml": {"groups": probe_groups(spec)},
-        "connhealth-exporter.rules.yml": {"groups": exporter_groups(spec)},
+        "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(slo_groups(spec, policy) + sli_floor_groups(spec))},
+        "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec))},
+        "connhealth-exporter.rules.yml": {"groups": _without_empty_annotations(exporter_groups(spec))},
     }

@@ -7,12 +7,15 @@ SLO definition and deliberately not the dashboard's interval.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import quote
 
 from grafanalib import core as g
 
 from alerts.rules import DASHBOARD_UIDS, WINDOWS
 from exporter import metrics as m
+from exporter.generate import TRACES_DS_UID
 from exporter.slo import PERIODS
 
 from .lib import BarGauge, PromTarget, Stat, Table, TimeSeries, datasource_variable, link, query_variable
@@ -65,6 +68,28 @@ def _target_link(key: str = "target") -> dict[str, Any]:
                 f"/d/{DASHBOARD_UIDS[key]}/{DASHBOARD_UIDS[key]}?var-datasource=${{datasource}}&var-target=${{__data.fields.target}}")
 
 
+# The trace store's search for one target's failing probes, as Grafana's Explore shows it for the
+# provisioned "Traces" data source (uid "traces"); the query shape is the store's own.
+_TRACE_QUERIES: dict[str, dict[str, str]] = {
+    "jaeger": {"queryType": "search", "service": "connhealth", "tags": 'probe.target="TARGET_VALUE" error=true'},
+    "tempo": {"queryType": "traceql",
+              "query": '{ resource.service.name="connhealth" && span.probe.target="TARGET_VALUE" && status=error }'},
+}
+
+
+def _trace_search_link(traces: str) -> dict[str, Any]:
+    query = {"refId": "A", "datasource": {"type": traces, "uid": TRACES_DS_UID}, **_TRACE_QUERIES[traces]}
+    panes = {"traces": {"datasource": TRACES_DS_UID, "queries": [query], "range": {"from": "FROM_VALUE", "to": "TO_VALUE"}}}
+    encoded = quote(json.dumps(panes, separators=(",", ":")), safe="")
+    # Grafana fills the placeholders in; the target is percent-encoded once more, so the URL's own
+    # decoding gives back the raw target inside the query.
+    for placeholder, variable in (("TARGET_VALUE", "${__data.fields.target:percentencode}"),
+                                  ("FROM_VALUE", "${__from}"), ("TO_VALUE", "${__to}")):
+        encoded = encoded.replace(placeholder, variable)
+    return link("Failing probes of ${__data.fields.target} in " + traces.capitalize(),
+                f"/explore?schemaVersion=1&orgId=1&panes={encoded}")
+
+
 # --- SLO overview -----------------------------------------------------------------
 
 
@@ -73,7 +98,7 @@ def slo_overview() -> g.Dashboard:
     grid = Grid()
     grid.row("Objectives and error budget")
     grid.add(Stat(title="SLI over the SLO period", unitId="percentunit", reduceCalc="lastNotNull", decimals=3,
-                  description="Share of good events (successful probes, or connects under the latency threshold) over "
+                  description="Share of good events (time the targets were up, or connects under the latency threshold) over "
                               "the SLO's whole period (7d, 28d or 30d), from connhealth_slo:sli.",
                   targets=[T(f'connhealth_slo:sli{{{s},window=~"{PERIOD_RE}"}}', "{{service}} {{slo}} ({{window}})")]), 8, 5)
     grid.add(Stat(title="Objective", unitId="percentunit", reduceCalc="lastNotNull", decimals=3, graphMode="none",
@@ -142,25 +167,29 @@ def _common_vars(*extra: g.Template) -> list[g.Template]:
     ]
 
 
-def failure_attribution() -> g.Dashboard:
+def failure_attribution(traces: str = "jaeger") -> g.Dashboard:
     fail = f"rate({m.PROBE_FAILURES}{{{F}}}[{RI}])"
     grid = Grid()
     grid.row("Where and why probes fail")
     grid.add(TimeSeries(title="Failures by reason", unitId="ops", stacking={"mode": "normal"}, fillOpacity=30, fmin=0.0,
-                        description="Failed probes per second, by failure reason (see the README's failure reason table).",
-                        targets=[T(f"sum by (reason) ({fail})", "{{reason}}")]), 12, 8)
+                        description="Failed probes per second, by failure reason (see the README's failure reason table). "
+                                    "Exemplars link a failure to its probe's trace.",
+                        targets=[T(f"sum by (reason) ({fail})", "{{reason}}", exemplar=True)]), 12, 8)
     grid.add(TimeSeries(title="Failures by phase", unitId="ops", stacking={"mode": "normal"}, fillOpacity=30, fmin=0.0,
-                        description="Failed probes per second, by the connection phase the failure happened in.",
-                        targets=[T(f"sum by (phase) ({fail})", "{{phase}}")]), 12, 8)
+                        description="Failed probes per second, by the connection phase the failure happened in. "
+                                    "Exemplars link a failure to its probe's trace.",
+                        targets=[T(f"sum by (phase) ({fail})", "{{phase}}", exemplar=True)]), 12, 8)
     grid.add(Table(title="Reason × region", unitId="ops",
                    description="Failure rate by reason and region: one region failing points at the network path.",
                    targets=[T(f"sum by (reason, region) ({fail})", instant=True)]), 8, 8)
     grid.add(Table(title="Reason × service", unitId="ops",
                    description="Failure rate by reason and service: one service failing points at the service itself.",
                    targets=[T(f"sum by (reason, service) ({fail})", instant=True)]), 8, 8)
-    grid.add(Table(title="Top failing targets and their last reason", unitId="ops", dataLinks=[_target_link()],
+    grid.add(Table(title="Top failing targets and their last reason", unitId="ops",
+                   dataLinks=[_target_link(), _trace_search_link(traces)],
                    description="The 10 targets failing most, each with the reason it failed with most in the last "
-                               "rate interval (its recent reason). Click a target for its detail dashboard.",
+                               "rate interval (its recent reason). Click a target for its detail dashboard or for "
+                               "its failing probes' traces in the trace store.",
                    targets=[T(f"topk(10, sum by (target, phase, reason) ({fail}))", instant=True)]), 8, 8)
     grid.row("Latency by phase")
     bucket = f"rate({m.PHASE_DURATION}_bucket{{{F}}}[{RI}])"
@@ -203,9 +232,10 @@ def target_detail() -> g.Dashboard:
                   description="connhealth_probe_success of the target's last probe.",
                   targets=[T(f"{m.PROBE_SUCCESS}{{{t}}}", "{{module}}")]), 6, 5)
     grid.add(Stat(title="Success ratio", unitId="percentunit", reduceCalc="lastNotNull", decimals=2,
-                  description="Successful / all probes over the rate interval.",
-                  targets=[T(f"sum(rate({m.PROBE_SUCCESSES}{{{t}}}[{RI}])) / "
-                             f"clamp_min(sum(rate({m.PROBE_ATTEMPTS}{{{t}}}[{RI}])), 1e-12)", "success")]), 6, 5)
+                  description="Share of the observed time the target was up, over the rate interval (time-weighted: "
+                              "re-checks of a failing target do not weigh it down, docs/metrics.md).",
+                  targets=[T(f"sum(rate({m.UP_SECONDS}{{{t}}}[{RI}])) / "
+                             f"clamp_min(sum(rate({m.OBSERVED_SECONDS}{{{t}}}[{RI}])), 1e-12)", "success")]), 6, 5)
     grid.add(Stat(title="Time since last probe", unitId="s", reduceCalc="lastNotNull", graphMode="none",
                   description="Seconds since the last probe of the target finished; growing means the target is stale.",
                   targets=[T(f"time() - {m.LAST_PROBE}{{{t}}}", "{{module}}")]), 6, 5)
@@ -223,14 +253,15 @@ def target_detail() -> g.Dashboard:
                         targets=[T(f"histogram_quantile(0.95, sum by (le, phase) (rate({m.PHASE_DURATION}_bucket{{{t}}}[{RI}])))",
                                    "P95 {{phase}}", exemplar=True)]), 12, 8)
     grid.add(TimeSeries(title="Success over time", unitId="percentunit", fmin=0.0, fmax=1.0,
-                        description="Share of successful probes per rate interval.",
-                        targets=[T(f"sum(rate({m.PROBE_SUCCESSES}{{{t}}}[{RI}])) / "
-                                   f"clamp_min(sum(rate({m.PROBE_ATTEMPTS}{{{t}}}[{RI}])), 1e-12)", "success ratio")]), 12, 8)
+                        description="Share of the observed time the target was up, per rate interval (time-weighted).",
+                        targets=[T(f"sum(rate({m.UP_SECONDS}{{{t}}}[{RI}])) / "
+                                   f"clamp_min(sum(rate({m.OBSERVED_SECONDS}{{{t}}}[{RI}])), 1e-12)", "success ratio")]), 12, 8)
     grid.add(TimeSeries(title="Failures by phase and reason (last reason over time)", unitId="ops", drawStyle="bars",
                         stacking={"mode": "normal"}, fillOpacity=80, fmin=0.0,
                         description="Failed probes per second by (phase, reason): the band present at any time is the "
-                                    "reason the target was failing with then.",
-                        targets=[T(f"sum by (phase, reason) (rate({m.PROBE_FAILURES}{{{t}}}[{RI}]))", "{{phase}} / {{reason}}")]),
+                                    "reason the target was failing with then. Exemplars link to the failed probe's trace.",
+                        targets=[T(f"sum by (phase, reason) (rate({m.PROBE_FAILURES}{{{t}}}[{RI}]))", "{{phase}} / {{reason}}",
+                                   exemplar=True)]),
              12, 8)
     variables = [
         query_variable("job", "Job", f"label_values({m.PROBE_ATTEMPTS}, job)"),
@@ -280,6 +311,11 @@ def exporter_health() -> g.Dashboard:
     grid.add(TimeSeries(title="Scheduled targets", unitId="none", fmin=0.0,
                         description="Targets the scheduler runs.",
                         targets=[T(f"sum by (instance) ({m.SCHEDULED_TARGETS}{{{e}}})", "{{instance}}")]), 6, 6)
+    grid.add(TimeSeries(title="Probe duration P99 (all targets)", unitId="s", fmin=0.0,
+                        description="99th percentile of whole-probe duration over every scheduled target; exemplars "
+                                    "link the slowest probes to their traces.",
+                        targets=[T(f"histogram_quantile(0.99, sum by (instance, le) (rate({m.PROBE_DURATION}_bucket{{{e}}}[{RI}])))",
+                                   "P99 {{instance}}", exemplar=True)]), 6, 6)
     grid.add(TimeSeries(title="Probe rate", unitId="ops", fmin=0.0,
                         description="Probes finished per second (all targets).",
                         targets=[T(f"sum by (instance) (rate({m.PROBE_ATTEMPTS}{{{e}}}[{RI}]))", "{{instance}}")]), 6, 6)
@@ -291,6 +327,7 @@ def exporter_health() -> g.Dashboard:
                       grid, variables)
 
 
-def dashboards() -> dict[str, g.Dashboard]:
-    return {"slo-overview": slo_overview(), "failure-attribution": failure_attribution(),
+def dashboards(traces: str = "jaeger") -> dict[str, g.Dashboard]:
+    """``traces``: the trace store (jaeger | tempo) the failure table's trace-search links are shaped for."""
+    return {"slo-overview": slo_overview(), "failure-attribution": failure_attribution(traces),
             "target-detail": target_detail(), "exporter": exporter_health()}

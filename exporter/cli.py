@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write dashboards, rule files and Grafana provisioning from the SLO spec")
     gen.add_argument("--config", help="config file with a slos: section (default: built-in modules, no SLOs)")
     gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
+    gen.add_argument("--prometheus-url", help="Prometheus as Grafana reaches it, for the provisioned data source "
+                                              "(default: Grafana's $CONNHEALTH_PROMETHEUS_URL)")
+    gen.add_argument("--traces-url", help="the trace store (Jaeger query or Tempo) as Grafana reaches it "
+                                          "(default: Grafana's $CONNHEALTH_TRACES_URL)")
+    gen.add_argument("--traces", choices=["jaeger", "tempo"], default="jaeger",
+                     help="the trace store: its data source type and the dashboards' trace-search links (default jaeger)")
     return parser
 
 
@@ -160,6 +166,8 @@ def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     print(f"{args.file}: OK ({len(config.modules)} modules, {len(config.targets)} targets, {len(config.target_files)} target file globs)")
+    for warning in config.slos.warnings() if config.slos is not None else ():
+        print(f"{args.file}: warning: {warning}")
     return EXIT_OK
 
 
@@ -170,9 +178,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate
+    from .generate import Links, generate
 
-    written = generate(load_config_or_builtins(args.config), args.out)
+    urls = {"prometheus_url": args.prometheus_url, "traces_url": args.traces_url}
+    links = Links(traces=args.traces, **{k: v for k, v in urls.items() if v})
+    written = generate(load_config_or_builtins(args.config), args.out, links)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 

@@ -27,6 +27,12 @@ log = logging.getLogger("connhealth.probe")
 DEFAULT_TIMEOUT = 10.0
 
 
+def expected_phases(target: str, module: Module | None) -> tuple[str, ...]:
+    """The phases a successful probe of ``target`` with ``module`` goes through (none for an unknown module)."""
+    prober = PROBERS.get(module.prober) if module is not None else None
+    return prober.expected_phases(target, module.settings) if prober is not None and module is not None else ()
+
+
 async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None,
                     *, guard: ProbeGuard | None = None) -> ProbeResult:
     """Probe ``target`` with ``module``. Never raises for a target's fault; re-raises cancellation.

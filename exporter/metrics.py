@@ -23,6 +23,8 @@ TARGET_LABELS: tuple[str, ...] = ("target", "module")
 PROBE_ATTEMPTS = "connhealth_probe_attempts_total"
 PROBE_SUCCESSES = "connhealth_probe_successes_total"
 PROBE_FAILURES = "connhealth_probe_failures_total"
+OBSERVED_SECONDS = "connhealth_probe_observed_seconds_total"
+UP_SECONDS = "connhealth_probe_up_seconds_total"
 PROBE_DURATION = "connhealth_probe_duration_seconds"
 PHASE_DURATION = "connhealth_probe_phase_duration_seconds"
 PROBE_SUCCESS = "connhealth_probe_success"
@@ -61,6 +63,8 @@ DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0
 CONTINUOUS: tuple[MetricSpec, ...] = (
     MetricSpec(PROBE_ATTEMPTS, "counter", TARGET_LABELS, "Probes run against the target."),
     MetricSpec(PROBE_SUCCESSES, "counter", TARGET_LABELS, "Probes that succeeded."),
+    MetricSpec(OBSERVED_SECONDS, "counter", TARGET_LABELS, "Wall time the target's probes cover: each probe adds the time since the target's previous probe (the availability SLI's denominator)."),
+    MetricSpec(UP_SECONDS, "counter", TARGET_LABELS, "The part of the observed time counted as up: each gap between two probes counts half for each of them, as up when that probe succeeded (the availability SLI's numerator)."),
     MetricSpec(PROBE_FAILURES, "counter", TARGET_LABELS + ("phase", "reason"), "Probes that failed, by the phase and reason of the failure."),
     MetricSpec(PROBE_DURATION, "histogram", TARGET_LABELS, "Whole-probe duration, successful or not."),
     MetricSpec(PHASE_DURATION, "histogram", TARGET_LABELS + ("phase",), "Duration of each phase that completed (dns, connect, tls, request, first_byte, transfer); phases of every redirect hop are observed."),

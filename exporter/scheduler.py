@@ -7,6 +7,11 @@ lockstep; a failing target is probed again sooner (interval halved per
 consecutive failure, never below ``min_interval``); a target never has two
 probes at once; a semaphore bounds total concurrency.
 
+Re-probing a failing target sooner shortens detection; it must not weigh the
+availability SLI toward failures. So every result comes with the wall time it
+stands for (``Coverage``): the time since the target's previous probe, split
+evenly between the two probes that bound it (docs/metrics.md explains why).
+
 Time and the probe itself are injected (``clock``, ``probe``) so the scheduling
 logic can be tested on virtual time, without sockets (tests/fakeclock.py).
 """
@@ -41,8 +46,28 @@ SHUTTING_DOWN = "shutting_down"  # stop() began while the probe waited for a slo
 PROBE_ERROR = "probe_error"  # the probe function raised: a bug, logged; no result
 SKIP_REASONS = (STILL_RUNNING, SHUTTING_DOWN, PROBE_ERROR)
 
-# (spec, result) -> None; sinks must be cheap and must not raise.
-ResultSink = Callable[[TargetSpec, ProbeResult], None]
+# A gap between two probes of a target longer than this many intervals plus
+# the probe timeout means the exporter itself stalled (loop blocked, process
+# stopped): only this much of it counts as observed.
+MAX_GAP_INTERVALS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """The wall time one result stands for in the time-weighted availability SLI.
+
+    ``seconds`` is the time since the target's previous probe started (0 for
+    its first probe: nothing was observed before it); ``up_seconds`` the part
+    of it counted as up: each half of the gap goes to the probe at that end,
+    and counts as up when that probe succeeded (the trapezoidal rule).
+    """
+
+    seconds: float = 0.0
+    up_seconds: float = 0.0
+
+
+# (spec, result, coverage) -> None; sinks must be cheap and must not raise.
+ResultSink = Callable[[TargetSpec, ProbeResult, Coverage], None]
 LagObserver = Callable[[float], None]
 SkipObserver = Callable[[str], None]
 # (target, module, timeout) -> result; exporter.engine.run_probe by default. It
@@ -89,6 +114,8 @@ class _Entry:
     removed: bool = False
     consecutive_failures: int = 0
     seq: int = 0
+    sampled_at: float | None = None  # clock time the previous result's probe started
+    sampled_ok: bool = False  # whether that probe succeeded
 
 
 @dataclass(order=True, slots=True)
@@ -229,6 +256,7 @@ class Scheduler:
                 if module is None:
                     return
                 self.in_flight += 1
+                sampled_at = self.clock.now()
                 try:
                     result = await self.probe(entry.spec.target, module, entry.spec.timeout)
                 except Exception:
@@ -250,13 +278,24 @@ class Scheduler:
                     entry.due = max(sooner, self.clock.now())
                     self._push(entry)
                     self._wake.set()
+            coverage = self._coverage(entry, module, sampled_at, result.success)
             if not entry.removed:
                 try:
-                    self.sink(entry.spec, result)
+                    self.sink(entry.spec, result, coverage)
                 except Exception:  # a sink bug must not stop the scheduler
                     log.exception("result sink failed for %s", entry.spec.target)
         finally:
             entry.running = False
+
+    @staticmethod
+    def _coverage(entry: _Entry, module: Module, sampled_at: float, ok: bool) -> Coverage:
+        previous, previous_ok = entry.sampled_at, entry.sampled_ok
+        entry.sampled_at, entry.sampled_ok = sampled_at, ok
+        if previous is None:
+            return Coverage()
+        limit = MAX_GAP_INTERVALS * entry.spec.interval + (entry.spec.timeout or module.timeout or 0.0)
+        gap = min(max(sampled_at - previous, 0.0), limit)
+        return Coverage(gap, gap / 2 * (previous_ok + ok))
 
     async def stop(self, grace: float) -> None:
         """Stop scheduling; let running probes finish within ``grace`` seconds, then cancel them."""

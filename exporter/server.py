@@ -25,11 +25,11 @@ from . import __version__
 from . import metrics as m
 from .config import (Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins, module_view,
                      shown_target, split_host_port)
-from .engine import run_probe
+from .engine import expected_phases, run_probe
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .result import ProbeResult
-from .scheduler import Scheduler
+from .scheduler import Coverage, Scheduler
 from .status import render_status
 from .sinks.store import SeriesStore
 from .targets import TargetFileWatcher
@@ -160,7 +160,7 @@ class Exporter:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        self.store.retain({self._series_key(t) for t in targets})
+        self.store.sync({self._series_key(t): expected_phases(t.target, self.config.modules.get(t.module)) for t in targets})
 
     def _series_key(self, spec: TargetSpec) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         """The store's key: the target as results show it (label values never carry its secrets)."""
@@ -193,8 +193,8 @@ class Exporter:
         guard = self.config.probe_guard
         return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
 
-    def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
-        self.store.observe(result.target, spec.module, spec.labels, result)
+    def _on_result(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
+        self.store.observe(result.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds)
         self.history.add("scheduled", result)
 
     # --- handlers -----------------------------------------------------------

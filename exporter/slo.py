@@ -4,8 +4,9 @@ One spec drives both the Prometheus rules (``alerts/rules.py``) and the
 Grafana dashboards (``dashboards/``)::
 
     slos:
-      grafana_url: https://grafana.example.com   # base of dashboard links in alerts ("" = relative)
-      runbook_url: https://runbooks.example.com/connhealth   # base; "#<alert>" is appended
+      grafana_url: https://grafana.example.com   # base of dashboard links in alerts (unset: relative, check-config says so)
+      runbook_url: https://runbooks.example.com/connhealth   # where alerts/RUNBOOKS.md is served; "#<alert>" is appended
+                                                            # (unset: alerts carry no runbook_url, check-config says so)
       stale_after: 10m                            # a target whose last probe is older than this is stale
       objectives:
         - service: api                  # value of the `service` label on every recorded series
@@ -13,11 +14,13 @@ Grafana dashboards (``dashboards/``)::
           period: 30d                   # 30d, 28d or 7d
           min_probes: 20                # burn alerts stay silent below this many probes in their long window
           availability:
-            objective: 99.9             # percent of probes that succeed
+            objective: 99.9             # percent of the observed time the target was up (time-weighted, docs/metrics.md)
+            sli_floor: {objective: 99.5, for: 2h}   # optional: alert when the 5m SLI stays below 99.5 % for 2 h
           latency:
             objective: 95               # percent of connects at or under threshold ("P95 connect <= 300 ms")
             threshold: 300ms            # must be a histogram bucket boundary
             phase: connect              # phase histogram used (default connect)
+            sli_floor: {objective: 90, for: 1h}     # optional, as for availability
 
 Unknown keys are errors naming their path, as in the rest of the config.
 """
@@ -39,8 +42,25 @@ _SELECTOR_RESERVED = frozenset({"phase", "reason", "le", "slo", "window", "__nam
 
 
 @dataclass(frozen=True, slots=True)
+class SLIFloor:
+    """Alert when the SLI (its 5m window) stays below ``objective`` for ``for_`` (seeds 002/003)."""
+
+    objective: float  # fraction, e.g. 0.995
+    for_seconds: float
+
+    @property
+    def for_(self) -> str:
+        """The duration as Prometheus writes it (7200 -> "2h")."""
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if self.for_seconds % size == 0:
+                return f"{int(self.for_seconds // size)}{unit}"
+        return f"{self.for_seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
 class Availability:
     objective: float  # fraction, e.g. 0.999
+    sli_floor: SLIFloor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +68,7 @@ class Latency:
     objective: float  # fraction of observations at or under threshold, e.g. 0.95
     threshold: float  # seconds, a bucket boundary
     phase: str = "connect"
+    sli_floor: SLIFloor | None = None
 
     @property
     def le(self) -> str:
@@ -78,9 +99,20 @@ class Objective:
 class SLOSpec:
     objectives: tuple[Objective, ...] = ()
     grafana_url: str = ""
-    runbook_url: str = "https://github.com/connhealth/connhealth/blob/main/alerts/RUNBOOKS.md"
+    runbook_url: str = ""  # no default: only the user knows where alerts/RUNBOOKS.md is served
     stale_after: float = 600.0
     buckets: tuple[float, ...] = field(default=m.DEFAULT_BUCKETS)
+
+    def warnings(self) -> list[str]:
+        """What works but not as a user would expect: links in alerts that will not lead anywhere."""
+        out = []
+        if not self.grafana_url:
+            out.append("slos.grafana_url is not set: the dashboard links in alert annotations are relative "
+                       "(/d/...) and work only where Grafana's own address is prefixed")
+        if not self.runbook_url:
+            out.append("slos.runbook_url is not set: alerts carry no runbook_url annotation "
+                       "(point it at where alerts/RUNBOOKS.md is served)")
+        return out
 
 
 def le_string(bound: float) -> str:
@@ -100,6 +132,23 @@ def _percent(f: Fields, key: str) -> float:
     if not 0 < value < 100:
         raise ConfigError(f"{f.path}.{key}: must be a percentage strictly between 0 and 100, got {value:g}")
     return round(value / 100.0, 10)
+
+
+def _parse_floor(f: Fields, objective: float) -> SLIFloor | None:
+    """The optional ``sli_floor: {objective: 99.5, for: 2h}`` of an SLO section."""
+    if "sli_floor" not in f.raw:
+        return None
+    ff = f.sub("sli_floor")
+    floor = _percent(ff, "objective")
+    if floor > objective:
+        raise ConfigError(f"{ff.path}.objective: {floor * 100:g} is above the SLO's own objective ({objective * 100:g})")
+    if "for" not in ff.raw:
+        raise ConfigError(f"{ff.path}.for: required (how long the SLI must stay below the floor, e.g. 2h)")
+    seconds = parse_duration(ff.raw.pop("for"), f"{ff.path}.for")
+    if not 60 <= seconds <= 7 * 86400 or seconds % 1:
+        raise ConfigError(f"{ff.path}.for: must be whole seconds between 1m and 7d, got {seconds:g}s")
+    ff.done()
+    return SLIFloor(objective=floor, for_seconds=seconds)
 
 
 def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objective:
@@ -132,7 +181,8 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
     availability = None
     if "availability" in f.raw:
         af = f.sub("availability")
-        availability = Availability(objective=_percent(af, "objective"))
+        objective = _percent(af, "objective")
+        availability = Availability(objective=objective, sli_floor=_parse_floor(af, objective))
         af.done()
     latency = None
     if "latency" in f.raw:
@@ -142,6 +192,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
             raise ConfigError(f"{lf.path}.threshold: required (a duration that is a histogram bucket boundary, e.g. 300ms)")
         threshold = parse_duration(lf.raw.pop("threshold"), f"{lf.path}.threshold")
         phase = lf.get("phase", str, "connect")
+        floor = _parse_floor(lf, objective)
         phases = [p.name for p in all_phases()]
         if phase not in phases:
             raise ConfigError(f"{lf.path}.phase: unknown phase {phase!r} (one of {', '.join(phases)})")
@@ -153,7 +204,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
                 f"{lf.path}.threshold: {threshold:g}s is not a histogram bucket boundary; "
                 f"the share of observations under it cannot be measured exactly. Buckets (seconds): {names}"
             )
-        latency = Latency(objective=objective, threshold=match[0], phase=phase)
+        latency = Latency(objective=objective, threshold=match[0], phase=phase, sli_floor=floor)
     f.done()
     if availability is None and latency is None:
         raise ConfigError(f"{path}: needs an availability and/or a latency objective")

@@ -49,7 +49,8 @@ def render_status(exporter: Exporter, prefix: str) -> str:
     for (target, module, labels), series in sorted(exporter.store.series.items()):
         if series.attempts == 0:
             continue
-        ratio = series.successes / series.attempts
+        # Time-weighted like the SLI (docs/metrics.md): re-checks of a failing target do not weigh it down.
+        ratio = series.up / series.observed if series.observed else series.successes / series.attempts
         css = "ok" if series.success else "fail"
         last = series.last_failure
         last_text = f"{escape(last[0])} / {escape(last[1])}: {escape(last[2])}" if last else "—"
@@ -58,14 +59,14 @@ def render_status(exporter: Exporter, prefix: str) -> str:
         target_rows.append(
             f'<tr class="{css}" data-target="{escape(target)}"><td>{escape(target)}</td><td>{escape(module)}</td><td>{label_text}</td>'
             f'<td class="state">{"Up" if series.success else "Down"}</td>'
-            f"<td>{ratio * 100:.2f}% ({series.successes}/{series.attempts})</td><td>{_ts(series.last_success)}</td>"
+            f"<td>{ratio * 100:.2f}% ({series.successes}/{series.attempts} probes)</td><td>{_ts(series.last_success)}</td>"
             f'<td class="last-failure">{last_text}</td><td><a href="{probe_link}">Probe now</a></td></tr>'
         )
     targets_html = ""
     if exporter.scheduler.entries:
         targets_html = (
             "<h2>Targets</h2><table id=\"targets\"><thead><tr><th>Target</th><th>Module</th><th>Labels</th><th>State</th>"
-            "<th>Success ratio</th><th>Last success</th><th>Last failure</th><th></th></tr></thead><tbody>"
+            "<th>Availability (time-weighted)</th><th>Last success</th><th>Last failure</th><th></th></tr></thead><tbody>"
             + "".join(target_rows) + "</tbody></table>"
         )
     modules = "".join(f'<option value="{escape(name)}">{escape(name)}</option>' for name in sorted(exporter.config.modules))

@@ -66,8 +66,17 @@ def test_traces_flow_exporter_to_collector_to_trace_store() -> None:
         assert collector["exporters"][exporter]["endpoint"].split(":")[0] in COMPOSE["services"]
 
 
+def test_compose_datasources_are_what_generate_writes_for_the_stack() -> None:
+    from exporter.generate import COMPOSE_LINKS, datasources
+
+    text = (ROOT / "deploy" / "grafana-datasources.yml").read_text()
+    assert text.split("\n", 3)[3] == datasources(COMPOSE_LINKS), "regenerate deploy/grafana-datasources.yml"
+    volumes = COMPOSE["services"]["grafana"]["volumes"]
+    assert "./deploy/grafana-datasources.yml:/etc/grafana/provisioning/datasources/connhealth.yml:ro" in volumes
+
+
 def test_grafana_exemplars_point_at_the_provisioned_trace_store() -> None:
-    provisioning = yaml.safe_load((ROOT / "dashboards/generated/provisioning/datasources/connhealth.yml").read_text())
+    provisioning = yaml.safe_load((ROOT / "deploy/grafana-datasources.yml").read_text())
     by_uid = {ds["uid"]: ds for ds in provisioning["datasources"]}
     prometheus = next(ds for ds in provisioning["datasources"] if ds["type"] == "prometheus")
     for dest in prometheus["jsonData"]["exemplarTraceIdDestinations"]:

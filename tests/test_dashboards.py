@@ -161,5 +161,53 @@ def test_provisioning_files() -> None:
     ds = yaml.safe_load((GENERATED / "provisioning" / "datasources" / "connhealth.yml").read_text())
     prom = next(d for d in ds["datasources"] if d["type"] == "prometheus")
     assert prom["jsonData"]["exemplarTraceIdDestinations"] == [{"name": "trace_id", "datasourceUid": "traces"}]
+    # Copied into a user's Grafana: no compose host names (Grafana expands the variables), never the default.
+    assert {d["name"]: d["url"] for d in ds["datasources"]} == {
+        "Prometheus": "${CONNHEALTH_PROMETHEUS_URL}", "Traces": "${CONNHEALTH_TRACES_URL}"}
+    assert [d["isDefault"] for d in ds["datasources"]] == [False, False]
     prov = yaml.safe_load((GENERATED / "provisioning" / "dashboards" / "connhealth.yml").read_text())
     assert prov["providers"][0]["type"] == "file"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_exemplars_on_every_timeseries_over_a_histogram_or_the_failure_counter(path: Path) -> None:
+    traced = [f"{m.PHASE_DURATION}_bucket", f"{m.PROBE_DURATION}_bucket", m.PROBE_FAILURES]
+    for p in panels(load(path)):
+        if p["type"] != "timeseries":
+            continue
+        for t in p["targets"]:
+            if any(name in t["expr"] for name in traced):
+                assert t["exemplar"] is True, (p["title"], t["expr"])
+
+
+def test_exporter_dashboard_has_a_panel_with_exemplars() -> None:
+    dash = load(GENERATED / "exporter.json")
+    assert [p["title"] for p in panels(dash) if any(t["exemplar"] for t in p["targets"])] == [
+        "Probe duration P99 (all targets)"]
+
+
+@pytest.mark.parametrize(("store", "query"), [
+    ("jaeger", {"queryType": "search", "service": "connhealth", "tags": 'probe.target="https://a/?x=1&y=2" error=true'}),
+    ("tempo", {"queryType": "traceql",
+               "query": '{ resource.service.name="connhealth" && span.probe.target="https://a/?x=1&y=2" && status=error }'}),
+])
+def test_top_failing_targets_link_to_target_detail_and_to_the_trace_search(store: str, query: dict[str, str]) -> None:
+    from urllib.parse import parse_qs, quote, urlsplit
+
+    from dashboards.build import failure_attribution
+    from exporter.generate import dashboard_json
+
+    dash = dashboard_json(failure_attribution(store))
+    table = next(p for p in panels(dash) if p["title"] == "Top failing targets and their last reason")
+    detail, traces = table["fieldConfig"]["defaults"]["links"]
+    assert detail["url"].startswith(f"/d/{DASHBOARD_UIDS['target']}/") and "var-target=${__data.fields.target}" in detail["url"]
+    # What Grafana does with the link: fill in the row's target (percent-encoded) and the time range ...
+    target = "https://a/?x=1&y=2"
+    url = (traces["url"].replace("${__data.fields.target:percentencode}", quote(target, safe=""))
+           .replace("${__from}", "1700000000000").replace("${__to}", "1700003600000"))
+    split = urlsplit(url)
+    assert split.path == "/explore"
+    # ... and what Explore reads back: the trace store's own search for the target's failing probes.
+    panes = json.loads(parse_qs(split.query)["panes"][0])
+    assert panes == {"traces": {"datasource": "traces", "range": {"from": "1700000000000", "to": "1700003600000"},
+                                "queries": [{"refId": "A", "datasource": {"type": store, "uid": "traces"}, **query}]}}

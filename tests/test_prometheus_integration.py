@@ -7,7 +7,8 @@
   certificate was expired from the start, with service/region labels);
 * the generated probe rules (alerts/generated/connhealth-probes.rules.yml)
   loaded into Prometheus: ConnhealthCertificateExpired fires for the expired
-  certificate although no handshake with it ever completed (blackbox #1119).
+  certificate although no handshake with it ever completed (blackbox #1119),
+  and fires again on the data of a restarted exporter.
 
 Everything runs on 127.0.0.1; every wait is a bounded poll.
 """
@@ -197,8 +198,22 @@ scrape_configs:
                 # Every scrape job is up.
                 result = await query(session, base, "up")
                 assert result and all(r["value"][1] == "1" for r in result), result
+
+                # An exporter restart (same address): the new process knows nothing of the old one's
+                # handshakes, yet its first failed handshake exports the expiry again and the alert fires on it.
+                await ch.astop()
+                restarted_at = time.time()
+                ch.spawn(ch.port)
+                await ch.wait_ready(15)
+                fresh = f'timestamp(connhealth_tls_cert_earliest_expiry_timestamp_seconds{{target="{expired_url}"}}) > {restarted_at}'
+                result = await poll(session, base, fresh, lambda r: len(r) == 1, time.monotonic() + 20)
+                result = await poll(session, base, f"{EXPIRED_ALERT} and on (target) ({fresh})",
+                                    lambda r: len(r) == 1, time.monotonic() + 20)
+                assert result[0]["metric"]["target"] == expired_url, result
+                result = await query(session, base, "process_start_time_seconds{job=\"connhealth\"}")
+                assert float(result[0]["value"][1]) >= restarted_at - 1, result
         finally:
             if prom is not None:
                 await prom.astop()
             await ch.astop()
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 90

@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from alerts.rules import DEFAULT_POLICY, rule_files
 from exporter.config import load_config, parse_config
 from exporter.generate import outputs
@@ -42,10 +44,13 @@ def test_promtool_check_rules() -> None:
         assert "SUCCESS" in r.stdout
 
 
+@pytest.mark.timeout(300)
 def test_promtool_unit_tests() -> None:
     tests = sorted((REPO / "tests" / "rules").glob("*.yml"))
     assert tests
-    r = subprocess.run([promtool(), "test", "rules", *map(str, tests)], capture_output=True, text=True, timeout=120,
+    # ~35 s of CPU (every test case evaluates every recording rule each simulated minute); the bound
+    # leaves room for a machine shared with other builds.
+    r = subprocess.run([promtool(), "test", "rules", *map(str, tests)], capture_output=True, text=True, timeout=300,
                        cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -64,7 +69,10 @@ def test_burn_factors_derive_from_the_period() -> None:
 def test_every_window_is_recorded_with_consistent_labels() -> None:
     spec = load_config(EXAMPLE).slos
     groups = rule_files(spec)["connhealth-slo.rules.yml"]["groups"]
+    assert [g["name"] for g in groups if g["name"].endswith("-floor")] == ["connhealth-slo-api-floor"]
     for group in groups:
+        if group["name"].endswith("-floor"):
+            continue  # sli_floor alerts only (tests/rules/sli_floor_test.yml)
         records = [r for r in group["rules"] if "record" in r]
         windows = {r["labels"]["window"] for r in records if r["record"] == "connhealth_slo:error_ratio"}
         period = next(o.period for o in spec.objectives if group["name"].startswith(f"connhealth-slo-{o.service}-"))
@@ -85,6 +93,25 @@ def test_ratios_never_divide_by_zero() -> None:
                 assert "/ clamp_min(" in r["expr"], r["expr"]
 
 
+@pytest.mark.parametrize("store", ["jaeger", "tempo"])
+def test_cli_generate_takes_the_datasource_urls_from_its_options(tmp_path: Path, store: str) -> None:
+    import yaml
+
+    from exporter.cli import main
+
+    traces = "https://traces.internal.example:16686" if store == "jaeger" else "https://tempo.internal.example:3200"
+    assert main(["generate", "--config", str(EXAMPLE), "--out", str(tmp_path), "--traces", store,
+                 "--prometheus-url", "https://prom.internal.example:9090", "--traces-url", traces]) == 0
+    text = (tmp_path / "dashboards/generated/provisioning/datasources/connhealth.yml").read_text()
+    assert "prometheus:9090" not in text and "jaeger:" not in text and "${" not in text
+    ds = {d["name"]: d for d in yaml.safe_load(text)["datasources"]}
+    assert {n: (d["type"], d["url"], d["isDefault"]) for n, d in ds.items()} == {
+        "Prometheus": ("prometheus", "https://prom.internal.example:9090", False),
+        "Traces": (store, traces, False),
+    }
+    assert main(["generate", "--config", str(EXAMPLE), "--out", str(tmp_path), "--prometheus-url", "prometheus:9090"]) == 2
+
+
 def test_cli_generate(tmp_path: Path) -> None:
     from exporter.cli import main
 
@@ -92,3 +119,81 @@ def test_cli_generate(tmp_path: Path) -> None:
     for rel, text in outputs(load_config(EXAMPLE)).items():
         assert (tmp_path / rel).read_text() == text
     assert main(["generate", "--config", str(tmp_path / "missing.yml"), "--out", str(tmp_path)]) == 2
+
+
+# --- links in alert annotations ------------------------------------------------------------------
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub makes from a Markdown file's headings: lower case, punctuation other than
+    '-' and '_' dropped, spaces to '-', a repeated anchor suffixed -1, -2, ... (code blocks skipped)."""
+    import re
+
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fenced = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_github_anchors_follow_githubs_rules() -> None:
+    assert github_anchors("# A b\n## ConnhealthX / ConnhealthY\n```\n# not a heading\n```\n## A b\n") == {
+        "a-b", "connhealthx--connhealthy", "a-b-1"}
+
+
+def test_every_runbook_url_anchor_exists_in_the_runbooks() -> None:
+    anchors = github_anchors((REPO / "alerts" / "RUNBOOKS.md").read_text())
+    spec = load_config(EXAMPLE).slos
+    alerts = [r for f in rule_files(spec).values() for g in f["groups"] for r in g["rules"] if "alert" in r]
+    assert {r["alert"] for r in alerts} >= {"ConnhealthErrorBudgetBurn", "ConnhealthCertificateExpired",
+                                             "ConnhealthExporterAbsent", "ConnhealthTargetsAbsent"}
+    for rule in alerts:
+        url = rule["annotations"]["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == spec.runbook_url, url
+        assert anchor in anchors, f"{rule['alert']}: {url} has no heading in alerts/RUNBOOKS.md"
+
+
+def test_without_runbook_url_alerts_carry_no_runbook_link_and_check_config_says_so(tmp_path: Path) -> None:
+    from exporter.cli import main
+
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("slos:\n  objectives:\n    - {service: api, availability: {objective: 99.9}}\n")
+    spec = load_config(cfg).slos
+    alerts = [r for f in rule_files(spec).values() for g in f["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts and all("runbook_url" not in r["annotations"] for r in alerts)
+    # No grafana_url: dashboard links are relative.
+    assert all(r["annotations"]["dashboard"].startswith("/d/") for r in alerts)
+    assert spec.warnings() == [
+        "slos.grafana_url is not set: the dashboard links in alert annotations are relative (/d/...) and work "
+        "only where Grafana's own address is prefixed",
+        "slos.runbook_url is not set: alerts carry no runbook_url annotation (point it at where "
+        "alerts/RUNBOOKS.md is served)",
+    ]
+    assert load_config(EXAMPLE).slos.warnings() == []
+    assert main(["check-config", str(cfg)]) == 0
+
+
+def test_check_config_prints_the_link_warnings(tmp_path: Path, capsys) -> None:
+    from exporter.cli import main
+
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("slos:\n  grafana_url: https://grafana.example.com/\n"
+                   "  objectives:\n    - {service: api, availability: {objective: 99.9}}\n")
+    assert main(["check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:] == [f"{cfg}: warning: slos.runbook_url is not set: alerts carry no runbook_url annotation "
+                       "(point it at where alerts/RUNBOOKS.md is served)"]
+    spec = load_config(cfg).slos
+    dashboards = {r["annotations"]["dashboard"] for f in rule_files(spec).values() for g in f["groups"]
+                  for r in g["rules"] if "alert" in r}
+    assert all(d.startswith("https://grafana.example.com/d/") for d in dashboards), dashboards

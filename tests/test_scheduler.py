@@ -28,7 +28,8 @@ from exporter.config import Module, SchedulerConfig, TargetSpec, builtin_modules
 from exporter.engine import run_probe
 from exporter.result import Failure, ProbeResult
 from exporter.scheduler import (
-    CANCEL_WAIT, JITTER, PROBE_ERROR, SHUTTING_DOWN, SKIP_REASONS, STILL_RUNNING, MonotonicClock, Scheduler,
+    CANCEL_WAIT, JITTER, MAX_GAP_INTERVALS, PROBE_ERROR, SHUTTING_DOWN, SKIP_REASONS, STILL_RUNNING, Coverage,
+    MonotonicClock, Scheduler,
 )
 
 try:
@@ -77,6 +78,7 @@ class FakeProbe:
         self.calls: list[Call] = []
         self.durations: dict[str, float] = {}
         self.failing: set[str] = set()
+        self.down: Callable[[float], bool] = lambda now: False  # every target fails while down(now)
         self.raising: set[str] = set()
         self.swallow_cancel: set[str] = set()  # misbehaving on purpose: to test stop()'s bound
         self.active: Counter[str] = Counter()
@@ -110,7 +112,8 @@ class FakeProbe:
             if target in self.raising:
                 raise RuntimeError(f"probe function bug for {target}")
             self.finished.append((target, self.clock.now()))
-            failure = Failure("connect", "connect_refused", "refused") if target in self.failing else None
+            bad = target in self.failing or self.down(start)
+            failure = Failure("connect", "connect_refused", "refused") if bad else None
             return ProbeResult(target=target, module=module.name, prober=module.prober, started_at=start,
                                duration_seconds=self.clock.now() - start, timeout_seconds=timeout or 0.0,
                                failure=failure)
@@ -124,12 +127,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.results: dict[str, list[ProbeResult]] = defaultdict(list)
+        self.coverage: dict[str, list[Coverage]] = defaultdict(list)
         self.skips: list[str] = []
         self.lags: list[float] = []
         self.sink_raises_for: set[str] = set()
 
-    def sink(self, spec: TargetSpec, result: ProbeResult) -> None:
+    def sink(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
         self.results[spec.target].append(result)
+        self.coverage[spec.target].append(coverage)
         if spec.target in self.sink_raises_for:
             raise ValueError(f"sink bug for {spec.target}")
 
@@ -282,6 +287,12 @@ async def test_recovered_target_returns_to_its_interval_after_one_planned_rechec
     assert rel(e.probe.times(s.target), e.t0) == [4, 8, 10, 11, 12, 13, 14, 22, 30]
     assert [r.success for r in e.rec.results[s.target]] == [False] * 5 + [True] * 4
     assert e.entry_failures(s) == 0
+    # The time each result stands for (the availability SLI): the first probe none; each later one the gap
+    # before it, split between the two probes that bound it (failure -> success: half down, half up).
+    assert e.rec.coverage[s.target] == [
+        Coverage(0, 0), Coverage(4, 0), Coverage(2, 0), Coverage(1, 0), Coverage(1, 0),
+        Coverage(1, 0.5), Coverage(1, 1), Coverage(8, 8), Coverage(8, 8),
+    ]
 
 
 async def test_halving_stops_after_six_failures(env: NewEnv) -> None:
@@ -333,6 +344,38 @@ async def test_a_failure_known_late_brings_the_next_probe_forward(env: NewEnv) -
     assert rel(e.probe.times(s.target), e.t0) == [4, 8, 11]
     assert e.rec.lags == [0.0, 0.0, 0.0], "the third probe was planned in the past"
     assert e.rec.skips == []
+
+
+# --- the time each result stands for (the availability SLI) -----------------------
+
+async def test_adaptive_reprobing_does_not_bias_the_time_weighted_sli(env: NewEnv) -> None:
+    """A target down exactly 10 % of the time (2 s in every 20 s), probed every 1 s when healthy and
+    down to every 1/8 s while failing: its probes are about half failures, its time-weighted SLI is 90 %."""
+    e = env(min_interval=0.125, rng=random.Random(7))
+    e.probe.down = lambda now: 9.0 <= (now - e.t0) % 20.0 < 11.0
+    s = spec("sometimes-down:1", 1.0)
+    e.sched.update([s])
+    e.sched.start()
+    await e.clock.advance(2000.0)
+    results, coverage = e.rec.results[s.target], e.rec.coverage[s.target]
+    observed = sum(c.seconds for c in coverage)
+    sli = sum(c.up_seconds for c in coverage) / observed
+    naive = sum(r.success for r in results) / len(results)
+    assert observed == pytest.approx(2000.0, abs=1.5)  # from the first probe (within 1 s) to the last
+    assert sli == pytest.approx(0.90, abs=0.005), sli
+    print(f"time-weighted SLI {sli:.4f}, successes/attempts {naive:.4f} over {len(results)} probes")
+    assert naive < 0.75, naive  # successes / attempts: the re-checks weigh it toward failures
+
+
+async def test_a_stalled_gap_counts_only_up_to_its_bound(env: NewEnv) -> None:
+    e = env()
+    s = spec("slow:1", 1.0, timeout=2.0)
+    e.probe.durations[s.target] = 10.0  # outlives its interval: the periods in between are skipped
+    e.sched.update([s])
+    e.sched.start()
+    await e.clock.run_until(lambda: len(e.rec.coverage[s.target]) >= 3, limit=100.0)
+    assert gaps(e.probe.times(s.target))[0] > MAX_GAP_INTERVALS * 1.0 + 2.0
+    assert e.rec.coverage[s.target][1:3] == [Coverage(4.0, 4.0)] * 2
 
 
 # --- one probe per target; total concurrency -------------------------------------
@@ -693,9 +736,9 @@ class RealRecorder(Recorder):
         super().__init__()
         self.arrivals: dict[str, list[float]] = defaultdict(list)  # time.monotonic() of each result
 
-    def sink(self, spec: TargetSpec, result: ProbeResult) -> None:
+    def sink(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
         self.arrivals[spec.target].append(time.monotonic())
-        super().sink(spec, result)
+        super().sink(spec, result, coverage)
 
 
 async def test_real_clock_and_run_probe_end_to_end() -> None:

@@ -5,7 +5,7 @@ import pytest
 
 from exporter import metrics as m
 from exporter.config import ConfigError, load_config, parse_config
-from exporter.slo import le_string
+from exporter.slo import SLIFloor, le_string
 
 BASE = """
 slos:
@@ -25,6 +25,15 @@ def test_example_config_parses() -> None:
     assert api.availability.objective == pytest.approx(0.999)
     assert api.latency.threshold == 0.3 and api.latency.le == "0.3" and api.latency.phase == "connect"
     assert spec.objectives[2].period == "7d"
+    # seeds 002/003: "alert when the SLI stays below 99.5 % for 2 h"; off for the others.
+    assert api.availability.sli_floor == SLIFloor(objective=0.995, for_seconds=7200.0)
+    assert api.availability.sli_floor.for_ == "2h"
+    assert api.latency.sli_floor is None and spec.objectives[1].availability.sli_floor is None
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(7200, "2h"), (5400, "90m"), (86400, "1d"), (90061, "90061s")])
+def test_sli_floor_duration_in_prometheus_notation(seconds: float, text: str) -> None:
+    assert SLIFloor(0.99, seconds).for_ == text
 
 
 def test_defaults() -> None:
@@ -59,6 +68,12 @@ def test_threshold_checked_against_configured_buckets() -> None:
     ("latency: {objective: 95}", "latency.threshold: required"),
     ("selector: {le: x}\n      availability: {objective: 99}", "selector.le: invalid or reserved"),
     ("period: 30d", "needs an availability and/or a latency objective"),
+    ("availability: {objective: 99, sli_floor: {objective: 99.5, for: 2h}}",
+     "availability.sli_floor.objective: 99.5 is above the SLO's own objective (99)"),
+    ("availability: {objective: 99.9, sli_floor: {objective: 99.5}}", "availability.sli_floor.for: required"),
+    ("availability: {objective: 99.9, sli_floor: {objective: 99.5, for: 10s}}", "must be whole seconds between 1m and 7d"),
+    ("availability: {objective: 99.9, sli_floor: {objective: 99.5, for: 2h, window: 1h}}", "window"),
+    ("latency: {objective: 95, threshold: 300ms, sli_floor: {for: 2h}}", "latency.sli_floor.objective: required"),
 ])
 def test_invalid(bad: str, where: str) -> None:
     text = f"slos:\n  objectives:\n    - service: api\n      {bad}\n"

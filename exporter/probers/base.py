@@ -94,6 +94,15 @@ class Prober(abc.ABC):
     async def probe(self, ctx: ProbeContext, target: str, settings: Any) -> None:
         """Probe through ctx.phase(...), fill ctx, raise on failure."""
 
+    def expected_phases(self, target: str, settings: Any) -> tuple[str, ...]:
+        """The phases a successful probe of ``target`` with these settings goes through.
+
+        The continuous store creates their histograms at 0 as soon as the target is scheduled
+        (so ``increase()`` counts the first observation) and no others (a never-reached phase
+        would cost a histogram's series per target for nothing). Default: every phase.
+        """
+        return tuple(p.name for p in self.phases)
+
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
         return ()

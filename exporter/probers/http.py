@@ -25,6 +25,7 @@ from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..net import http1, http2
 from ..net.connection import Connection
+from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, Secret, compile_regex, parse_ip_protocol, reveal
@@ -268,6 +269,14 @@ class HTTPProber(Prober):
 
     def check_target(self, target: str) -> None:
         _split_target(target)
+
+    def expected_phases(self, target: str, settings: HTTPProbeConfig) -> tuple[str, ...]:
+        try:
+            parts, host, _, _ = _split_url(target)
+        except ValueError:
+            return ()
+        return tuple(p.name for p in self.phases
+                     if not (p is DNS and is_ip(host) or p is TLS and parts.scheme != "https"))
 
     async def probe(self, ctx: ProbeContext, target: str, settings: HTTPProbeConfig) -> None:
         cfg = settings

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..failures import ProbeFailure
 from ..net.connection import Connection
+from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..schema import Fields, Secret, compile_regex, parse_ip_protocol, reveal, split_host_port
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
@@ -62,6 +63,18 @@ class TCPProber(Prober):
 
     def check_target(self, target: str) -> None:
         _host_port(target)
+
+    def expected_phases(self, target: str, settings: TCPProbeConfig) -> tuple[str, ...]:
+        try:
+            host, _ = split_host_port(target)
+        except ValueError:
+            return ()
+        steps = settings.query_response
+        reached = {"dns": not is_ip(host), "connect": True,
+                   "tls": settings.tls or any(s.starttls for s in steps),
+                   "request": any(s.send is not None for s in steps),
+                   "first_byte": any(s.expect is not None for s in steps)}
+        return tuple(p.name for p in self.phases if reached.get(p.name, True))
 
     async def probe(self, ctx: ProbeContext, target: str, settings: TCPProbeConfig) -> None:
         cfg = settings

@@ -1,5 +1,12 @@
 """Continuous-mode metrics sink: per-target counters and histograms, rendered as text.
 
+Every counter of a target, its probe-duration histogram and the histogram of
+every phase its probes go through exist at 0 from the moment the target is
+scheduled (``sync``), so ``increase()`` sees its first probe; a target that
+is no longer scheduled loses its series. The failure counter is the
+exception: a (phase, reason) pair appears with its first failure, since
+pre-creating every pair would add dozens of series per target.
+
 A scrape of 10k targets must not rebuild 10k targets' worth of samples: each
 target keeps its rendered lines per metric family and re-renders them only
 after a new probe result. A scrape then joins cached strings.
@@ -7,12 +14,15 @@ after a new probe result. A scrape then joins cached strings.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from .. import metrics as m
 from .exposition import escape, fmt
 from ..probers import all_phases
 from ..result import ProbeResult
+
+# (target, module, labels): one continuously probed target.
+Key = tuple[str, str, tuple[tuple[str, str], ...]]
 
 _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
 _INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
@@ -61,18 +71,21 @@ class TargetSeries:
     """Everything one (target, module, labels) has accumulated."""
 
     __slots__ = (
-        "base", "attempts", "successes", "failures", "duration", "phases", "last_success", "last_probe",
+        "base", "attempts", "successes", "observed", "up", "failures", "duration", "phases", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
         "last_failure", "failure_exemplars",
     )
 
-    def __init__(self, base: str, n_buckets: int) -> None:
+    def __init__(self, base: str, n_buckets: int, phases: Iterable[str] = ()) -> None:
         self.base = base  # rendered label pairs, computed once
         self.attempts = 0
         self.successes = 0
+        self.observed = 0.0  # seconds (scheduler.Coverage)
+        self.up = 0.0
         self.failures: dict[tuple[str, str], int] = {}
         self.duration = _Histogram(n_buckets)
-        self.phases: dict[str, _Histogram] = {}
+        # The prober's phases exist at 0 before the first probe reaches them.
+        self.phases: dict[str, _Histogram] = {phase: _Histogram(n_buckets) for phase in phases}
         self.last_success: float | None = None
         self.last_probe: float | None = None
         self.success: bool | None = None
@@ -103,6 +116,8 @@ class TargetSeries:
         out: list[list[str]] = [[] for _ in _FAMILIES]
         out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
         out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
+        out[_INDEX[m.OBSERVED_SECONDS]].append(f"{m.OBSERVED_SECONDS}{{{b}}} {fmt(self.observed)}")
+        out[_INDEX[m.UP_SECONDS]].append(f"{m.UP_SECONDS}{{{b}}} {fmt(self.up)}")
         ex = self.failure_exemplars if om else {}
         out[_INDEX[m.PROBE_FAILURES]].extend(
             f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}'
@@ -132,9 +147,12 @@ class TargetSeries:
             out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
         return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
 
-    def observe(self, result: ProbeResult, bounds: tuple[float, ...]) -> None:
+    def observe(self, result: ProbeResult, bounds: tuple[float, ...], seconds: float = 0.0, up_seconds: float = 0.0) -> None:
+        """Count ``result``; it stands for ``seconds`` of wall time, ``up_seconds`` of them up (scheduler.Coverage)."""
         finished_at = result.started_at + result.duration_seconds
         self.attempts += 1
+        self.observed += seconds
+        self.up += up_seconds
         self.last_probe = finished_at
         self.success = result.success
         # No exemplar for an unsampled trace: nothing to click through to.
@@ -172,7 +190,7 @@ class SeriesStore:
         self.bounds = tuple(buckets)
         self.le_strings = tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in self.bounds) + ("+Inf",)
         self.label_names = tuple(sorted(label_names))
-        self.series: dict[tuple[str, str, tuple[tuple[str, str], ...]], TargetSeries] = {}
+        self.series: dict[Key, TargetSeries] = {}
         self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES]
         # OpenMetrics names a counter family without its _total suffix.
         self._om_headers = [
@@ -196,20 +214,26 @@ class SeriesStore:
         pairs = [("target", target), ("module", module)] + [(n, given.get(n, "")) for n in self.label_names]
         return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
-    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...]) -> TargetSeries:
+    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], phases: Iterable[str] = ()) -> TargetSeries:
         key = (target, module, labels)
         series = self.series.get(key)
         if series is None:
-            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1)
+            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1, phases)
         return series
 
-    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult) -> None:
-        self.get(target, module, labels).observe(result, self.bounds)
+    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult,
+                seconds: float = 0.0, up_seconds: float = 0.0) -> None:
+        self.get(target, module, labels).observe(result, self.bounds, seconds, up_seconds)
 
-    def retain(self, keys: set[tuple[str, str, tuple[tuple[str, str], ...]]]) -> None:
-        """Forget targets that are no longer configured (their series vanish, like blackbox's)."""
-        for key in [k for k in self.series if k not in keys]:
+    def sync(self, targets: Mapping[Key, Iterable[str]]) -> None:
+        """Exactly the scheduled targets have series: a new one gets its counters and the histograms
+        of the phases its probes go through (``targets[key]``, Prober.expected_phases) at 0 now,
+        before its first probe; a target no longer scheduled loses its series.
+        """
+        for key in [k for k in self.series if k not in targets]:
             del self.series[key]
+        for key, phases in targets.items():
+            self.get(*key, phases=phases)
 
     def render_chunks(self, chunk_targets: int = 512, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``chunk_targets`` targets per family.
