@@ -24,6 +24,11 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
 
 async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
+    if ctx.resolver.overrides:
+        to = ctx.resolver.connect_address(host, port)
+        if to != (host, port):
+            ctx.log(f"connecting to {to[0]}:{to[1]} instead of {host}:{port} (--resolve / --connect-to)")
+            host, port = to
     known = resolve.literal(host)
     ip, family = known if known is not None else await _address(ctx, host, preferred_ip_protocol, fallback)
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
