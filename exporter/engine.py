@@ -17,6 +17,7 @@ from opentelemetry.context import Context
 
 from .config import Module
 from .failures import DeadlineExceeded, classify
+from .logsetup import redact_url
 from .probers import PROBERS, ProbeContext
 from .result import Failure, ProbeResult
 from .sinks import traces
@@ -48,6 +49,9 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     failure: Failure | None = None
     failed_at: float | None = None
     ctx.log(f"probing {target} with module {module.name} (prober {module.prober}, timeout {timeout:g}s)")
+    debug = log.isEnabledFor(logging.DEBUG)
+    if debug:
+        log.debug("probe started", extra={"kv": {"target": redact_url(target), "module": module.name}})
     try:
         # The outer deadline catches time spent outside any phase.
         async with asyncio.timeout(max(ctx.remaining(), 0)):
@@ -88,4 +92,9 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         sampled=ids.sampled,
     )
     traces.record(result)
+    if debug:
+        log.debug("probe finished", extra={"kv": {
+            "target": redact_url(target), "module": module.name, "success": failure is None,
+            "duration_seconds": round(result.duration_seconds, 6),
+            **({"phase": failure.phase, "reason": failure.reason} if failure else {}), "trace_id": result.trace_id}})
     return result

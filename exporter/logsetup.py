@@ -17,6 +17,18 @@ _NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
           logging.CRITICAL: "error"}
 
 
+def redact_url(text: str) -> str:
+    """A target fit for a log: the password of a URL's userinfo replaced."""
+    if "@" not in text or "://" not in text:
+        return text
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    return parts._replace(netloc=f"{parts.username}:REDACTED@{parts.netloc.rpartition('@')[2]}").geturl()
+
+
 def _timestamp(record: logging.LogRecord) -> str:
     ms = int(record.msecs)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{ms:03d}Z"
@@ -32,7 +44,9 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _logfmt_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value) if not isinstance(value, (int, float)) else repr(value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, (int, float)) else json.dumps(value, default=str)
     if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
         return text
     return json.dumps(text, ensure_ascii=False)

@@ -49,14 +49,22 @@ class ServeOptions:
     route_prefix: str = "/"
     timeout_offset: float = 0.5
     history_limit: int = 100
+    history_per_target: int = 10
     grace: float = 10.0
     tracing: TracingOptions = TracingOptions()
+    trace_url: str | None = None  # status page: link a trace id here ("{trace_id}" is replaced)
+    created_series: bool = False  # the _created series of the exporter's own counters
 
 
 class SelfMetrics:
     """The exporter's own health, in a small prometheus_client registry."""
 
     def __init__(self, exporter: Exporter) -> None:
+        # One extra _created series per counter and histogram, which nobody graphs
+        # (blackbox has none); --metrics.created brings them back. A process-wide switch.
+        from prometheus_client import disable_created_metrics, enable_created_metrics
+
+        (enable_created_metrics if exporter.options.created_series else disable_created_metrics)()
         r = self.registry = CollectorRegistry(auto_describe=True)
         spec = {s.name: s for s in m.SELF}
         Gauge(m.BUILD_INFO, spec[m.BUILD_INFO].help, ["version", "python"], registry=r).labels(__version__, platform.python_version()).set(1)
@@ -94,7 +102,8 @@ class Exporter:
         self.options = options
         self.config = config
         self.span_processor = span_processor
-        self.history = History(options.history_limit)
+        self.history = History(options.history_limit, options.history_per_target)
+        self.started_at = time.time()
         self.probe_endpoint_in_flight = 0
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
@@ -133,6 +142,7 @@ class Exporter:
         """Re-read the config file; a bad one keeps the old config running."""
         if self.options.config_file is None:
             return True, "no config file: nothing to reload"
+        log.debug("reload: reading config", extra={"kv": {"file": self.options.config_file}})
         try:
             config = load_config(self.options.config_file)
         except ConfigError as exc:
@@ -145,6 +155,7 @@ class Exporter:
         self.self_metrics.reload_ts.set(time.time())
         self.self_metrics.reloads.labels("success").inc()
         self.watcher.reset()
+        log.debug("reload: config parsed, rescanning target files", extra={"kv": {"modules": len(config.modules)}})
         self.file_targets, _ = self._scan_files()
         self._apply_targets()
         log.info("config reloaded: %d modules, %d targets", len(config.modules), len(self.scheduler.entries))
@@ -250,6 +261,12 @@ class Exporter:
             return web.Response(status=404, text="Probe not found (it may have left the history)\n")
         return web.Response(text=self.debug_output(entry), content_type="text/plain")
 
+    async def handle_config(self, request: web.Request) -> web.Response:
+        """The running config as YAML, every prober section's secrets redacted (blackbox's /config)."""
+        modules = {name: redact(self.config.raw_modules.get(name) or {"prober": mod.prober, "note": "built-in module"})
+                   for name, mod in sorted(self.config.modules.items())}
+        return web.Response(text=yaml.safe_dump({"modules": modules}, sort_keys=False), content_type="text/plain")
+
     async def handle_reload(self, request: web.Request) -> web.Response:
         ok, message = self.reload()
         return web.Response(status=200 if ok else 500, text=message + "\n")
@@ -315,6 +332,7 @@ def build_app(exporter: Exporter) -> web.Application:
     if p:
         app.router.add_get(p, exporter.handle_index)
     app.router.add_get(p + "/logs", exporter.handle_logs)
+    app.router.add_get(p + "/config", exporter.handle_config)
     app.router.add_post(p + "/-/reload", exporter.handle_reload)
     app.router.add_get(p + "/-/healthy", exporter.handle_healthy)
     app.router.add_get(p + "/-/ready", exporter.handle_ready)
@@ -325,8 +343,15 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
     try:
         host, port = split_host_port(address)
     except ValueError as exc:
-        raise ConfigError(f"--web.listen-address: {exc} (expected [host]:port)") from None
+        from .adhoc import ipv6_hint
+
+        raise ConfigError(f"--web.listen-address: {exc}{ipv6_hint(address)}") from None
     return host or None, port
+
+
+def format_address(host: str, port: int) -> str:
+    """host:port with an IPv6 address in brackets ([::1]:9115)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve(options: ServeOptions, config: Config | None = None, *,
@@ -341,8 +366,16 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     await runner.setup()
     for host, port in listen:
         site = web.TCPSite(runner, host, port)
-        await site.start()
-    addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            shutdown_tracing(span_processor)
+            from .cli import StartupError
+
+            where = format_address(host, port) if host else f":{port}"
+            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    addresses = [format_address(a[0], a[1]) for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
     exporter.start()
     _tune_gc()
