@@ -5,6 +5,7 @@ import asyncio
 import copy
 import gc
 import logging
+import os
 import platform
 import signal
 import time
@@ -374,7 +375,8 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
             from .cli import StartupError
 
             where = format_address(host, port) if host else f":{port}"
-            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {where}: {why}") from None
     addresses = [format_address(a[0], a[1]) for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
     exporter.start()
