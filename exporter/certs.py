@@ -200,8 +200,9 @@ class CertFactory:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         include_chain: bool = True,
+        client_auth: bool = False,
     ) -> Issued:
-        """A server certificate signed by ``ca`` (``None``: self-signed).
+        """A server certificate signed by ``ca`` (``None``: self-signed); ``client_auth`` makes it a client's too.
 
         ``include_chain=False`` leaves the intermediates out of ``cert_file``
         so a server presents an incomplete chain (the classic "works in the
@@ -230,7 +231,8 @@ class CertFactory:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]
+                                                 + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])), critical=False)
         )
         if sans:
             # Clients match hostnames against SANs only (the CN is ignored),
