@@ -94,3 +94,16 @@ def test_installed_wheel_imports_only_connhealth(clean_venv: Path, tmp_path: Pat
     example = _run(py, "-c", "import connhealth.examples, pathlib; print(pathlib.Path(connhealth.examples.__path__[0]) / 'connhealth.yml')",
                    cwd=tmp_path).strip()
     assert _run(clean_venv / "bin" / "connhealth", "check-config", example, cwd=tmp_path).startswith(f"{example}: OK (")
+
+
+def test_dockerfile_copies_every_mapped_directory_and_has_a_healthcheck() -> None:
+    import tomllib
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    mapped = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for directory in mapped:
+        top = directory.split("/")[0]
+        assert f"COPY {top} ./{top}" in dockerfile, f"the image build would miss {top}/"
+    (health,) = [line for line in dockerfile.splitlines() if line.startswith("HEALTHCHECK")]
+    assert "--interval=" in health and "--timeout=" in health
+    assert "http://127.0.0.1:9115/-/healthy" in dockerfile
