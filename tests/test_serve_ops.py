@@ -147,3 +147,22 @@ def test_history_bounds_the_number_of_targets():
     assert history.get(first.id) is None
     assert history.of_target("probe", "t0:1", "tcp_connect") == []
     assert len(history.recent()) == 3  # at most max_targets * per_target + limit, here the last 3 targets
+
+
+async def test_debug_log_names_target_file_scans(tmp_path):
+    targets = tmp_path / "targets.yml"
+    targets.write_text(f"- targets: [\"{LOCALHOST}:1\", \"{LOCALHOST}:2\"]\n")
+    config = tmp_path / "c.yml"
+    config.write_text(f"scheduler:\n  file_refresh_interval: 200ms\ntarget_files:\n  - files: [{targets}]\n    interval: 1m\n")
+    exporter = ExporterProcess(config, tmp_path, "--log.level", "debug", "--log.format", "json")
+    await exporter.start()
+    try:
+        for _ in range(100):  # bounded: the first scans happen at start-up
+            scans = [json.loads(line) for line in exporter.log().splitlines() if '"target files scanned"' in line]
+            if len(scans) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await exporter.astop()
+    assert scans[0]["files"] == 1 and scans[0]["targets"] == 2 and scans[0]["changed"] is True
+    assert scans[-1]["changed"] is False
