@@ -162,6 +162,11 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     return host, port
 
 
+def join_host_port(host: str, port: int) -> str:
+    """host:port for messages, an IPv6 address in brackets ([::1]:9115), as split_host_port reads it back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_ip_protocol(f: Fields) -> tuple[str, bool]:
     """blackbox's preferred_ip_protocol / ip_protocol_fallback pair."""
     proto = f.get("preferred_ip_protocol", str, "ip6")

@@ -25,6 +25,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from . import __version__
 from . import metrics as m
 from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
+from .schema import join_host_port
 from .engine import run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
@@ -350,10 +351,6 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
     return host or None, port
 
 
-def format_address(host: str, port: int) -> str:
-    """host:port with an IPv6 address in brackets ([::1]:9115)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
 
 async def serve(options: ServeOptions, config: Config | None = None, *,
                 on_started: Callable[[Exporter, web.AppRunner], None] | None = None) -> int:
@@ -374,10 +371,10 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
             shutdown_tracing(span_processor)
             from .cli import StartupError
 
-            where = format_address(host, port) if host else f":{port}"
+            where = join_host_port(host, port) if host else f":{port}"
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {where}: {why}") from None
-    addresses = [format_address(a[0], a[1]) for a in runner.addresses]
+    addresses = [join_host_port(a[0], a[1]) for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
     exporter.start()
     _tune_gc()

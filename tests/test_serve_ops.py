@@ -166,3 +166,20 @@ async def test_debug_log_names_target_file_scans(tmp_path):
         await exporter.astop()
     assert scans[0]["files"] == 1 and scans[0]["targets"] == 2 and scans[0]["changed"] is True
     assert scans[-1]["changed"] is False
+
+
+async def test_probe_logs_bracket_ipv6(tmp_path):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            port = probe.getsockname()[1]  # closed again: refused
+    except OSError:
+        pytest.skip("::1 is not configured here")
+    exporter = ExporterProcess(None, tmp_path)
+    await exporter.start()
+    try:
+        status, text = await exporter.get("/probe", params={"target": f"[::1]:{port}", "module": "tcp_connect", "debug": "true"})
+    finally:
+        await exporter.astop()
+    assert status == 200
+    assert f"connecting to [::1]:{port}\n" in text, text

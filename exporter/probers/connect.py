@@ -7,6 +7,7 @@ import ssl
 from ..net import connection, resolve
 from ..net.tls import TLSConfig, client_context, tls_info_of
 from ..result import Peer
+from ..schema import join_host_port
 from .base import ProbeContext
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
@@ -27,17 +28,17 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     if ctx.resolver.overrides:
         to = ctx.resolver.connect_address(host, port)
         if to != (host, port):
-            ctx.log(f"connecting to {to[0]}:{to[1]} instead of {host}:{port} (--resolve / --connect-to)")
+            ctx.log(f"connecting to {join_host_port(*to)} instead of {join_host_port(host, port)} (--resolve / --connect-to)")
             host, port = to
     known = resolve.literal(host)
     ip, family = known if known is not None else await _address(ctx, host, preferred_ip_protocol, fallback)
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
-    ctx.log(f"connecting to {ip}:{port}")
+    ctx.log(f"connecting to {join_host_port(ip, port)}")
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
     ctx.tcp = connection.tcp_info_of(sock)
-    ctx.log(f"connected to {ip}:{port}")
+    ctx.log(f"connected to {join_host_port(ip, port)}")
     return sock
 
 
