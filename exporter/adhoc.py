@@ -13,12 +13,12 @@ import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
-from .config import BUILTIN_MODULES_YAML, Config, Module, ResolverConfig, default_module_for, parse_module
+from .config import BUILTIN_MODULES_YAML, Config, Module, default_module_for, parse_module
 from .failures import ProbeFailure
+from .net.resolve import is_ip
 from .probers import PROBERS
 from .schema import ConfigError, split_host_port
 
@@ -157,7 +157,7 @@ def _resolve(text: str) -> tuple[str, int, str, int]:
     addr = addr.strip("[]")
     if not host or not addr:
         raise ConfigError(f"--resolve {text!r}: expected HOST:PORT:ADDR, e.g. example.com:443:127.0.0.1")
-    if not _is_ip(addr):
+    if not is_ip(addr):
         raise ConfigError(f"--resolve {text!r}: {addr!r} is not an IP address")
     return host.lower(), _port(port_text, "--resolve", text, False), addr, 0
 
@@ -187,22 +187,12 @@ def _split_brackets(text: str) -> list[str]:
     return [*parts, current]
 
 
-def _is_ip(text: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 # --- targets: one line that says what to type instead -------------------------------------
 def ipv6_hint(text: str) -> str:
     host = text.split("://", 1)[-1].split("/", 1)[0]
     if host.count(":") >= 2 and not host.startswith("["):
         head, _, port = host.rpartition(":")
-        if port.isdigit() and _is_ip(head):
+        if port.isdigit() and is_ip(head):
             return f"; put an IPv6 address in brackets: {text.replace(host, f'[{head}]:{port}', 1)}"
         return "; put an IPv6 address in brackets, e.g. [::1]:9115"
     return ""
