@@ -112,16 +112,24 @@ async def test_broken_pipe_is_silent(plain):
 
 
 async def test_help_starts_fast():
-    """`connhealth --help` imports no heavy module; the best of 3 runs is well under 0.3 s."""
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        code, out, _ = await run("probe", "--help", cmd=[SCRIPT])
-        times.append(time.perf_counter() - start)
-        assert code == 0 and "--insecure" in out
-    assert min(times) < 0.3, times
+    """`connhealth --help` imports no heavy module, and starts in under 0.3 s.
+
+    On a loaded box the interpreter's own start-up can approach that, so the
+    bound is 0.3 s or, failing that, 0.1 s over a bare interpreter timed in
+    the same loop (before: 1.0-1.75 s, most of it aiohttp, OpenTelemetry, dnspython).
+    """
     _, out, _ = await run("-c", "import sys, exporter.cli; print(' '.join(sorted(sys.modules)))", cmd=[sys.executable])
     assert not set(out.split()) & {"aiohttp", "opentelemetry", "yaml", "cryptography", "dns", "exporter.engine"}, out
+    cli, bare = [], []
+    for _ in range(5):
+        start = time.perf_counter()
+        code, out, _ = await run("probe", "--help", cmd=[SCRIPT])
+        cli.append(time.perf_counter() - start)
+        assert code == 0 and "--insecure" in out
+        start = time.perf_counter()
+        await run("-c", "import argparse", cmd=[sys.executable])
+        bare.append(time.perf_counter() - start)
+    assert min(cli) < 0.3 or min(cli) - min(bare) < 0.1, (cli, bare)
 
 
 # --- curl-like options against local servers ------------------------------------------------
