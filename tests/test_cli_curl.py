@@ -307,16 +307,20 @@ async def test_debug_logs_logfmt_and_json(plain):
 
 
 async def test_unreachable_otlp_collector_is_one_warning_and_no_delay(plain, closed_port):
-    start = time.perf_counter()
-    code, out, err = await run("probe", plain.url("/ok"), "--json")
-    base = time.perf_counter() - start
-    start = time.perf_counter()
-    code, out, err = await run("probe", plain.url("/ok"), "--json", "--otlp.endpoint", f"http://127.0.0.1:{closed_port}")
-    took = time.perf_counter() - start
-    assert code == 0
-    assert err == f"connhealth: warning: trace not exported: OTLP collector at http://127.0.0.1:{closed_port} unreachable (connection refused)\n"
-    # The SDK's retry backs off for 1 s and more; a generous margin for a loaded box still rules that out.
-    assert took < base + 0.8, (base, took)
+    base, took = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        code, out, err = await run("probe", plain.url("/ok"), "--json")
+        base.append(time.perf_counter() - start)
+        assert (code, err) == (0, "")
+        start = time.perf_counter()
+        code, out, err = await run("probe", plain.url("/ok"), "--json", "--otlp.endpoint", f"http://127.0.0.1:{closed_port}")
+        took.append(time.perf_counter() - start)
+        assert code == 0 and json.loads(out)["trace_sampled"] is True
+        assert err == (f"connhealth: warning: trace not exported: OTLP collector at http://127.0.0.1:{closed_port} "
+                       "unreachable (connection refused)\n")
+    # The SDK's retry would back off for 0.8 s and more; the best runs compared leave the box's noise out.
+    assert min(took) - min(base) < 0.5, (base, took)
 
 
 async def test_check_config_counts_only_the_files_modules():
