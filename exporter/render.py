@@ -52,7 +52,9 @@ def waterfall(result: ProbeResult, hop: int | None = None, ip_literal: bool = Fa
             seconds = sum(p.duration for p in done)
             covered += seconds
             bar = "".join(_bar(p.start, p.duration, span, width) for p in done[:1])
-            lines.append(f"{label}{_ms(seconds)}  |{bar:<{width}}|")
+            # A phase that completed and then failed its check (a 5xx status, an echo mismatch).
+            mark = f"  {red}✗ failed here{reset}" if failure is not None and name == failure.phase and failed_start is None else ""
+            lines.append(f"{label}{_ms(seconds)}  |{bar:<{width}}|{mark}")
         elif failure is not None and name == failure.phase:
             if failed_start is not None:
                 spent = max(result.duration_seconds - failed_start, 0.0)

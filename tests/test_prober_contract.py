@@ -167,7 +167,8 @@ async def test_cli_waterfall_and_json_use_the_probers_phases(echo_prober: None, 
     bad = _config(tmp_path, echo_server, word="wrong")
     code, out, err = await asyncio.to_thread(_cli, capsys, "probe", target, "--config", str(bad), "--module", "echo")
     assert code == 1
-    assert re.search(r"^  Failed in Echo round trip after [\d.]+ ms: the echo server answered something else \(echo_mismatch\)\.$",
+    assert re.search(r"^  Echo round trip +[\d.]+ ms  \|[ █]+\|  ✗ failed here$", out, re.M), out  # completed, then failed its check
+    assert re.search(r"^  Failed in Echo round trip: the echo server answered something else \(echo_mismatch\)\.$",
                      out, re.M), out
 
 
