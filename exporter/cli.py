@@ -317,7 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run = {c.name: c.run for c in COMMANDS}[args.command]
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
     except ConfigError as exc:  # the one place a usage/config error becomes exit 2
         print(f"connhealth: {exc}", file=sys.stderr)
         return EXIT_USAGE
