@@ -35,7 +35,8 @@ th[aria-sort=ascending] button::after{content:" ▲"}th[aria-sort=descending] bu
 tr.fail td{background:#fdecea}
 tr.ok td.state{color:#1a7f37;font-weight:bold}
 tr.fail td.state{color:#b42318;font-weight:bold}
-td.target{word-break:break-all;max-width:28em}
+td.target{overflow-wrap:anywhere;min-width:9em;max-width:28em}
+.scroll{overflow-x:auto;margin-bottom:1.5em}.scroll table{margin-bottom:0}
 .wf{position:relative;width:160px;height:12px;background:#f4f4f4;border:1px solid #ddd}
 .wf span{position:absolute;top:0;height:100%;min-width:1px}
 .ph-dns{background:#8e6bbf}.ph-connect{background:#3b7dd8}.ph-tls{background:#2a9d8f}.ph-request{background:#e9c46a}
@@ -45,7 +46,7 @@ td.target{word-break:break-all;max-width:28em}
 .strip .ok{background:#2da44e}.strip .fail{background:#cf222e}
 code{font-size:12px}
 :focus-visible{outline:2px solid #0969da;outline-offset:1px}
-@media (max-width:900px){td.phases,th.phases{display:none}}
+@media (max-width:900px){.phases,.source{display:none}body{margin:.5em}table{font-size:12px}}
 """
 
 _JS = """
@@ -173,7 +174,7 @@ def _recent_rows(exporter: Exporter, prefix: str) -> list[str]:
         finished = r.started_at + r.duration_seconds
         rows.append(
             f'<tr class="{css}" data-state="{css}" data-module="{escape(r.module)}" data-target="{escape(r.target)}">'
-            f'<td data-v="{finished:.3f}">{_ts(finished)}</td><td>{escape(entry.source)}</td>'
+            f'<td data-v="{finished:.3f}">{_ts(finished)}</td><td class="source">{escape(entry.source)}</td>'
             f'<td class="target">{escape(r.target)}</td><td>{escape(r.module)}</td>'
             f'<td class="state">{"Success" if r.success else "Failure"}</td>'
             f'<td data-v="{r.duration_seconds:.6f}">{_ms(r.duration_seconds)}</td>'
@@ -224,12 +225,16 @@ def _target_rows(exporter: Exporter, prefix: str) -> list[str]:
     return rows
 
 
+# Columns a narrow screen can do without (hidden below 900 px).
+_COLUMN_CLASS = {"Phases": ' class="phases"', "Source": ' class="source"'}
+
+
 def _head(table: str, columns: list[str]) -> str:
     cells = "".join(
-        f'<th scope="col"{" class=phases" if c == "Phases" else ""}>' + (f'<button type="button">{c}</button>' if c else "") + "</th>"
+        f'<th scope="col"{_COLUMN_CLASS.get(c, "")}>' + (f'<button type="button">{c}</button>' if c else "") + "</th>"
         for c in columns
     )
-    return f'<table id="{table}" class="sortable"><thead><tr>{cells}</tr></thead>'
+    return f'<div class="scroll"><table id="{table}" class="sortable"><thead><tr>{cells}</tr></thead>'
 
 
 def render_status(exporter: Exporter, prefix: str) -> str:
@@ -242,7 +247,7 @@ def render_status(exporter: Exporter, prefix: str) -> str:
             f"history: the last {k} probes of each target.</p>"
             + _head("targets", ["Target", "Module", "Labels", "State", f"Last {k}", "Success ratio", "Last success (UTC)",
                                 "Last failure", ""])
-            + "<tbody>" + "".join(_target_rows(exporter, prefix)) + "</tbody></table>"
+            + "<tbody>" + "".join(_target_rows(exporter, prefix)) + "</tbody></table></div>"
         )
     modules = sorted(exporter.config.modules)
     probe_options = "".join(f'<option value="{escape(n)}">{escape(n)}</option>' for n in modules)
@@ -277,7 +282,7 @@ auto-refresh every <span id="every">{REFRESH_SECONDS}</span> s
 <p><span id="shown">{len(recent)}</span> shown of {len(recent)}: the last {limit} overall and the last {per_target} of each target,
 newest first by finish time.</p>
 {_head("recent", ["Finished (UTC)", "Source", "Target", "Module", "Result", "Duration", "Phases", "Failure (phase / reason)", "Trace", "Debug"])}
-<tbody>{"".join(recent)}</tbody></table>
+<tbody>{"".join(recent)}</tbody></table></div>
 </main>
 <script>{js}</script>
 </body></html>
