@@ -2,7 +2,7 @@
 
 Only argparse and the parsing primitives load at start-up: each command imports
 what it needs when it runs, so ``connhealth --help`` starts in well under 0.3 s
-(tests/test_cli_errors.py pins it).
+(tests/test_cli_curl.py::test_help_starts_fast pins it).
 
 Adding a command: write ``add_args(parser)`` and ``run(args) -> int`` (import
 your module inside ``run``), and append a ``Command`` to ``COMMANDS``.
@@ -46,8 +46,8 @@ class Command:
 
 
 # --- shared option groups --------------------------------------------------------------
-def duration_arg(flag: str) -> Callable[[str], float]:
-    """A positive, finite duration: ``5s``, ``250ms``, ``1m30s`` or plain seconds (``0.5``)."""
+def duration_arg(flag: str, zero_ok: bool = False) -> Callable[[str], float]:
+    """A positive (or with ``zero_ok`` zero), finite duration: ``5s``, ``250ms``, ``1m30s`` or plain seconds (``0.5``)."""
 
     def parse(text: str) -> float:
         try:
@@ -57,8 +57,8 @@ def duration_arg(flag: str) -> Callable[[str], float]:
                 seconds = parse_duration(text, flag)
             except ConfigError:
                 raise argparse.ArgumentTypeError(f"{flag}: invalid duration {text!r} (use e.g. 5s, 250ms or 0.5)") from None
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be positive and finite, e.g. 5s or 0.5 (got {text!r})")
+        if not math.isfinite(seconds) or seconds < 0 or seconds == 0 and not zero_ok:
+            raise argparse.ArgumentTypeError(f"{flag} must be {'zero or more' if zero_ok else 'positive'} and finite, e.g. 5s or 0.5 (got {text!r})")
         return seconds
 
     return parse
@@ -186,12 +186,12 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--web.trace-url", dest="trace_url", metavar="TEMPLATE",
                    help="link trace ids on the status page to this URL; {trace_id} is replaced "
                         "(e.g. http://jaeger:16686/trace/{trace_id})")
-    s.add_argument("--timeout-offset", dest="timeout_offset", type=duration_arg("--timeout-offset"), default=0.5,
+    s.add_argument("--timeout-offset", dest="timeout_offset", type=duration_arg("--timeout-offset", zero_ok=True), default=0.5,
                    help="subtracted from Prometheus' scrape timeout (default 0.5s)")
     s.add_argument("--history.limit", dest="history_limit", type=int, default=100, help="recent probes kept (default 100)")
     s.add_argument("--history.per-target", dest="history_per_target", type=int, default=10,
                    help="recent probes kept per target as well, so one failing target cannot flush the others (default 10)")
-    s.add_argument("--shutdown-grace", dest="grace", type=duration_arg("--shutdown-grace"), default=10.0,
+    s.add_argument("--shutdown-grace", dest="grace", type=duration_arg("--shutdown-grace", zero_ok=True), default=10.0,
                    help="time in-flight probes may finish after SIGTERM (default 10s)")
     s.add_argument("--metrics.created", dest="created_series", action="store_true",
                    help="expose the _created series of the exporter's own counters (off by default)")
