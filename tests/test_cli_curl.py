@@ -82,10 +82,11 @@ async def plain():
         (["serve", "--web.listen-address", "::1:9115"], "put an IPv6 address in brackets"),
         (["serve", "--history.limit", "0"], "--history.limit must be at least 1 (got 0)"),
         (["check-config"], "check-config: give the config file"),
+        (["serve", "--timeout-offset", "-1"], "--timeout-offset must be zero or more and finite"),
     ],
     ids=["timeout_inf", "timeout_nan", "timeout_unit", "localhost", "ftp", "ipv6_url", "ipv6_hostport", "k_on_tcp", "H_on_tcp",
          "bad_header", "missing_cacert", "resolve_short", "resolve_not_ip", "connect_to_short", "4_and_6", "bad_method",
-         "listen_ipv6", "history_limit", "check_config_no_file"],
+         "listen_ipv6", "history_limit", "check_config_no_file", "timeout_offset_negative"],
 )
 async def test_usage_error_is_one_line_exit_2(args, message):
     code, out, err = await run(*args)
