@@ -273,12 +273,14 @@ def _count(n: int, noun: str) -> str:
 
 def _demo_args(d: argparse.ArgumentParser) -> None:
     d.add_argument("--json", action="store_true", help="print one JSON object per probe")
+    d.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the waterfalls (default auto: on a terminal, unless NO_COLOR is set)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(as_json=args.json)
+    return run_demo(as_json=args.json, color=_use_color(args.color, sys.stdout))
 
 
 def _generate_args(gen: argparse.ArgumentParser) -> None:
