@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 FORMATS = ("logfmt", "json")
+_HANDLER_NAME = "connhealth"
 _NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error",
           logging.CRITICAL: "error"}
 
@@ -66,9 +67,11 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: TextIO | Non
     """Configure the ``connhealth`` loggers (and the root, for libraries' warnings) once per process."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == _HANDLER_NAME:  # ours from an earlier call; others' (a test's capture) stay
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # libraries: warnings and up
     logging.getLogger("connhealth").setLevel(LEVELS[level])

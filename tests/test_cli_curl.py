@@ -341,3 +341,10 @@ async def test_check_config_counts_only_the_files_modules():
     assert out.startswith(f"{fixture}: OK ({defined} modules defined, ")
     code, out2, err = await run("check-config", "--config.file", str(fixture))
     assert out2 == out
+
+
+async def test_debug_logs_redact_the_url_password(closed_port):
+    code, out, err = await run("probe", f"http://ops:pa55word@127.0.0.1:{closed_port}/", "--log.level", "debug")
+    assert code == 1
+    assert f"target=http://ops:REDACTED@127.0.0.1:{closed_port}/" in err, err
+    assert "pa55word" not in err
