@@ -48,7 +48,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     )
     failure: Failure | None = None
     failed_at: float | None = None
-    ctx.log(f"probing {target} with module {module.name} (prober {module.prober}, timeout {timeout:g}s)")
+    ctx.log(f"probing {redact_url(target)} with module {module.name} (prober {module.prober}, timeout {timeout:g}s)")
     debug = log.isEnabledFor(logging.DEBUG)
     if debug:
         log.debug("probe started", extra={"kv": {"target": redact_url(target), "module": module.name}})

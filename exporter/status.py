@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from . import __version__
 from .failures import REASONS
+from .logsetup import redact_url
 from .probers import phase_label
 from .result import ProbeResult
 
@@ -172,10 +173,11 @@ def _recent_rows(exporter: Exporter, prefix: str) -> list[str]:
         css = "ok" if r.success else "fail"
         reason, meaning = _failure_text(r)
         finished = r.started_at + r.duration_seconds
+        target = escape(redact_url(r.target))
         rows.append(
-            f'<tr class="{css}" data-state="{css}" data-module="{escape(r.module)}" data-target="{escape(r.target)}">'
+            f'<tr class="{css}" data-state="{css}" data-module="{escape(r.module)}" data-target="{target}">'
             f'<td data-v="{finished:.3f}">{_ts(finished)}</td><td class="source">{escape(entry.source)}</td>'
-            f'<td class="target">{escape(r.target)}</td><td>{escape(r.module)}</td>'
+            f'<td class="target">{target}</td><td>{escape(r.module)}</td>'
             f'<td class="state">{"Success" if r.success else "Failure"}</td>'
             f'<td data-v="{r.duration_seconds:.6f}">{_ms(r.duration_seconds)}</td>'
             f'<td class="phases">{phase_bars(r)}</td>'
@@ -212,15 +214,18 @@ def _target_rows(exporter: Exporter, prefix: str) -> list[str]:
         else:
             last_text = "—"
         label_text = ", ".join(f"{escape(k)}={escape(v)}" for k, v in labels)
+        shown = escape(redact_url(target))
         probe_link = f'{prefix}/probe?target={quote(target, safe="")}&amp;module={quote(module, safe="")}&amp;debug=true'
+        # A target with a password in its URL gets no link: the page would carry the password.
+        probe_now = "" if shown != escape(target) else f'<a href="{probe_link}">Probe now</a>'
         rows.append(
             f'<tr class="{css}" data-state="{css}" data-module="{escape(module)}" data-labels="{label_text}" '
-            f'data-target="{escape(target)}"><td class="target">{escape(target)}</td><td>{escape(module)}</td><td>{label_text}</td>'
+            f'data-target="{shown}"><td class="target">{shown}</td><td>{escape(module)}</td><td>{label_text}</td>'
             f'<td class="state">{"Up" if series.success else "Down"}</td>'
             f"{_strip(exporter, target, module)}"
             f'<td data-v="{ratio:.6f}">{ratio * 100:.2f}% ({series.successes}/{series.attempts})</td>'
             f'<td data-v="{series.last_success or 0}">{_ts(series.last_success)}</td>'
-            f'<td class="last-failure">{last_text}</td><td><a href="{probe_link}">Probe now</a></td></tr>'
+            f'<td class="last-failure">{last_text}</td><td>{probe_now}</td></tr>'
         )
     return rows
 

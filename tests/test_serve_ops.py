@@ -182,3 +182,20 @@ async def test_probe_logs_bracket_ipv6(tmp_path):
         await exporter.astop()
     assert status == 200
     assert f"connecting to [::1]:{port}\n" in text, text
+
+
+async def test_status_page_and_logs_hide_url_passwords(tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text(f"targets:\n  - target: http://ops:pa55word@{LOCALHOST}:1/\n    interval: 1s\n")
+    exporter = ExporterProcess(config, tmp_path)
+    await exporter.start()
+    try:
+        await exporter.wait_metrics(lambda t: "connhealth_probe_attempts_total{" in t, 10.0, "the target to be probed")
+        status, page = await exporter.get("/")
+        assert status == 200 and f"http://ops:REDACTED@{LOCALHOST}:1/" in page
+        logs_id = re.search(r"/logs\?id=(\d+)", page).group(1)
+        status, logs = await exporter.get(f"/logs?id={logs_id}")
+        assert status == 200 and f"probing http://ops:REDACTED@{LOCALHOST}:1/ with module http_2xx" in logs
+    finally:
+        await exporter.astop()
+    assert "pa55word" not in page and "pa55word" not in logs
