@@ -20,7 +20,7 @@ from .config import BUILTIN_MODULES_YAML, Config, Module, default_module_for, pa
 from .failures import ProbeFailure
 from .net.resolve import is_ip
 from .probers import PROBERS
-from .schema import ConfigError, split_host_port
+from .schema import ConfigError, ipv6_hint, split_host_port
 
 MAX_DATA_FILE = 16 << 20  # -d @FILE: a request body, not a disk image
 
@@ -188,16 +188,6 @@ def _split_brackets(text: str) -> list[str]:
 
 
 # --- targets: one line that says what to type instead -------------------------------------
-def ipv6_hint(text: str) -> str:
-    host = text.split("://", 1)[-1].split("/", 1)[0]
-    if host.count(":") >= 2 and not host.startswith("["):
-        head, _, port = host.rpartition(":")
-        if port.isdigit() and is_ip(head):
-            return f"; put an IPv6 address in brackets: {text.replace(host, f'[{head}]:{port}', 1)}"
-        return "; put an IPv6 address in brackets, e.g. [::1]:9115"
-    return ""
-
-
 def target_hint(target: str, prober: str) -> str:
     if "://" in target:
         scheme = target.split("://", 1)[0].lower()

@@ -21,14 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .schema import ConfigError, parse_duration
+from .schema import ConfigError, StartupError, parse_duration
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_STARTUP = 1
-
-
-class StartupError(Exception):
-    """The process cannot start (port in use, ...): one line, exit 1."""
 
 
 class _Parser(argparse.ArgumentParser):

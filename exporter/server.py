@@ -25,7 +25,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from . import __version__
 from . import metrics as m
 from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
-from .schema import join_host_port
+from .schema import StartupError, ipv6_hint, join_host_port
 from .engine import run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
@@ -345,11 +345,8 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
     try:
         host, port = split_host_port(address)
     except ValueError as exc:
-        from .adhoc import ipv6_hint
-
         raise ConfigError(f"--web.listen-address: {exc}{ipv6_hint(address)}") from None
     return host or None, port
-
 
 
 async def serve(options: ServeOptions, config: Config | None = None, *,
@@ -369,8 +366,6 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
         except OSError as exc:
             await runner.cleanup()
             shutdown_tracing(span_processor)
-            from .cli import StartupError
-
             where = join_host_port(host, port) if host else f":{port}"
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {where}: {why}") from None

@@ -41,7 +41,7 @@ td.target{overflow-wrap:anywhere;min-width:9em;max-width:28em}
 .wf{position:relative;width:160px;height:12px;background:#f4f4f4;border:1px solid #ddd}
 .wf span{position:absolute;top:0;height:100%;min-width:1px}
 .ph-dns{background:#8e6bbf}.ph-connect{background:#3b7dd8}.ph-tls{background:#2a9d8f}.ph-request{background:#e9c46a}
-.ph-first_byte{background:#f4a261}.ph-transfer{background:#6c757d}.ph-other{background:#adb5bd}
+.ph-first_byte{background:#f4a261}.ph-transfer{background:#6c757d}
 .wf span.failed{background:repeating-linear-gradient(45deg,#b42318 0 3px,#f3a59c 3px 6px)}
 .strip{display:flex;gap:1px}.strip span{width:7px;height:14px;display:inline-block}
 .strip .ok{background:#2da44e}.strip .fail{background:#cf222e}
