@@ -9,6 +9,7 @@ CONNHEALTH_SCREENSHOT_DIR to keep it somewhere specific).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -385,5 +386,161 @@ targets:
             assert dom.count('<th scope="col"') == dom.count("<th ")
             for control in ("f-state", "f-module", "f-label", "f-q"):
                 assert re.search(rf"<label>[^<]*<(select|input) id=\"{control}\"", dom), control
+        finally:
+            await exporter.astop()
+
+
+# --- the same page driven like a user: typing, clicking, the keyboard (Chrome DevTools Protocol) ---------
+class Browser:
+    """Headless Chromium driven over the DevTools protocol (its own websocket; no driver library needed).
+
+    ``evaluate`` runs JavaScript in the page; ``key`` sends a real key press;
+    ``console`` collects every console message and uncaught exception.
+    """
+
+    def __init__(self, tmp_path: Path, width: int = 1366, height: int = 768) -> None:
+        self.profile = tmp_path / "cdp-profile"
+        self.size = (width, height)
+        self.console: list[str] = []
+        self._ids = iter(range(1, 1_000_000))
+        self._pending: dict[int, asyncio.Future] = {}
+        self._events: asyncio.Queue = asyncio.Queue()
+
+    async def __aenter__(self) -> "Browser":
+        import aiohttp
+
+        self.profile.mkdir(exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--remote-debugging-port=0", f"--user-data-dir={self.profile}",
+            f"--window-size={self.size[0]},{self.size[1]}", "about:blank",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        active = self.profile / "DevToolsActivePort"
+        for _ in range(300):  # bounded: 30 s
+            if active.exists() and len(active.read_text().splitlines()) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        port = int(active.read_text().splitlines()[0])
+        self.session = aiohttp.ClientSession()
+        async with self.session.get(f"http://127.0.0.1:{port}/json/list") as r:
+            page = next(t for t in await r.json() if t["type"] == "page")
+        self.ws = await self.session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
+        self.reader = asyncio.create_task(self._read())
+        await self.send("Runtime.enable")
+        await self.send("Page.enable")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reader.cancel()
+        await self.ws.close()
+        await self.session.close()
+        self.proc.kill()
+        await self.proc.wait()
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            if "id" in data:
+                self._pending.pop(data["id"]).set_result(data)
+            elif data.get("method") == "Runtime.consoleAPICalled":
+                self.console.append(" ".join(str(a.get("value", a.get("description"))) for a in data["params"]["args"]))
+            elif data.get("method") == "Runtime.exceptionThrown":
+                self.console.append(data["params"]["exceptionDetails"].get("exception", {}).get("description", "exception"))
+            else:
+                self._events.put_nowait(data)
+
+    async def send(self, method: str, **params: object) -> dict:
+        msg_id = next(self._ids)
+        self._pending[msg_id] = asyncio.get_running_loop().create_future()
+        await self.ws.send_str(json.dumps({"id": msg_id, "method": method, "params": params}))
+        reply = await asyncio.wait_for(self._pending[msg_id], 20)
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    async def goto(self, url: str) -> None:
+        await self.send("Page.navigate", url=url)
+        while (await asyncio.wait_for(self._events.get(), 20)).get("method") != "Page.loadEventFired":
+            pass
+
+    async def evaluate(self, expression: str) -> object:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in result, result
+        return result["result"].get("value")
+
+    async def wait_for(self, expression: str, timeout: float = 15.0) -> object:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {expression}"
+            await asyncio.sleep(0.1)
+
+    async def key(self, key: str, code: int, text: str = "") -> None:
+        await self.send("Input.dispatchKeyEvent", type="keyDown", key=key, code=key, windowsVirtualKeyCode=code, text=text)
+        await self.send("Input.dispatchKeyEvent", type="keyUp", key=key, code=key, windowsVirtualKeyCode=code)
+
+    async def type(self, selector: str, text: str) -> None:
+        await self.evaluate(f"document.querySelector({json.dumps(selector)}).focus()")
+        for ch in text:
+            await self.send("Input.dispatchKeyEvent", type="keyDown", key=ch, text=ch)
+            await self.send("Input.dispatchKeyEvent", type="keyUp", key=ch)
+
+
+VISIBLE = "Array.from(document.querySelectorAll('#{table} tbody tr')).filter(r => !r.hidden).map(r => r.dataset.{field})"
+
+
+async def test_status_page_driven_by_a_user(tmp_path: Path) -> None:
+    async with HTTPServer() as http:
+        healthy = http.url("/ok")
+        failing = f"127.0.0.1:{refused_port()}"
+        config = tmp_path / "connhealth.yml"
+        config.write_text(f"""
+targets:
+  - target: {healthy}
+    interval: 1s
+    labels: {{service: web}}
+  - target: {failing}
+    module: tcp_connect
+    interval: 1s
+    labels: {{service: db}}
+""")
+        exporter = ExporterProcess(config, tmp_path, "--shutdown-grace", "1")
+        await exporter.start()
+        try:
+            await exporter.wait_metrics(
+                lambda t: (value(t, "connhealth_probe_attempts_total", target=healthy) or 0) >= 2
+                and (value(t, "connhealth_probe_attempts_total", target=failing) or 0) >= 2,
+                10.0, "both scheduled targets to be probed twice")
+            async with Browser(tmp_path) as browser:
+                await browser.goto(exporter.base_url + "/?refresh=1")
+                # Typing in the text filter hides the other target's rows and writes the URL fragment.
+                await browser.type("#f-q", "connect_refused")
+                assert set(await browser.evaluate(VISIBLE.format(table="recent", field="target"))) == {failing}
+                assert "q=connect_refused" in await browser.evaluate("location.hash")
+                # Choosing a state in the select (a change made the way a user's would be).
+                await browser.evaluate("const s = document.querySelector('#f-state'); s.value = 'ok';"
+                                       "s.dispatchEvent(new Event('input', {bubbles: true}))")
+                assert await browser.evaluate(VISIBLE.format(table="recent", field="target")) == []  # ok AND refused
+                await browser.evaluate("document.querySelector('#clear').click()")
+                assert len(set(await browser.evaluate(VISIBLE.format(table="recent", field="target")))) == 2
+                # Keyboard only: focus the Duration header's button, press Enter twice: ascending, then descending.
+                await browser.evaluate("document.querySelectorAll('#recent th button')[5].focus()")
+                await browser.key("Enter", 13, "\r")
+                assert await browser.evaluate("document.querySelectorAll('#recent th')[5].getAttribute('aria-sort')") == "ascending"
+                await browser.key("Enter", 13, "\r")
+                durations = await browser.evaluate(
+                    "Array.from(document.querySelectorAll('#recent tbody tr')).map(r => Number(r.cells[5].dataset.v))")
+                assert durations == sorted(durations, reverse=True) and len(durations) >= 4
+                # Auto-refresh (every second here) brings new rows and keeps the sort; the pause button stops it.
+                await browser.wait_for("Number(document.body.dataset.refreshes) >= 2")
+                await browser.wait_for(f"document.querySelectorAll('#recent tbody tr').length > {len(durations)}")
+                assert await browser.evaluate("document.querySelectorAll('#recent th')[5].getAttribute('aria-sort')") == "descending"
+                await browser.evaluate("document.querySelector('#pause').click()")
+                paused_at = await browser.evaluate("Number(document.body.dataset.refreshes)")
+                await asyncio.sleep(2.5)  # more than two refresh periods
+                assert await browser.evaluate("Number(document.body.dataset.refreshes)") == paused_at
+                assert await browser.evaluate("document.querySelector('#pause').getAttribute('aria-pressed')") == "true"
+                assert browser.console == []
         finally:
             await exporter.astop()
