@@ -159,7 +159,8 @@ def _resolve(text: str) -> tuple[str, int, str, int]:
         raise ConfigError(f"--resolve {text!r}: expected HOST:PORT:ADDR, e.g. example.com:443:127.0.0.1")
     if not is_ip(addr):
         raise ConfigError(f"--resolve {text!r}: {addr!r} is not an IP address")
-    return host.lower(), _port(port_text, "--resolve", text, False), addr, 0
+    host = "" if host == "*" else host.lower()  # curl: *:443:ADDR for every host
+    return host, _port(port_text, "--resolve", text, False), addr, 0
 
 
 def _connect_to(text: str) -> tuple[str, int, str, int]:

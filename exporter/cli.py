@@ -124,6 +124,8 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md) instead of the waterfall")
     out.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                      help="colour the waterfall (default auto: on a terminal, unless NO_COLOR is set)")
+    out.add_argument("-v", "--verbose", action="store_true",
+                     help="print the probe's own log (resolve, connect, TLS, request, redirects) on stderr, as /logs shows it")
     _log_flags(p, "warn")
     _tracing_flags(p)
 
@@ -141,6 +143,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         print(f"connhealth: {note}", file=sys.stderr)
     color = _use_color(args.color, sys.stdout)
     result = _run_probe(args, module)
+    if args.verbose:
+        sys.stderr.write("".join(f"* {line}\n" for line in result.logs))
     if args.json:
         out = json.dumps(result.to_dict(), indent=2)
     else:

@@ -348,3 +348,20 @@ async def test_debug_logs_redact_the_url_password(closed_port):
     assert code == 1
     assert f"target=http://ops:REDACTED@127.0.0.1:{closed_port}/" in err, err
     assert "pa55word" not in err
+
+
+async def test_verbose_prints_the_probes_own_log(plain):
+    code, out, err = await run("probe", plain.url("/ok"), "-v", "--json")
+    assert code == 0
+    lines = err.splitlines()
+    assert lines and all(line.startswith("* ") for line in lines), err
+    assert any(f"connecting to 127.0.0.1:{plain.port}" in line for line in lines)
+    assert any(line.endswith("probe succeeded") for line in lines)
+    json.loads(out)  # stdout stays machine-readable
+
+
+async def test_resolve_star_matches_every_host(plain):
+    url = f"http://any.example.test:{plain.port}/ok"
+    code, out, err = await run("probe", url, "--resolve", f"*:{plain.port}:127.0.0.1", "--json")
+    assert code == 0, (out, err)
+    assert json.loads(out)["peer"]["ip"] == "127.0.0.1" and "dns" not in json.loads(out)["phases"]
