@@ -26,8 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from exporter import metrics as m
-from exporter.slo import Availability, Latency, Objective, SLOSpec
+if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.alerts (pyproject's package-dir)
+    from ..exporter import metrics as m
+    from ..exporter.slo import Availability, Latency, Objective, SLOSpec
+else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
+    from exporter import metrics as m
+    from exporter.slo import Availability, Latency, Objective, SLOSpec
 
 WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

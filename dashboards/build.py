@@ -13,10 +13,16 @@ from urllib.parse import quote
 
 from grafanalib import core as g
 
-from alerts.rules import DASHBOARD_UIDS, WINDOWS
-from exporter import metrics as m
-from exporter.generate import TRACES_DS_UID
-from exporter.slo import PERIODS
+if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.dashboards (pyproject's package-dir)
+    from ..alerts.rules import DASHBOARD_UIDS, WINDOWS
+    from ..exporter import metrics as m
+    from ..exporter.generate import TRACES_DS_UID
+    from ..exporter.slo import PERIODS
+else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
+    from alerts.rules import DASHBOARD_UIDS, WINDOWS
+    from exporter import metrics as m
+    from exporter.generate import TRACES_DS_UID
+    from exporter.slo import PERIODS
 
 from .lib import BarGauge, PromTarget, Stat, Table, TimeSeries, datasource_variable, link, query_variable
 

@@ -1,80 +1,75 @@
-"""The ``connhealth`` command line."""
+"""The ``connhealth`` command line.
+
+Only argparse and the parsing primitives load at start-up: each command imports
+what it needs when it runs, so ``connhealth --help`` starts in well under 0.3 s
+(tests/test_cli_curl.py::test_help_starts_fast pins it).
+
+Adding a command: write ``add_args(parser)`` and ``run(args) -> int`` (import
+your module inside ``run``), and append a ``Command`` to ``COMMANDS``.
+
+Exit codes: 0 success, 1 probe failed or start-up failed, 2 usage or config error.
+Every error is one line on stderr.
+"""
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-import json
-import logging
+import math
+import os
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError, ResolverConfig, default_module_for, load_config, load_config_or_builtins, split_host_port
-from .engine import run_probe
-from .probers import PROBERS
-from .failures import ProbeFailure
-from .render import render
-from .sinks.traces_export import TracingOptions, setup_tracing, shutdown_tracing
+from . import __version__
+from .schema import ConfigError, StartupError, parse_duration
 
 EXIT_OK, EXIT_PROBE_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_STARTUP = 1
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="connhealth", description="Connection-health prober and Prometheus exporter.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
-    p = sub.add_parser("probe", help="probe one target once and show its phases")
-    p.add_argument("target", help="URL for the http prober (https://host/path), host:port for tcp")
-    p.add_argument("--module", help="module name (default: http_2xx for URLs, tcp_connect for host:port)")
-    p.add_argument("--config", help="blackbox-style config file with modules")
-    p.add_argument("--timeout", type=float, help="overall deadline in seconds (default: the module's, else 10)")
-    p.add_argument("--nameserver", action="append", default=[], metavar="HOST:PORT",
-                   help="resolve with this DNS server instead of the system resolver (repeatable)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the waterfall")
-    _tracing_flags(p)
 
-    s = sub.add_parser("serve", help="run the exporter: /probe, /metrics, status page")
-    s.add_argument("--config.file", dest="config_file", help="config file (modules, targets, target_files, scheduler)")
-    s.add_argument("--web.listen-address", dest="listen", action="append", metavar="[HOST]:PORT",
-                   help="address to listen on (repeatable; default :9115)")
-    s.add_argument("--web.config.file", dest="web_config_file",
-                   help="exporter-toolkit web config: TLS (client certificates too), basic auth, security headers")
-    s.add_argument("--web.route-prefix", dest="route_prefix", default="/", help="prefix for all routes (default /)")
-    s.add_argument("--timeout-offset", dest="timeout_offset", type=float, default=0.5,
-                   help="seconds subtracted from Prometheus' scrape timeout (default 0.5)")
-    s.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
-    s.add_argument("--history.limit", dest="history_limit", type=int, default=100, help="recent probes kept (default 100)")
-    s.add_argument("--shutdown-grace", dest="grace", type=float, default=10.0,
-                   help="seconds in-flight probes may finish after SIGTERM (default 10)")
-    s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
-    s.add_argument("--event-loop", dest="event_loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-                   help="event loop implementation (default auto: uvloop when installed, ~20%% more probes/s)")
-    _tracing_flags(s)
+# --- shared option groups --------------------------------------------------------------
+def duration_arg(flag: str, zero_ok: bool = False) -> Callable[[str], float]:
+    """A positive (or with ``zero_ok`` zero), finite duration: ``5s``, ``250ms``, ``1m30s`` or plain seconds (``0.5``)."""
 
-    c = sub.add_parser("check-config", help="validate a config file (exit 0 if valid, 2 if not)")
-    c.add_argument("file")
+    def parse(text: str) -> float:
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                seconds = parse_duration(text, flag)
+            except ConfigError:
+                raise argparse.ArgumentTypeError(f"{flag}: invalid duration {text!r} (use e.g. 5s, 250ms or 0.5)") from None
+        if not math.isfinite(seconds) or seconds < 0 or seconds == 0 and not zero_ok:
+            raise argparse.ArgumentTypeError(f"{flag} must be {'zero or more' if zero_ok else 'positive'} and finite, e.g. 5s or 0.5 (got {text!r})")
+        return seconds
 
-    d = sub.add_parser("demo", help="start local demo targets and probe each once")
-    d.add_argument("--json", action="store_true", help="print one JSON object per probe")
+    return parse
 
-    gen = sub.add_parser("generate", help="write dashboards, rule files and Grafana provisioning from the SLO spec")
-    gen.add_argument("--config", help="config file with a slos: section (default: built-in modules, no SLOs)")
-    gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
-    gen.add_argument("--prometheus-url", help="Prometheus as Grafana reaches it, for the provisioned data source "
-                                              "(default: Grafana's $CONNHEALTH_PROMETHEUS_URL)")
-    gen.add_argument("--traces-url", help="the trace store (Jaeger query or Tempo) as Grafana reaches it "
-                                          "(default: Grafana's $CONNHEALTH_TRACES_URL)")
-    gen.add_argument("--traces", choices=["jaeger", "tempo"], default="jaeger",
-                     help="the trace store: its data source type and the dashboards' trace-search links (default jaeger)")
-    return parser
+
+def _config_flag(p: argparse.ArgumentParser, help: str) -> None:
+    # --config.file everywhere (blackbox's spelling); --config is the old spelling of probe and generate.
+    p.add_argument("--config.file", "--config", dest="config_file", metavar="FILE", help=help)
+
+
+def _log_flags(p: argparse.ArgumentParser, default_level: str = "info") -> None:
+    p.add_argument("--log.level", dest="log_level", default=default_level, choices=["debug", "info", "warn", "error"],
+                   help=f"log level (default {default_level})")
+    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"],
+                   help="log line format (default logfmt)")
 
 
 def _tracing_flags(p: argparse.ArgumentParser) -> None:
@@ -84,63 +79,154 @@ def _tracing_flags(p: argparse.ArgumentParser) -> None:
                    help="OTLP protocol (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)")
 
 
-def _tracing_options(args: argparse.Namespace) -> TracingOptions:
+def _setup_logging(args: argparse.Namespace) -> None:
+    from .logsetup import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+
+
+def _tracing_options(args: argparse.Namespace) -> Any:
+    from .sinks.traces_export import TracingOptions
+
     return TracingOptions(endpoint=args.otlp_endpoint, protocol=args.otlp_protocol)
 
 
+# --- probe ---------------------------------------------------------------------------
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", help="URL for the http prober (https://host/path), host:port for tcp")
+    p.add_argument("--module", help="module name (default: http_2xx for URLs, tcp_connect for host:port)")
+    _config_flag(p, "blackbox-style config file with modules")
+    p.add_argument("-m", "--max-time", "--timeout", dest="timeout", type=duration_arg("--timeout"), metavar="DURATION",
+                   help="overall deadline: 5s, 250ms or seconds (default: the module's, else 10s); raises the module's")
+    p.add_argument("--nameserver", action="append", default=[], metavar="HOST:PORT",
+                   help="resolve with this DNS server instead of the system resolver (repeatable)")
+    curl = p.add_argument_group("curl-like options (they build an ad-hoc module on top of --module)")
+    curl.add_argument("-k", "--insecure", action="store_true", help="do not verify the server's certificate")
+    curl.add_argument("--cacert", metavar="FILE", help="trust this CA bundle (PEM)")
+    curl.add_argument("--cert", metavar="FILE", help="client certificate (PEM), with --key")
+    curl.add_argument("--key", metavar="FILE", help="client private key (PEM), with --cert")
+    curl.add_argument("--sni", metavar="NAME", help="TLS server name to send and verify (default: the target's host)")
+    curl.add_argument("-H", "--header", dest="headers", action="append", default=[], metavar="'NAME: VALUE'",
+                      help="request header (repeatable)")
+    curl.add_argument("-X", "--request", dest="method", metavar="METHOD", help="request method (default GET, POST with -d)")
+    curl.add_argument("-d", "--data", dest="data", metavar="DATA", help="request body; @FILE reads it from a file")
+    curl.add_argument("--resolve", action="append", default=[], metavar="HOST:PORT:ADDR",
+                      help="connect to ADDR for HOST:PORT; Host header and SNI stay HOST (repeatable)")
+    curl.add_argument("--connect-to", dest="connect_to", action="append", default=[], metavar="HOST1:PORT1:HOST2:PORT2",
+                      help="connect to HOST2:PORT2 for HOST1:PORT1 (empty parts match any / keep the original)")
+    family = curl.add_mutually_exclusive_group()
+    family.add_argument("-4", "--ipv4", dest="ip", action="store_const", const="ip4", help="IPv4 only")
+    family.add_argument("-6", "--ipv6", dest="ip", action="store_const", const="ip6", help="IPv6 only")
+    version = curl.add_mutually_exclusive_group()
+    version.add_argument("--http1.1", dest="http_version", action="store_const", const="1.1", help="HTTP/1.1 only")
+    version.add_argument("--http2", dest="http_version", action="store_const", const="2", help="offer HTTP/2 (ALPN), the default")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON object (docs/json.md) instead of the waterfall")
+    out.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                     help="colour the waterfall (default auto: on a terminal, unless NO_COLOR is set)")
+    out.add_argument("-v", "--verbose", action="store_true",
+                     help="print the probe's own log (resolve, connect, TLS, request, redirects) on stderr, as /logs shows it")
+    _log_flags(p, "warn")
+    _tracing_flags(p)
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
-    config = load_config_or_builtins(args.config)
-    name = args.module or default_module_for(args.target)
-    if name not in config.modules:
-        raise ConfigError(f"unknown module {name!r} (known: {', '.join(sorted(config.modules))})")
-    module = config.modules[name]
-    if args.nameserver:
-        servers = tuple(_nameserver(ns) for ns in args.nameserver)
-        module = dataclasses.replace(module, resolver=ResolverConfig(nameservers=servers, timeout=module.resolver.timeout))
-    if args.timeout is not None and args.timeout <= 0:
-        raise ConfigError("--timeout must be positive")
-    _check_target(args.target, module.prober)
-    processor = setup_tracing(_tracing_options(args))
-    result = asyncio.run(run_probe(args.target, module, args.timeout))
-    shutdown_tracing(processor)
+    import json
+
+    from .adhoc import build_module
+    from .config import load_config_or_builtins
+
+    _setup_logging(args)
+    config = load_config_or_builtins(args.config_file)
+    module, notes = build_module(config, args)
+    for note in notes:
+        print(f"connhealth: {note}", file=sys.stderr)
+    color = _use_color(args.color, sys.stdout)
+    result = _run_probe(args, module)
+    if args.verbose:
+        sys.stderr.write("".join(f"* {line}\n" for line in result.logs))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        out = json.dumps(result.to_dict(), indent=2)
     else:
-        print(render(result, color=sys.stdout.isatty()))
+        from .render import render
+
+        out = render(result, color=color)
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()
     return EXIT_OK if result.success else EXIT_PROBE_FAILED
 
 
-def _check_target(target: str, prober: str) -> None:
-    try:
-        PROBERS[prober].check_target(target)
-    except ProbeFailure as exc:
-        raise ConfigError(f"invalid target for prober {prober}: {exc}") from None
+def _run_probe(args: argparse.Namespace, module: Any) -> Any:
+    import asyncio
+
+    from .engine import run_probe
+    from .sinks.traces_export import setup_tracing, shutdown_cli_tracing
+
+    processor = setup_tracing(_tracing_options(args))
+    result = asyncio.run(run_probe(args.target, module, args.timeout))
+    warning = shutdown_cli_tracing(processor)
+    if warning:
+        print(f"connhealth: warning: {warning}", file=sys.stderr)
+    return result
 
 
-def _nameserver(text: str) -> tuple[str, int]:
-    try:
-        return split_host_port(text, default_port=53)
-    except ValueError as exc:
-        raise ConfigError(f"--nameserver: {exc}") from None
+def _use_color(choice: str, stream: Any) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    # https://no-color.org: set and not empty disables colour.
+    return not os.environ.get("NO_COLOR") and stream.isatty()
+
+
+# --- serve ---------------------------------------------------------------------------
+def _serve_args(s: argparse.ArgumentParser) -> None:
+    _config_flag(s, "config file (modules, targets, target_files, scheduler)")
+    s.add_argument("--web.listen-address", dest="listen", action="append", metavar="[HOST]:PORT",
+                   help="address to listen on (repeatable; default :9115)")
+    s.add_argument("--web.config.file", dest="web_config_file",
+                   help="exporter-toolkit web config: TLS (client certificates too), basic auth, security headers")
+    s.add_argument("--web.route-prefix", dest="route_prefix", default="/", help="prefix for all routes (default /)")
+    s.add_argument("--web.trace-url", dest="trace_url", metavar="TEMPLATE",
+                   help="link trace ids on the status page to this URL; {trace_id} is replaced "
+                        "(e.g. http://jaeger:16686/trace/{trace_id})")
+    s.add_argument("--timeout-offset", dest="timeout_offset", type=duration_arg("--timeout-offset", zero_ok=True), default=0.5,
+                   help="subtracted from Prometheus' scrape timeout (default 0.5s)")
+    s.add_argument("--history.limit", dest="history_limit", type=int, default=100, help="recent probes kept (default 100)")
+    s.add_argument("--history.per-target", dest="history_per_target", type=int, default=10,
+                   help="recent probes kept per target as well, so one failing target cannot flush the others (default 10)")
+    s.add_argument("--shutdown-grace", dest="grace", type=duration_arg("--shutdown-grace", zero_ok=True), default=10.0,
+                   help="time in-flight probes may finish after SIGTERM (default 10s)")
+    s.add_argument("--metrics.created", dest="created_series", action="store_true",
+                   help="expose the _created series of the exporter's own counters (off by default)")
+    s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
+    s.add_argument("--event-loop", dest="event_loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                   help="event loop implementation (default auto: uvloop when installed, ~20%% more probes/s)")
+    _log_flags(s)
+    _tracing_flags(s)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    _setup_logging(args)
+    from .config import load_config_or_builtins
     from .server import ServeOptions, serve
 
-    logging.basicConfig(level=args.log_level.upper().replace("WARN", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for flag, value in (("--history.limit", args.history_limit), ("--history.per-target", args.history_per_target)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if args.trace_url is not None and "{trace_id}" not in args.trace_url:
+        raise ConfigError(f"--web.trace-url must contain {{trace_id}} (got {args.trace_url!r})")
     options = ServeOptions(
         config_file=args.config_file,
         listen=args.listen or [":9115"],
         route_prefix=args.route_prefix,
         timeout_offset=args.timeout_offset,
         history_limit=args.history_limit,
+        history_per_target=args.history_per_target,
         grace=args.grace,
         tracing=_tracing_options(args),
         web_config_file=args.web_config_file,
+        trace_url=args.trace_url,
+        created_series=args.created_series,
     )
-    if args.history_limit < 1:
-        raise ConfigError("--history.limit must be at least 1")
     if args.demo:
         from .demo import serve_demo
 
@@ -149,6 +235,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
+    import asyncio
+
     factory = None
     if event_loop in ("auto", "uvloop"):
         try:
@@ -163,39 +251,104 @@ def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
         return runner.run(coro)
 
 
+# --- the small commands ----------------------------------------------------------------
+def _check_config_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("file", nargs="?", help="the config file (or --config.file)")
+    _config_flag(c, "the config file")
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
-    print(f"{args.file}: OK ({len(config.modules)} modules, {len(config.targets)} targets, {len(config.target_files)} target file globs)")
+    from .config import load_config
+
+    path = args.config_file or args.file
+    if not path:
+        raise ConfigError("check-config: give the config file (connhealth check-config FILE)")
+    config = load_config(path)
+    builtin = len(config.modules) - len(config.raw_modules)
+    print(f"{path}: OK ({_count(len(config.raw_modules), 'module')} defined, {builtin} built-in; "
+          f"{_count(len(config.targets), 'target')}, {_count(len(config.target_files), 'target file glob')})")
     for warning in config.slos.warnings() if config.slos is not None else ():
-        print(f"{args.file}: warning: {warning}")
+        print(f"{path}: warning: {warning}")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _demo_args(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--json", action="store_true", help="print one JSON object per probe")
+    d.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the waterfalls (default auto: on a terminal, unless NO_COLOR is set)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(as_json=args.json)
+    return run_demo(as_json=args.json, color=_use_color(args.color, sys.stdout))
+
+
+def _generate_args(gen: argparse.ArgumentParser) -> None:
+    _config_flag(gen, "config file with a slos: section (default: built-in modules, no SLOs)")
+    gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
+    gen.add_argument("--prometheus-url", help="Prometheus as Grafana reaches it, for the provisioned data source "
+                                              "(default: Grafana's $CONNHEALTH_PROMETHEUS_URL)")
+    gen.add_argument("--traces-url", help="the trace store (Jaeger query or Tempo) as Grafana reaches it "
+                                          "(default: Grafana's $CONNHEALTH_TRACES_URL)")
+    gen.add_argument("--traces", choices=["jaeger", "tempo"], default="jaeger",
+                     help="the trace store: its data source type and the dashboards' trace-search links (default jaeger)")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from .config import load_config_or_builtins
     from .generate import Links, generate
 
     urls = {"prometheus_url": args.prometheus_url, "traces_url": args.traces_url}
     links = Links(traces=args.traces, **{k: v for k, v in urls.items() if v})
-    written = generate(load_config_or_builtins(args.config), args.out, links)
+    written = generate(load_config_or_builtins(args.config_file), args.out, links)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 
 
+COMMANDS: list[Command] = [
+    Command("probe", "probe one target once and show its phases (curl -w / httpstat style)", _probe_args, _cmd_probe),
+    Command("serve", "run the exporter: /probe, /metrics, status page", _serve_args, _cmd_serve),
+    Command("check-config", "validate a config file (exit 0 if valid, 2 if not)", _check_config_args, _cmd_check_config),
+    Command("demo", "start local demo targets and probe each once", _demo_args, _cmd_demo),
+    Command("generate", "write dashboards, rule files and Grafana provisioning from the SLO spec", _generate_args, _cmd_generate),
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="connhealth", description="Connection-health prober and Prometheus exporter.")
+    parser.add_argument("--version", action="version", version=f"connhealth {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_args(sub.add_parser(command.name, help=command.help, description=command.help))
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"probe": _cmd_probe, "serve": _cmd_serve, "check-config": _cmd_check_config, "demo": _cmd_demo,
-                "generate": _cmd_generate}
+    run = {c.name: c.run for c in COMMANDS}[args.command]
     try:
-        return handlers[args.command](args)
+        code = run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
     except ConfigError as exc:  # the one place a usage/config error becomes exit 2
         print(f"connhealth: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"connhealth: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except BrokenPipeError:
+        # `connhealth probe ... | head -1`: the reader left; say nothing. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PROBE_FAILED
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

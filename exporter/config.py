@@ -81,6 +81,10 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     slos: Any = None  # exporter.slo.SLOSpec | None: the `slos:` section (used by `connhealth generate`)
     probe_guard: ProbeGuard = DEFAULT_GUARD
+    # The modules as the file writes them (YAML data, secrets in the clear): only to re-parse a
+    # module with command-line options (`connhealth probe -H ...`). Never shown: /config and
+    # every other surface render the typed modules (config_view).
+    raw_modules: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _parse_resolver(f: Fields) -> ResolverConfig:
@@ -194,7 +198,7 @@ def parse_config(text: str, source: str | None = None, *, with_builtins: bool = 
     guard = _parse_probe_guard(f.sub("probe_guard"))
     f.done()
     return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
-                  slos=slos, probe_guard=guard)
+                  slos=slos, probe_guard=guard, raw_modules=raw_modules)
 
 
 def _parse_probe_guard(f: Fields) -> ProbeGuard:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 import ssl
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -166,7 +165,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _run(as_json: bool) -> int:
+async def _run(as_json: bool, color: bool) -> int:
     with tempfile.TemporaryDirectory(prefix="connhealth-demo-") as tmp:
         demo = DemoTargets(Path(tmp))
         await demo.start()
@@ -178,15 +177,15 @@ async def _run(as_json: bool) -> int:
                     print(json.dumps({"demo": t.name, "expected": t.expect, **result.to_dict()}))
                 else:
                     print(f"=== {t.name} (expected: {t.expect})")
-                    print(render(result, color=sys.stdout.isatty()))
+                    print(render(result, color=color))
                     print()
         finally:
             await demo.stop()
     return 0
 
 
-def run_demo(as_json: bool = False) -> int:
-    return asyncio.run(_run(as_json))
+def run_demo(as_json: bool = False, color: bool = False) -> int:
+    return asyncio.run(_run(as_json, color))
 
 
 async def serve_demo(options: ServeOptions) -> int:

@@ -59,6 +59,9 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     failure: Failure | None = None
     failed_at: float | None = None
     ctx.log("probing %s with module %s (prober %s, timeout %gs)", shown, module.name, module.prober, timeout)
+    debug = log.isEnabledFor(logging.DEBUG)
+    if debug:
+        log.debug("probe started", extra={"kv": {"target": shown, "module": module.name}})
     try:
         # The outer deadline catches time spent outside any phase.
         async with asyncio.timeout(max(ctx.remaining(), 0)):
@@ -99,4 +102,9 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         sampled=ids.sampled,
     )
     traces.record(result)
+    if debug:
+        log.debug("probe finished", extra={"kv": {
+            "target": shown, "module": module.name, "success": failure is None,
+            "duration_seconds": round(result.duration_seconds, 6),
+            **({"phase": failure.phase, "reason": failure.reason} if failure else {}), "trace_id": result.trace_id}})
     return result

@@ -123,8 +123,12 @@ def provisioning(links: Links = Links()) -> dict[str, str]:
 
 def outputs(config: Config, policy: Any = None, links: Links = Links()) -> dict[str, str]:
     """Relative path -> file content, everything ``generate`` writes."""
-    from alerts.rules import DEFAULT_POLICY, rule_files
-    from dashboards.build import dashboards
+    if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
+        from ..alerts.rules import DEFAULT_POLICY, rule_files
+        from ..dashboards.build import dashboards
+    else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
+        from alerts.rules import DEFAULT_POLICY, rule_files
+        from dashboards.build import dashboards
 
     spec: SLOSpec = config.slos or SLOSpec()
     source = Path(config.source).name if config.source else "the built-in defaults"

@@ -80,6 +80,8 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+class StartupError(Exception):
+    """The process cannot start (a port in use, ...): the CLI prints one line and exits 1."""
 
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
@@ -232,6 +234,27 @@ def split_host_port(target: str, default_port: int | None = None) -> tuple[str, 
     if not 0 < port < 65536:
         raise ValueError(f"{target!r}: port {port} out of range")
     return host, port
+
+
+def ipv6_hint(text: str) -> str:
+    """For an error about ``text``: how to write the IPv6 address in it ("" when there is none)."""
+    host = text.split("://", 1)[-1].split("/", 1)[0]
+    if host.count(":") >= 2 and not host.startswith("["):
+        head, _, port = host.rpartition(":")
+        if port.isdigit() and _looks_like_ipv6(head):
+            return f"; put an IPv6 address in brackets: {text.replace(host, f'[{head}]:{port}', 1)}"
+        return "; put an IPv6 address in brackets, e.g. [::1]:9115"
+    return ""
+
+
+def _looks_like_ipv6(text: str) -> bool:
+    # "::1" of "::1:9115"; not ":" of a bare "::1", nor "2001:db8:" of a bare "2001:db8::1".
+    return text.count(":") >= 2 and not text.endswith(":") and set(text.lower()) <= set("0123456789abcdef:.")
+
+
+def join_host_port(host: str, port: int) -> str:
+    """host:port for messages, an IPv6 address in brackets ([::1]:9115), as split_host_port reads it back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_ip_protocol(f: Fields) -> tuple[str, bool]:

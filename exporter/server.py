@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import platform
 import signal
 import time
@@ -25,6 +26,7 @@ from . import __version__
 from . import metrics as m
 from .config import (Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins, module_view,
                      shown_target, split_host_port)
+from .schema import StartupError, ipv6_hint, join_host_port
 from .engine import expected_phases, run_probe
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
@@ -50,15 +52,23 @@ class ServeOptions:
     route_prefix: str = "/"
     timeout_offset: float = 0.5
     history_limit: int = 100
+    history_per_target: int = 10
     grace: float = 10.0
     tracing: TracingOptions = TracingOptions()
     web_config_file: str | None = None  # exporter-toolkit's --web.config.file: TLS, basic auth, headers
+    trace_url: str | None = None  # status page: link a trace id here ("{trace_id}" is replaced)
+    created_series: bool = False  # the _created series of the exporter's own counters
 
 
 class SelfMetrics:
     """The exporter's own health, in a small prometheus_client registry."""
 
     def __init__(self, exporter: Exporter) -> None:
+        # One extra _created series per counter and histogram, which nobody graphs
+        # (blackbox has none); --metrics.created brings them back. A process-wide switch.
+        from prometheus_client import disable_created_metrics, enable_created_metrics
+
+        (enable_created_metrics if exporter.options.created_series else disable_created_metrics)()
         r = self.registry = CollectorRegistry(auto_describe=True)
         spec = {s.name: s for s in m.SELF}
         Gauge(m.BUILD_INFO, spec[m.BUILD_INFO].help, ["version", "python"], registry=r).labels(__version__, platform.python_version()).set(1)
@@ -96,7 +106,8 @@ class Exporter:
         self.options = options
         self.config = config
         self.span_processor = span_processor
-        self.history = History(options.history_limit)
+        self.history = History(options.history_limit, options.history_per_target)
+        self.started_at = time.time()
         self.probe_endpoint_in_flight = 0
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
@@ -136,6 +147,7 @@ class Exporter:
         """Re-read the config file; a bad one keeps the old config running."""
         if self.options.config_file is None:
             return True, "no config file: nothing to reload"
+        log.debug("reload: reading config", extra={"kv": {"file": self.options.config_file}})
         try:
             config = load_config(self.options.config_file)
         except ConfigError as exc:
@@ -148,6 +160,7 @@ class Exporter:
         self.self_metrics.reload_ts.set(time.time())
         self.self_metrics.reloads.labels("success").inc()
         self.watcher.reset()
+        log.debug("reload: config parsed, rescanning target files", extra={"kv": {"modules": len(config.modules)}})
         self.file_targets, _ = self._scan_files()
         self._apply_targets()
         log.info("config reloaded: %d modules, %d targets", len(config.modules), len(self.scheduler.entries))
@@ -345,7 +358,7 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
     try:
         host, port = split_host_port(address)
     except ValueError as exc:
-        raise ConfigError(f"--web.listen-address: {exc} (expected [host]:port)") from None
+        raise ConfigError(f"--web.listen-address: {exc}{ipv6_hint(address)}") from None
     return host or None, port
 
 
@@ -362,8 +375,15 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     await runner.setup()
     for host, port in listen:
         site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context)
-        await site.start()
-    addresses = [f"{a[0]}:{a[1]}" for a in runner.addresses]
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            shutdown_tracing(span_processor)
+            where = join_host_port(host, port) if host else f":{port}"
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {where}: {why}") from None
+    addresses = [join_host_port(a[0], a[1]) for a in runner.addresses]
     log.info("connhealth %s listening on %s", __version__, ", ".join(addresses))
     exporter.start()
     _tune_gc()

@@ -86,6 +86,8 @@ class TargetFileWatcher:
             self._stamps.pop(key, None)
             self._cache.pop(key, None)
             changed = True
+        if config.target_files and log.isEnabledFor(logging.DEBUG):
+            log.debug("target files scanned", extra={"kv": {"files": len(seen), "targets": len(targets), "changed": changed}})
         return targets, changed
 
     def reset(self) -> None:

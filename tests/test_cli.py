@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -136,6 +137,7 @@ async def test_probe_waterfall_success(cmd, secure, config_file):
     for label in LABELS:
         assert label in out
     assert "(skipped: IP address)" in out
+    assert re.search(r"^  Other +[\d.]+ ms   \(time outside the phases above\)$", out, re.M), out
     assert "TLS TLS 1.3" in out and "verification verified" in out
     assert "HTTP HTTP/1.1 200" in out
     assert "Failed in phase" not in out
@@ -149,7 +151,8 @@ async def test_probe_waterfall_failure_in_words(cmd, closed_port):
     for label in LABELS:
         assert label in out
     assert "✗ failed here" in out
-    assert "Failed in phase 'connect' with reason 'connect_refused': the host answered the SYN with a reset." in out
+    assert re.search(r"^  Failed in TCP connect after [\d.]+ ms: the host answered the SYN with a reset \(connect_refused\)\.$",
+                     out, re.M), out
     assert "Typical cause: nothing listening on the port, service down." in out
 
 
@@ -157,8 +160,8 @@ async def test_probe_waterfall_tls_failure_in_words(cmd, secure):
     # without the config, the private CA is not trusted
     code, out, err = await run(cmd, "probe", secure.url("/ok"))
     assert code == 1, err
-    assert "Failed in phase 'tls' with reason 'tls_cert_untrusted'" in out
-    assert "Detail: certificate verification failed" in out
+    assert re.search(r"^  Failed in TLS handshake after [\d.]+ ms: .* \(tls_cert_untrusted\)\.$", out, re.M), out
+    assert "Detail: certificate verification failed: unable to get local issuer certificate (code 20)." in out
 
 
 @pytest.mark.parametrize(

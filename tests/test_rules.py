@@ -33,7 +33,7 @@ def test_committed_outputs_are_fresh() -> None:
     extra = sorted(committed - set(want))
     assert not stale and not extra, (
         f"generated files are stale {stale} or orphaned {extra}: run "
-        "`connhealth generate --config examples/connhealth.yml --out .`")
+        "`connhealth generate --config.file examples/connhealth.yml --out .`")
 
 
 def test_promtool_check_rules() -> None:

@@ -58,6 +58,16 @@ class ResolverConfig:
 
     nameservers: tuple[tuple[str, int], ...] = ()  # empty = the system resolver
     timeout: float | None = None
+    # curl's --resolve / --connect-to (set by `connhealth probe`): (host, port, to_host, to_port);
+    # "" and 0 match any host / port, or keep the original one. Host header and SNI stay the target's.
+    overrides: tuple[tuple[str, int, str, int], ...] = ()
+
+    def connect_address(self, host: str, port: int) -> tuple[str, int]:
+        """Where to connect for ``host:port``: the first matching override, else the target itself."""
+        for from_host, from_port, to_host, to_port in self.overrides:
+            if from_host in ("", host.lower()) and from_port in (0, port):
+                return to_host or host, to_port or port
+        return host, port
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ import ssl
 from ..net import connection, resolve
 from ..net.tls import TLSConfig, client_context, tls_info_of
 from ..result import Peer
+from ..schema import join_host_port
 from .base import ProbeContext
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
@@ -24,6 +25,11 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
 
 async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
+    if ctx.resolver.overrides:
+        to = ctx.resolver.connect_address(host, port)
+        if to != (host, port):
+            ctx.log("connecting to %s instead of %s (--resolve / --connect-to)", join_host_port(*to), join_host_port(host, port))
+            host, port = to
     guard = ctx.guard
     if guard is not None:
         guard.check_name(host, port)
@@ -35,10 +41,10 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
-    ctx.log("connecting to %s:%d", ip, port)
+    ctx.log("connecting to %s", join_host_port(ip, port))
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
     ctx.tcp = connection.tcp_info_of(sock)
-    ctx.log("connected to %s:%d", ip, port)
+    ctx.log("connected to %s", join_host_port(ip, port))
     return sock
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -49,6 +50,8 @@ class DroppingSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.exported = 0
+        self.enqueued = 0
+        self.endpoint = ""
         self._stop = threading.Event()
         self._flush_requested = threading.Event()
         self._thread = threading.Thread(target=self._worker, name="connhealth-otlp", daemon=True)
@@ -62,6 +65,7 @@ class DroppingSpanProcessor(SpanProcessor):
             return
         try:
             self._queue.put_nowait(span)
+            self.enqueued += 1
         except queue.Full:
             with self._lock:
                 self.dropped["queue_full"] += 1
@@ -175,6 +179,7 @@ def setup_tracing(options: TracingOptions) -> DroppingSpanProcessor | None:
     headers = _headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"))
     exporter = make_exporter(endpoint, protocol, headers, signal_url=signal_url)
     processor = DroppingSpanProcessor(exporter, options.queue_size, options.batch_size, options.export_interval)
+    processor.endpoint = endpoint
     attributes = _service_name_attributes()
     # The provider reads the sampler from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default:
     # parent-based always-on); the traces sink uses that sampler and resource with our processor.
@@ -189,6 +194,55 @@ def shutdown_tracing(processor: DroppingSpanProcessor | None) -> None:
         return
     traces.reset()
     processor.shutdown()
+
+
+class _FirstFailure(logging.Handler):
+    """Catches the SDK's first export warning instead of letting it print its retry chatter."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.event = threading.Event()
+        self.message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.event.is_set():
+            self.message = record.getMessage()
+            self.event.set()
+
+
+def shutdown_cli_tracing(processor: DroppingSpanProcessor | None, budget: float = 3.0) -> str | None:
+    """For a one-shot command: export what is queued now and return a one-line warning if that failed.
+
+    The SDK retries a failed export with backoff (about 1 s and more); a
+    command line waits for the first attempt only: on its failure the exporter
+    is shut down, which aborts the retries at once.
+    """
+    if processor is None:
+        return None
+    traces.reset()
+    sdk_log = logging.getLogger("opentelemetry")
+    catcher = _FirstFailure()
+    sdk_log.addHandler(catcher)
+    propagate, sdk_log.propagate = sdk_log.propagate, False
+    try:
+        processor._flush_requested.set()
+        deadline = time.monotonic() + budget
+        while (processor.exported + processor.dropped["export_failed"] < processor.enqueued
+               and not catcher.event.is_set() and time.monotonic() < deadline):
+            catcher.event.wait(0.005)
+        settled = processor.exported + processor.dropped["export_failed"] >= processor.enqueued
+        failed = catcher.event.is_set() or processor.dropped["export_failed"] > 0 or not settled
+        processor._stop.set()
+        processor._flush_requested.set()
+        processor.exporter.shutdown()  # aborts a retry in progress
+        processor._thread.join(timeout=0.5)
+    finally:
+        sdk_log.removeHandler(catcher)
+        sdk_log.propagate = propagate
+    if not failed:
+        return None
+    cause = "connection refused" if "refused" in catcher.message.lower() else "no answer" if not settled else "export failed"
+    return f"trace not exported: OTLP collector at {processor.endpoint} unreachable ({cause})"
 
 
 def dropped_samples(processor: DroppingSpanProcessor | None) -> Sequence[tuple[str, int]]:
