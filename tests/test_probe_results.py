@@ -329,3 +329,29 @@ async def test_effective_timeout_is_the_smallest(web, module_timeout, given, eff
     result = await run_probe(web.url("/ok"), mod("http", **fields), given)
     assert result.success, result.failure
     assert result.timeout_seconds == effective
+
+
+# --- the result types' own __init__ (result._fast_init) -------------------------------------
+
+def test_fast_init_keeps_the_dataclass_contract() -> None:
+    """Same signature and defaults as the generated __init__, frozen, replace() and equality work."""
+    import dataclasses
+    import inspect
+
+    from exporter.result import Hop, ProbeResult, TCPInfo
+
+    for cls in (Peer, TCPInfo, Hop, ProbeResult):
+        params = inspect.signature(cls).parameters
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        assert list(params) == [f.name for f in fields], cls
+        assert [p.default for p in params.values()] == [
+            inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields], cls
+    result = ProbeResult("t", "m", "tcp", 1.0, 2.0, 3.0, peer=Peer("127.0.0.1", "ipv4", 80))
+    assert (result.target, result.peer.port, result.hops, result.sampled, result.total_phases()) == ("t", 80, (), False, {})
+    assert result == ProbeResult(target="t", module="m", prober="tcp", started_at=1.0, duration_seconds=2.0,
+                                 timeout_seconds=3.0, peer=Peer("127.0.0.1", "ipv4", 80))
+    assert dataclasses.replace(result, target="u").target == "u"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.target = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        ProbeResult("t", "m")  # type: ignore[call-arg]

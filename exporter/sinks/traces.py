@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -35,8 +35,7 @@ _random = random.Random()
 _SCOPE = InstrumentationScope("connhealth", __version__)
 
 
-@dataclass(frozen=True, slots=True)
-class TraceIds:
+class TraceIds(NamedTuple):  # one per probe: a tuple is the cheapest immutable value to build
     trace_id: int
     span_id: int  # the probe span
     parent_span_id: int | None  # the scrape's span, when Prometheus traced it
