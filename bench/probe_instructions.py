@@ -32,9 +32,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import PYTHON, REPO, free_port, start, stop_all, wait_port  # noqa: E402
-from bench.probe_throughput import NGINX_CONF  # noqa: E402
-from exporter.certs import CertFactory  # noqa: E402
+from bench._common import PYTHON, REPO, stop_all  # noqa: E402
+from bench.probe_throughput import start_nginx  # noqa: E402
 
 # Runs inside valgrind, with the tree under test first on sys.path. It uses
 # only run_probe, parse_config and probe_text, which every version has.
@@ -95,20 +94,8 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="connhealth-ir-"))
     os.chmod(tmp, 0o755)
-    certs = CertFactory(tmp / "certs")
-    ca = certs.ca("bench CA")
-    leaf = certs.leaf(ca, name="localhost", sans=("localhost", "127.0.0.1"))
-    for p in (tmp / "certs").iterdir():
-        os.chmod(p, 0o644)
-    http_port, https_port, tcp_port = free_port(), free_port(), free_port()
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(
-        tmp=tmp, http_port=http_port, https_port=https_port, tcp_port=tcp_port, cert=leaf.cert_file, key=leaf.key_file,
-        user="user root;" if os.geteuid() == 0 else ""))
-    nginx = start(["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(tmp / "nginx.conf"),
-                   "-g", "daemon off;"], tmp / "nginx.out")
     try:
-        for p in (http_port, https_port, tcp_port):
-            wait_port(p, nginx)
+        ca, (http_port, https_port, tcp_port) = start_nginx(tmp)
         targets = {"tcp": f"127.0.0.1:{tcp_port}", "http": f"http://127.0.0.1:{http_port}/",
                    "https": f"https://localhost:{https_port}/"}
         trees = {"after": REPO}

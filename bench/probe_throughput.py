@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
     BLACKBOX, CONNHEALTH, LOCALHOST, PYTHON, connhealth_argv, connhealth_env, cpu_seconds, free_port, get, median, start, stop_all, wait_port,
 )
-from exporter.certs import CertFactory  # noqa: E402
+from exporter.certs import CertFactory, Issued  # noqa: E402
 
 WRK_LUA = r"""
 local threads = {}
@@ -184,6 +184,24 @@ def summarize_collapsed(path: Path, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+def start_nginx(tmp: Path, cpus: str | None = None) -> tuple[Issued, tuple[int, int, int]]:
+    """nginx on 127.0.0.1 with a certificate made here: (its CA, (http, https, tcp ports)), once all listen."""
+    certs = CertFactory(tmp / "certs")
+    ca = certs.ca("bench CA")
+    leaf = certs.leaf(ca, name="localhost", sans=("localhost", "127.0.0.1"))
+    for p in (tmp / "certs").iterdir():
+        os.chmod(p, 0o644)
+    ports = http_port, https_port, tcp_port = free_port(), free_port(), free_port()
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(
+        tmp=tmp, http_port=http_port, https_port=https_port, tcp_port=tcp_port, cert=leaf.cert_file, key=leaf.key_file,
+        user="user root;" if os.geteuid() == 0 else ""))
+    nginx = start(["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(tmp / "nginx.conf"),
+                   "-g", "daemon off;"], tmp / "nginx.out", cpus=cpus)
+    for port in ports:
+        wait_port(port, nginx)
+    return ca, ports
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
@@ -208,22 +226,8 @@ def main() -> int:
     os.chmod(tmp, 0o755)
     lua = tmp / "check.lua"
     lua.write_text(WRK_LUA)
-    certs = CertFactory(tmp / "certs")
-    ca = certs.ca("bench CA")
-    leaf = certs.leaf(ca, name="localhost", sans=("localhost", "127.0.0.1"))
-    for p in (tmp / "certs").iterdir():
-        os.chmod(p, 0o644)
-
-    http_port, https_port, tcp_port = free_port(), free_port(), free_port()
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(
-        tmp=tmp, http_port=http_port, https_port=https_port, tcp_port=tcp_port, cert=leaf.cert_file, key=leaf.key_file,
-        user="user root;" if os.geteuid() == 0 else ""))
+    ca, (http_port, https_port, tcp_port) = start_nginx(tmp, load_cpus)
     (tmp / "blackbox.yml").write_text(BLACKBOX_YML.format(ca=ca.cert_file))
-
-    nginx = start(["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(tmp / "nginx.conf"),
-                   "-g", "daemon off;"], tmp / "nginx.out", cpus=load_cpus)
-    for p in (http_port, https_port, tcp_port):
-        wait_port(p, nginx)
 
     bb_port, ch_port = free_port(), free_port()
     exporters = {
