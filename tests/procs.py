@@ -42,6 +42,22 @@ PROMETHEUS_BIN = "prometheus"
 _live: "weakref.WeakSet[ManagedProcess]" = weakref.WeakSet()
 
 
+async def run_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None, stdin: bytes | None = None,
+                      timeout: float = 20) -> tuple[int, str, str]:
+    """Run a command to its end: (exit code, stdout, stderr); killed and re-raised after ``timeout``."""
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE if stdin is not None else None,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=dict(env) if env is not None else None)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def free_port() -> int:
     """A port that was free a moment ago (the process may still lose a race; start() retries)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

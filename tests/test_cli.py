@@ -6,7 +6,6 @@ installed script and as ``python -m exporter``.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -22,9 +21,11 @@ from exporter.certs import server_context
 
 try:  # works whether or not tests/ becomes a package later
     from tests.peers import DNSServer, HTTPServer
+    from tests.procs import run_command
     from tests.probekit import PER_TEST_TIMEOUT, ca, certs, closed_port, leaf  # noqa: F401
 except ImportError:  # pragma: no cover
     from peers import DNSServer, HTTPServer
+    from procs import run_command  # type: ignore[no-redef]
     from probekit import PER_TEST_TIMEOUT, ca, certs, closed_port, leaf  # noqa: F401
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
@@ -46,17 +47,7 @@ def cmd(request) -> list[str]:
 
 
 async def run(cmd: list[str], *args: str, timeout: float = 20) -> tuple[int, str, str]:
-    env = {**os.environ, "NO_COLOR": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command([*cmd, *args], env={**os.environ, "NO_COLOR": "1"}, timeout=timeout)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ one line with the documented exit code.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -21,9 +20,11 @@ from exporter.certs import server_context
 
 try:
     from tests.peers import HTTPServer, RawTCPServer
+    from tests.procs import run_command
     from tests.probekit import PER_TEST_TIMEOUT, ca, certs, closed_port, leaf  # noqa: F401
 except ImportError:  # pragma: no cover
     from peers import HTTPServer, RawTCPServer
+    from procs import run_command  # type: ignore[no-redef]
     from probekit import PER_TEST_TIMEOUT, ca, certs, closed_port, leaf  # noqa: F401
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
@@ -36,15 +37,7 @@ async def run(*args: str, env: dict[str, str] | None = None, timeout: float = 20
               cmd: list[str] = CLI) -> tuple[int, str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     environ.update({"NO_COLOR": "1"} if env is None else env)
-    proc = await asyncio.create_subprocess_exec(*cmd, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE, env=environ)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command([*cmd, *args], env=environ, stdin=stdin, timeout=timeout)
 
 
 @pytest.fixture

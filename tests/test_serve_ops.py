@@ -15,23 +15,15 @@ from exporter.result import Failure, ProbeResult
 from exporter.sinks.history import History
 
 try:
-    from tests.procs import LOCALHOST, ExporterProcess, value
+    from tests.procs import LOCALHOST, ExporterProcess, run_command, value
 except ImportError:  # pragma: no cover
-    from procs import LOCALHOST, ExporterProcess, value  # type: ignore[no-redef]
+    from procs import LOCALHOST, ExporterProcess, run_command, value  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def run_serve(*args: str, timeout: float = 20) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "exporter", "serve", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command([sys.executable, "-m", "exporter", "serve", *args], timeout=timeout)
 
 
 async def test_port_in_use_is_one_line_exit_1():
