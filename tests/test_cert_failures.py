@@ -158,18 +158,8 @@ def case_of(env: Env, name: str) -> Case:
 
 
 async def run_cli(*args: str, timeout: float = 20) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NO_COLOR": "1"},
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await procs.run_command([sys.executable, "-m", "exporter", *args], env={**os.environ, "NO_COLOR": "1"},
+                                   timeout=timeout)
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
