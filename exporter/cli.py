@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--history.limit", dest="history_limit", type=int, default=100, help="recent probes kept (default 100)")
     s.add_argument("--shutdown-grace", dest="grace", type=float, default=10.0,
                    help="seconds in-flight probes may finish after SIGTERM (default 10)")
+    s.add_argument("--probe.concurrency", dest="probe_concurrency", type=int, default=1000,
+                   help="/probe requests running at once; more are answered 503 (default 1000)")
     s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
     s.add_argument("--event-loop", dest="event_loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                    help="event loop implementation (default auto: uvloop when installed, ~20%% more probes/s)")
@@ -129,6 +131,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         history_limit=args.history_limit,
         grace=args.grace,
         tracing=_tracing_options(args),
+        probe_concurrency=args.probe_concurrency,
     )
     if args.history_limit < 1:
         raise ConfigError("--history.limit must be at least 1")

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gc
 import logging
+import math
 import platform
+import resource
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,15 +26,17 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
-from .config import Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
+from .config import MAX_TIMEOUT, Config, ConfigError, TargetSpec, load_config, load_config_or_builtins, split_host_port
 from .engine import run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .result import ProbeResult
 from .scheduler import Scheduler
+from .schema import brief
 from .status import render_status
 from .sinks.store import SeriesStore
+from .supervise import supervise
 from .targets import TargetFileWatcher
 from .sinks.traces_export import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
 
@@ -40,6 +45,10 @@ log = logging.getLogger("connhealth.server")
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 LOOP_LAG_INTERVAL = 0.25
 _PROPAGATOR = TraceContextTextMapPropagator()
+# Beyond this many /probe requests at once, more are answered 503 (--probe.concurrency): 2000
+# concurrent probes to a blackhole took 4017 fds and, at nofile 1024, a thousand internal errors.
+DEFAULT_PROBE_CONCURRENCY = 1000
+MAX_HISTORY = 100_000
 
 
 @dataclass
@@ -51,6 +60,16 @@ class ServeOptions:
     history_limit: int = 100
     grace: float = 10.0
     tracing: TracingOptions = TracingOptions()
+    probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY
+
+    def check(self) -> None:
+        """Every number finite and in range; a ConfigError names the flag."""
+        for flag, number, low, high in (("--timeout-offset", self.timeout_offset, 0.0, MAX_TIMEOUT),
+                                        ("--shutdown-grace", self.grace, 0.0, MAX_TIMEOUT),
+                                        ("--history.limit", self.history_limit, 1, MAX_HISTORY),
+                                        ("--probe.concurrency", self.probe_concurrency, 1, 1_000_000)):
+            if not (math.isfinite(number) and low <= number <= high):
+                raise ConfigError(f"{flag} must be between {low:g} and {high:g}, got {number!r}")
 
 
 class SelfMetrics:
@@ -72,21 +91,30 @@ class SelfMetrics:
         self.skipped = Counter(m.SKIPPED.removesuffix("_total"), spec[m.SKIPPED].help, ["reason"], registry=r)
         Gauge(m.SCHEDULED_TARGETS, spec[m.SCHEDULED_TARGETS].help, registry=r).set_function(lambda: len(exporter.scheduler.entries))
         self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
+        self.probe_rejected = Counter(m.PROBE_REJECTED.removesuffix("_total"), spec[m.PROBE_REJECTED].help, registry=r)
         ProcessCollector(registry=r)
         r.register(_TraceDropCollector(exporter))
 
 
 class _TraceDropCollector:
+    """Counters kept outside the registry: span drops and background-task failures (the trace
+    export thread counts its own, in the span processor)."""
+
     def __init__(self, exporter: Exporter) -> None:
         self.exporter = exporter
 
     def collect(self) -> list[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            m.TRACE_EXPORT_DROPS.removesuffix("_total"), {s.name: s for s in m.SELF}[m.TRACE_EXPORT_DROPS].help, labels=["reason"]
-        )
+        spec = {s.name: s for s in m.SELF}
+        family = CounterMetricFamily(m.TRACE_EXPORT_DROPS.removesuffix("_total"), spec[m.TRACE_EXPORT_DROPS].help, labels=["reason"])
         for reason, count in dropped_samples(self.exporter.span_processor):
             family.add_metric([reason], count)
-        return [family]
+        failures = CounterMetricFamily(m.BACKGROUND_FAILURES.removesuffix("_total"), spec[m.BACKGROUND_FAILURES].help,
+                                       labels=["task"])
+        processor = self.exporter.span_processor
+        counts = dict(self.exporter.task_failures, trace_export=processor.worker_failures if processor else 0)
+        for task in m.BACKGROUND_TASKS:
+            failures.add_metric([task], counts.get(task, 0))
+        return [family, failures]
 
 
 class Exporter:
@@ -96,17 +124,22 @@ class Exporter:
         self.span_processor = span_processor
         self.history = History(options.history_limit)
         self.probe_endpoint_in_flight = 0
+        self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
         self.scheduler = Scheduler(
             config.modules, config.scheduler, self._on_result,
             on_lag=self.self_metrics.scheduler_lag.observe,
             on_skip=lambda reason: self.self_metrics.skipped.labels(reason).inc(),
+            on_failure=self._task_failed,
         )
         self.watcher = TargetFileWatcher()
         self.file_targets: list[TargetSpec] = []
         self.ready = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        # Reloads and target-file scans take turns: each builds its result in a thread, then commits.
+        self._targets_lock = asyncio.Lock()
+        self._rescan = asyncio.Event()
         self.self_metrics.reload_ok.set(1)
         self.self_metrics.reload_ts.set(time.time())
 
@@ -114,14 +147,21 @@ class Exporter:
     def start(self) -> None:
         self._apply_targets()
         self.scheduler.start()
-        self._spawn(self._loop_lag())
-        self._spawn(self._watch_files())
+        self._spawn(supervise("loop_lag", self._loop_lag, self._task_failed))
+        self._spawn(supervise("file_watcher", self._watch_files, self._task_failed))
         self.ready = True
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _task_failed(self, task: str) -> None:
+        self.task_failures[task] = self.task_failures.get(task, 0) + 1
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def spawn_reload(self) -> None:
+        """SIGHUP: reload in the background (the signal handler itself must not block)."""
+        self._spawn(self.reload())
 
     async def stop(self) -> None:
         self.ready = False
@@ -129,24 +169,42 @@ class Exporter:
             task.cancel()
         await self.scheduler.stop(self.options.grace)
 
-    def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; a bad one keeps the old config running."""
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file, all or nothing.
+
+        The new config and its target files are read and parsed in a thread
+        (bounded: schema.load_yaml), then replace the old ones in one step on
+        the loop. Any failure, of any kind, keeps the old config running and
+        sets connhealth_config_last_reload_successful to 0. A target file that
+        is broken keeps its last good targets and is counted in
+        connhealth_target_file_errors_total, as between reloads.
+        """
         if self.options.config_file is None:
             return True, "no config file: nothing to reload"
-        try:
-            config = load_config(self.options.config_file)
-        except ConfigError as exc:
-            self.self_metrics.reload_ok.set(0)
-            self.self_metrics.reloads.labels("failure").inc()
-            log.error("config reload failed, keeping the previous config: %s", exc)
-            return False, str(exc)
-        self.config = config
+        path = self.options.config_file
+        async with self._targets_lock:
+            old = (self.config, self.watcher, self.file_targets)
+            try:
+                watcher = self.watcher.for_reload()
+                config, file_targets = await asyncio.to_thread(_build, path, watcher)
+                self.config, self.watcher, self.file_targets = config, watcher, file_targets
+                self._apply_targets()
+            except Exception as exc:  # noqa: BLE001 - a reload must never take the exporter down
+                message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {brief(str(exc))}"
+                if not isinstance(exc, ConfigError):
+                    log.exception("config reload failed")
+                if self.config is not old[0]:  # failed while committing: put the old one back
+                    self.config, self.watcher, self.file_targets = old
+                    self._apply_targets()
+                self.self_metrics.reload_ok.set(0)
+                self.self_metrics.reloads.labels("failure").inc()
+                log.error("config reload failed, keeping the previous config: %s", message)
+                return False, message
+            self.self_metrics.file_errors.inc(max(0, watcher.errors - old[1].errors))
         self.self_metrics.reload_ok.set(1)
         self.self_metrics.reload_ts.set(time.time())
         self.self_metrics.reloads.labels("success").inc()
-        self.watcher.reset()
-        self.file_targets, _ = self._scan_files()
-        self._apply_targets()
+        self._rescan.set()  # the watcher's next wait uses the new refresh interval
         log.info("config reloaded: %d modules, %d targets", len(config.modules), len(self.scheduler.entries))
         return True, "config reloaded"
 
@@ -159,20 +217,24 @@ class Exporter:
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
         self.store.retain({t.key for t in targets})
 
-    def _scan_files(self) -> tuple[list[TargetSpec], bool]:
-        errors_before = self.watcher.errors
-        targets, changed = self.watcher.scan(self.config)
-        if self.watcher.errors > errors_before:
-            self.self_metrics.file_errors.inc(self.watcher.errors - errors_before)
-        return targets, changed
-
     async def _watch_files(self) -> None:
+        """Re-read changed target files every file_refresh_interval (in a thread: a 6 MB file took
+        9.6 s to parse and stopped everything while it ran on the loop)."""
         while True:
-            targets, changed = self._scan_files()
-            if changed:
-                self.file_targets = targets
-                self._apply_targets()
-            await asyncio.sleep(self.config.scheduler.file_refresh_interval)
+            async with self._targets_lock:
+                watcher, config = self.watcher, self.config
+                errors_before = watcher.errors
+                try:
+                    targets, changed = await asyncio.to_thread(watcher.scan, config)
+                finally:
+                    self.self_metrics.file_errors.inc(max(0, watcher.errors - errors_before))
+                if changed:
+                    self.file_targets = targets
+                    self._apply_targets()
+            self._rescan.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.scheduler.file_refresh_interval):
+                    await self._rescan.wait()
 
     async def _loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,7 +256,12 @@ class Exporter:
         module_name = params.get("module", "http_2xx")
         module = self.config.modules.get(module_name)
         if module is None:
-            return web.Response(status=400, text=f"Unknown module {module_name!r}\n")
+            return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
+        limit = self.options.probe_concurrency
+        if self.probe_endpoint_in_flight >= limit:
+            self.self_metrics.probe_rejected.inc()
+            return web.Response(status=503, text=f"Too many concurrent /probe requests: {limit} are running "
+                                                 f"(--probe.concurrency); try again later\n")
         timeout = _scrape_timeout(request, self.options.timeout_offset)
         # Prometheus can trace its scrapes: the probe then continues that trace.
         parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
@@ -251,7 +318,7 @@ class Exporter:
         return web.Response(text=self.debug_output(entry), content_type="text/plain")
 
     async def handle_reload(self, request: web.Request) -> web.Response:
-        ok, message = self.reload()
+        ok, message = await self.reload()
         return web.Response(status=200 if ok else 500, text=message + "\n")
 
     async def handle_healthy(self, request: web.Request) -> web.Response:
@@ -271,15 +338,43 @@ def redact(raw: object) -> object:
     return data
 
 
+def _build(path: str, watcher: TargetFileWatcher) -> tuple[Config, list[TargetSpec]]:
+    """A reload's new config and file targets; blocking, run in a thread."""
+    config = load_config(path)
+    targets, _ = watcher.scan(config)
+    return config, targets
+
+
 def _scrape_timeout(request: web.Request, offset: float) -> float | None:
+    """Prometheus' scrape timeout minus the offset, clamped to 1 ms..MAX_TIMEOUT; 400 unless a positive finite number."""
     header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     if header is None:
         return None
     try:
         seconds = float(header)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header: {header!r}\n") from None
-    return max(seconds - offset, 0.001)
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
+                                      f"{brief(header)} (expected a positive number of seconds)\n")
+    return min(max(seconds - offset, 0.001), MAX_TIMEOUT)
+
+
+def raise_fd_limit(probes: int) -> None:
+    """Raise the soft open-file limit to the hard one, as Go's runtime does; warn when it stays low
+    for ``probes`` concurrent probes (a probe holds one socket, a redirect or DNS query briefly two)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    needed = 2 * probes + 100
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open-file limit %d is low for %d concurrent probes (about %d needed): probes beyond it fail "
+                    "with resource_exhausted; raise it (ulimit -n, LimitNOFILE=) or lower the concurrency",
+                    soft, probes, needed)
 
 
 # A probe's allocations are all freed by refcounting (tests/test_probe_gc.py pins
@@ -331,9 +426,11 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
 
 async def serve(options: ServeOptions, config: Config | None = None, *,
                 on_started: Callable[[Exporter, web.AppRunner], None] | None = None) -> int:
+    options.check()
     if config is None:
-        config = load_config_or_builtins(options.config_file)
+        config = await asyncio.to_thread(load_config_or_builtins, options.config_file)
     listen = [_parse_listen(a) for a in options.listen]
+    raise_fd_limit(config.scheduler.concurrency + options.probe_concurrency)
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
     app = build_app(exporter)
@@ -353,7 +450,7 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: exporter.reload())
+    loop.add_signal_handler(signal.SIGHUP, exporter.spawn_reload)
     try:
         await stop.wait()
     finally:

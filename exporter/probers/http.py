@@ -23,7 +23,7 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 from .. import __version__
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples
-from ..net import http1, http2
+from ..net import http1, http2, resolve
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
@@ -136,6 +136,7 @@ def _split_url(url: str) -> tuple[SplitResult, str, int, str]:
         raise ValueError(f"{redact_url(url)!r} is not an http:// or https:// URL")
     try:
         port = parts.port
+        resolve.check_host(parts.hostname)
         # Go's url.Parse refuses control characters and bad %-escapes in the path.
         target = http1.request_target(parts.path, parts.query)
     except ValueError as exc:

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ..schema import ConfigError
+from ..supervise import supervise_thread
 from . import traces
 
 log = logging.getLogger("connhealth.telemetry")
@@ -49,6 +50,7 @@ class DroppingSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.exported = 0
+        self.worker_failures = 0  # connhealth_background_task_failures_total{task="trace_export"}
         self._stop = threading.Event()
         self._flush_requested = threading.Event()
         self._thread = threading.Thread(target=self._worker, name="connhealth-otlp", daemon=True)
@@ -88,6 +90,13 @@ class DroppingSpanProcessor(SpanProcessor):
                 self.dropped["export_failed"] += len(batch)
 
     def _worker(self) -> None:
+        supervise_thread("trace_export", self._work, self._worker_failed, self._stop)
+
+    def _worker_failed(self, task: str) -> None:
+        with self._lock:
+            self.worker_failures += 1
+
+    def _work(self) -> None:
         while not self._stop.is_set():
             self._flush_requested.wait(self.interval)
             self._flush_requested.clear()
