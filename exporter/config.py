@@ -13,7 +13,7 @@ from typing import Any
 
 from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TracingConfig
-from .schema import ConfigError, Fields, brief, brief_key, load_yaml, parse_duration, read_bounded, split_host_port
+from .schema import ConfigError, Fields, brief, brief_key, load_yaml, load_yaml_file, parse_duration, split_host_port
 from .slo import parse_slos
 
 __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig", "TargetFiles", "TargetSpec", "TracingConfig",
@@ -176,7 +176,10 @@ modules:
 def parse_config(text: str | bytes, source: str | None = None, *, with_builtins: bool = True) -> Config:
     """A config from YAML text. Blocking and CPU-bound for big inputs (bounded: schema.load_yaml);
     the server runs it in a thread."""
-    raw = load_yaml(text, source or "config")
+    return config_from_data(load_yaml(text, source or "config"), source, with_builtins=with_builtins)
+
+
+def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool = True) -> Config:
     f = Fields(raw, "")
     modules: dict[str, Module] = {}
     if with_builtins:
@@ -292,7 +295,7 @@ def _parse_target_files(raw: Any, path: str, modules: dict[str, Module], schedul
 
 def load_config(path: str | Path) -> Config:
     """Read and parse a config file (at most schema.MAX_FILE_BYTES). Blocking: the server calls it in a thread."""
-    return parse_config(read_bounded(str(path), "config"), str(path))
+    return config_from_data(load_yaml_file(str(path), "config"), str(path))
 
 
 def load_config_or_builtins(path: str | Path | None) -> Config:

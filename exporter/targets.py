@@ -14,7 +14,7 @@ import stat
 from typing import Any
 
 from .config import Config, ConfigError, TargetFiles, TargetSpec, default_module_for, parse_labels
-from .schema import brief, brief_key, load_yaml, read_bounded
+from .schema import brief, brief_key, load_yaml_file, read_bounded
 
 log = logging.getLogger("connhealth.targets")
 
@@ -23,14 +23,13 @@ def _file_targets(path: str, tf: TargetFiles, config: Config) -> list[TargetSpec
     if not stat.S_ISREG(os.stat(path).st_mode):
         # A FIFO would block the reading thread for good, /dev/zero would never end.
         raise ConfigError(f"{path}: not a regular file")
-    raw = read_bounded(path, "target file")
     if path.endswith(".json"):
         try:
-            data: Any = json.loads(raw)
+            data: Any = json.loads(read_bounded(path, "target file"))
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ConfigError(f"{path}: invalid JSON: {exc}") from None
     else:
-        data = load_yaml(raw, path)
+        data = load_yaml_file(path, "target file")
     if data is None:
         return []
     if not isinstance(data, list):
