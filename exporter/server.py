@@ -189,11 +189,10 @@ class Exporter:
             try:
                 watcher = self.watcher.for_reload()
                 config, file_targets = await asyncio.to_thread(_build, path, watcher)
-                await asyncio.to_thread(release_memory)
                 self.config, self.watcher, self.file_targets = config, watcher, file_targets
                 self._apply_targets()
             except Exception as exc:  # noqa: BLE001 - a reload must never take the exporter down
-                message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {brief(str(exc))}"
+                message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {str(exc)[:500]}"
                 if not isinstance(exc, ConfigError):
                     log.exception("config reload failed")
                 if self.config is not old[0]:  # failed while committing: put the old one back
@@ -231,8 +230,6 @@ class Exporter:
                     targets, changed = await asyncio.to_thread(watcher.scan, config)
                 finally:
                     self.self_metrics.file_errors.inc(max(0, watcher.errors - errors_before))
-                if changed:
-                    await asyncio.to_thread(release_memory)
                 if changed:
                     self.file_targets = targets
                     self._apply_targets()
@@ -365,35 +362,17 @@ def _scrape_timeout(request: web.Request, offset: float) -> float | None:
     return min(max(seconds - offset, 0.001), MAX_TIMEOUT)
 
 
-_LIBC: Any = None
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def _libc() -> Any:
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    return _LIBC
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def tune_malloc() -> None:
-    """Big buffers (a 16 MiB file read to be refused) straight from and back to the OS: glibc's
-    default raises its mmap threshold after the first such free, and later ones then stay in
-    the heap for good (the hostile-input suite saw RSS grow by the size of each big file)."""
-    libc = _libc()
-    if libc:
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
-def release_memory() -> None:
-    """After parsing a big config or target file: hand freed heap pages back to the OS (glibc)."""
-    libc = _libc()
-    if libc:
-        libc.malloc_trim(0)
+    """Big buffers (a 16 MiB file read to be refused) straight from and back to the OS: glibc raises
+    its mmap threshold after the first such buffer is freed, and later ones then stay in the heap
+    (the hostile-input suite saw RSS grow by 16 MiB per refused file). No-op without glibc."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def raise_fd_limit(probes: int) -> None:

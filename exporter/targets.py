@@ -97,7 +97,7 @@ class TargetFileWatcher:
                         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the watcher
                             self.errors += 1
                             log.exception("target file %s: %s: %s (keeping its previous targets)", path,
-                                          type(exc).__name__, brief(str(exc)))
+                                          type(exc).__name__, str(exc)[:500])
                     targets.extend(self._cache.get(key, []))
         for key in [k for k in self._stamps.keys() | self._cache.keys() if k not in seen]:
             self._stamps.pop(key, None)
