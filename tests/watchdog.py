@@ -146,3 +146,31 @@ def process_rss(pid: int) -> int:
 
 def process_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def describe_fds(pid: int) -> str:
+    """What a process's open fds are, for a failure message: kinds and, for TCP sockets, their peers."""
+    kinds: dict[str, int] = {}
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+            link = "socket"
+        kinds[link.split(":")[0] if ":" in link else link] = kinds.get(link, 0) + 1
+    peers: dict[str, int] = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[9] in inodes:
+                local, remote, state = parts[1], parts[2], parts[3]
+                key = f"{table} local :{int(local.split(':')[1], 16)} remote :{int(remote.split(':')[1], 16)} state {state}"
+                peers[key] = peers.get(key, 0) + 1
+    return f"{kinds} {peers}"
