@@ -13,6 +13,7 @@ logic can be tested on virtual time, without sockets (tests/fakeclock.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
@@ -275,7 +276,11 @@ class Scheduler:
         self._stopping = True
         self._wake.set()
         if self._runner is not None:
-            await self._runner
+            # It returns at once, unless its supervisor is waiting out a backoff after a failure.
+            await asyncio.wait({self._runner}, timeout=CANCEL_WAIT)
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
         if await self.clock.wait(self._idle, grace):
             return
         for task in list(self._tasks):

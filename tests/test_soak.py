@@ -68,7 +68,8 @@ class Tally:
 
 def target_file(http: HTTPServer, reset: RawTCPServer, refused: int, round_: int) -> str:
     """TARGETS lines: 80 % http, 20 % tcp; in round r > 0, a different 10 % is faulty, in way FAULTS[r]."""
-    faulty = set(range(round_ * 7 % 10, TARGETS, 10)) if round_ > 0 else set()
+    # Blocks of 5 consecutive targets (4 http, 1 tcp), a different tenth of the blocks each round.
+    faulty = {i for i in range(TARGETS) if round_ > 0 and (i // 5 + round_) % 10 == 0}
     fault = FAULTS[(round_ - 1) % len(FAULTS)]
     lines = []
     for i in range(TARGETS):
