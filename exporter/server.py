@@ -4,13 +4,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import ctypes
-import ctypes.util
 import gc
 import logging
 import math
 import platform
-import resource
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,6 +30,7 @@ from .engine import run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
+from .resources import raise_fd_limit, tune_malloc
 from .result import ProbeResult
 from .scheduler import Scheduler
 from .schema import brief
@@ -95,10 +93,10 @@ class SelfMetrics:
         self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
         self.probe_rejected = Counter(m.PROBE_REJECTED.removesuffix("_total"), spec[m.PROBE_REJECTED].help, registry=r)
         ProcessCollector(registry=r)
-        r.register(_TraceDropCollector(exporter))
+        r.register(_OutsideCounters(exporter))
 
 
-class _TraceDropCollector:
+class _OutsideCounters:
     """Counters kept outside the registry: span drops and background-task failures (the trace
     export thread counts its own, in the span processor)."""
 
@@ -360,36 +358,6 @@ def _scrape_timeout(request: web.Request, offset: float) -> float | None:
         raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
                                       f"{brief(header)} (expected a positive number of seconds)\n")
     return min(max(seconds - offset, 0.001), MAX_TIMEOUT)
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def tune_malloc() -> None:
-    """Big buffers (a 16 MiB file read to be refused) straight from and back to the OS: glibc raises
-    its mmap threshold after the first such buffer is freed, and later ones then stay in the heap
-    (the hostile-input suite saw RSS grow by 16 MiB per refused file). No-op without glibc."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
-def raise_fd_limit(probes: int) -> None:
-    """Raise the soft open-file limit to the hard one, as Go's runtime does; warn when it stays low
-    for ``probes`` concurrent probes (a probe holds one socket, a redirect or DNS query briefly two)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError) as exc:  # e.g. an unlimited hard limit above fs.nr_open
-            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
-    needed = 2 * probes + 100
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        log.warning("open-file limit %d is low for %d concurrent probes (about %d needed): probes beyond it fail "
-                    "with resource_exhausted; raise it (ulimit -n, LimitNOFILE=) or lower the concurrency",
-                    soft, probes, needed)
 
 
 # A probe's allocations are all freed by refcounting (tests/test_probe_gc.py pins
