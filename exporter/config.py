@@ -207,7 +207,9 @@ _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = frozenset({"target", "module", "phase", "reason", "le", "version", "job", "instance", "hop", "quantile"})
 
 
-def parse_labels(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
+def parse_labels(raw: Any, path: str, *, keep_empty: bool = False) -> tuple[tuple[str, str], ...]:
+    """Validated labels, sorted. As in Prometheus, an empty label is no label ({a: ""} and {} are one
+    series); ``keep_empty`` keeps them so that a file_sd group's empty label can remove an inherited one."""
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -220,7 +222,8 @@ def parse_labels(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"{path}.{name}: label name is reserved by connhealth")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{path}.{name}: label value must be a string")
-        out.append((name, str(value)))
+        if str(value) or keep_empty:
+            out.append((name, str(value)))
     return tuple(sorted(out))
 
 

@@ -49,14 +49,14 @@ def _file_targets(path: str, tf: TargetFiles, config: Config) -> list[TargetSpec
         if module is not None and not isinstance(module, str):
             raise ConfigError(f"{path}[{i}].labels.module: expected a module name, got {brief(module)}")
         labels = dict(tf.labels)
-        labels.update(parse_labels(raw_labels, f"{path}[{i}].labels"))
+        labels.update(parse_labels(raw_labels, f"{path}[{i}].labels", keep_empty=True))
         for j, target in enumerate(group.get("targets") or []):
             if not isinstance(target, str) or not target:
                 raise ConfigError(f"{path}[{i}].targets[{j}]: expected a non-empty string")
             name = module or default_module_for(target)
             if name not in config.modules:
                 raise ConfigError(f"{path}[{i}]: unknown module {brief(name)}")
-            out.append(TargetSpec(target, name, tf.interval, tf.timeout, tuple(sorted(labels.items()))))
+            out.append(TargetSpec(target, name, tf.interval, tf.timeout, tuple(sorted((k, v) for k, v in labels.items() if v))))
     return out
 
 

@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.config import (
     MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL, Config, TargetFiles, builtin_modules, config_from_data, parse_config,
+    parse_labels,
 )
 from exporter.failures import REASONS, ProbeFailure
 from exporter.probers import PROBERS
@@ -206,6 +207,8 @@ LABEL_VALUES = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_
     LABEL_VALUES, max_size=2), RESULTS), min_size=1, max_size=4), st.booleans())
 def test_continuous_exposition_always_parses_and_keeps_every_label_value(
         series: list[tuple[str, dict[str, str], ProbeResult]], openmetrics: bool) -> None:
+    # Labels as the config hands them over (an empty one is no label).
+    series = [(t, dict(parse_labels(labels, "labels")), r) for t, labels, r in series]
     names = {n for _, labels, _ in series for n in labels}
     store = SeriesStore(names)
     for target, labels, result in series:

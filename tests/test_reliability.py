@@ -318,3 +318,14 @@ def test_serve_flags_are_range_checked(args: list[str], message: str) -> None:
                            *args], capture_output=True, text=True, cwd=REPO, timeout=30)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
+
+
+def test_an_empty_label_is_no_label_so_two_targets_cannot_render_as_one_series() -> None:
+    # Found by the continuous-exposition property: {a: ""} and {} rendered the same series twice,
+    # which Prometheus refuses. As in Prometheus, an empty label is no label.
+    from exporter.config import parse_config
+
+    config = parse_config("targets: [{target: '127.0.0.1:1', labels: {a: ''}}, {target: '127.0.0.1:1', labels: {a: x}}, "
+                          "'127.0.0.1:1']\n")
+    assert [t.labels for t in config.targets] == [(), (("a", "x"),), ()]
+    assert len({t.key for t in config.targets}) == 2
