@@ -7,7 +7,7 @@ file, or, for a target a prober cannot use, the probe's own ``invalid_target`` f
 answers such a /probe with 200 and probe_success 0, so that the scrape still says "down"; never
 ``internal_error``, which is reserved for bugs).
 
-Throughout, a watchdog thread (tests/watchdog.py) asks ``/-/healthy`` every 20 ms: every case must
+Throughout, a watchdog process (tests/watchdog.py) asks ``/-/healthy`` every 20 ms: every case must
 keep every answer under 100 ms. At the end the exporter is still up, no background task failed, and
 its open fds and resident memory are back to their baseline.
 

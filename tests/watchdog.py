@@ -1,19 +1,23 @@
 """Event-loop watchdog for hostile-input tests: is the exporter's loop still answering while it is attacked?
 
-``LoopWatchdog`` asks ``GET /-/healthy`` every ``period`` seconds on its own
-thread, over its own keep-alive connection, with plain blocking sockets: it
-measures the exporter's loop, not the test's (whose loop may be busy running
-peers). ``check()`` fails when any answer took longer than ``limit`` (the
-issue's bound: 100 ms) or did not come at all, naming the worst samples and
-the case that was running (``mark``).
+``LoopWatchdog`` runs a small poller in its own process (this file run as a script) that asks
+``GET /-/healthy`` every ``period`` seconds over one keep-alive connection with plain blocking
+sockets, and prints each answer's latency with the monotonic time it was asked. Its own process:
+the measure is the exporter's loop, never the test's (whose GIL is busy writing 16 MiB files and
+whose loop may be running peers). ``check()`` fails when any answer took longer than ``limit``
+(the issue's bound: 100 ms) or did not come at all, naming the worst samples and the case that
+was running (``watching``). CLOCK_MONOTONIC is one clock for every process on the machine, so a
+sample is attributed to a case by time.
 
-Also here: the exporter process's resident memory and open fds, read from
-/proc, for "RSS and fds back to baseline".
+Also here: the exporter process's resident memory and open fds, read from /proc, for "RSS and
+fds back to baseline".
 """
 from __future__ import annotations
 
 import http.client
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +32,6 @@ PERIOD = 0.02
 class Sample:
     at: float  # monotonic time the request was sent
     latency: float | None  # None: no answer (error or timeout)
-    case: str
     error: str = ""
 
 
@@ -38,9 +41,9 @@ class LoopWatchdog:
         self.host, self.port, self.path = host, port, path
         self.limit, self.period, self.timeout = limit, period, timeout
         self.samples: list[Sample] = []
-        self.case = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.cases: list[tuple[str, float, float]] = []  # (name, start, end)
+        self._proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> LoopWatchdog:
@@ -51,8 +54,11 @@ class LoopWatchdog:
         self.stop()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="loop-watchdog", daemon=True)
-        self._thread.start()
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, self.host, str(self.port), self.path, str(self.period), str(self.timeout)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, name="loop-watchdog", daemon=True)
+        self._reader.start()
         # At least one answer before the attack starts: a watchdog that never connected proves nothing.
         deadline = time.monotonic() + self.timeout
         while not any(s.latency is not None for s in self.snapshot()):
@@ -61,78 +67,79 @@ class LoopWatchdog:
             time.sleep(0.01)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout + 1)
-
-    def mark(self, case: str) -> None:
-        """Attribute the following samples to ``case`` (shown when the check fails)."""
-        self.case = case
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(self.timeout)
+        if self._reader is not None:
+            self._reader.join(self.timeout)
 
     @contextmanager
     def watching(self, case: str) -> Iterator[None]:
-        """Run a case; afterwards, check that every sample taken during it was in time."""
-        self.mark(case)
-        start = len(self.snapshot())
-        try:
-            yield
-        finally:
-            self.mark("")
-        # One more sample after the case: a loop blocked at its very end shows up too.
-        self._wait_next()
+        """Run a case; afterwards, check that every answer asked for during it was in time."""
+        start = time.monotonic()
+        yield
+        end = time.monotonic()
+        self.cases.append((case, start, end))
+        self._wait_past(end)  # one more answer: a loop blocked at the very end of the case shows too
         self.check(since=start)
 
     def snapshot(self) -> list[Sample]:
         with self._lock:
             return list(self.samples)
 
-    def check(self, since: int = 0) -> None:
-        taken = self.snapshot()[since:]
+    def case_at(self, at: float) -> str:
+        return next((name for name, start, end in self.cases if start <= at <= end), "")
+
+    def check(self, since: float = 0.0) -> None:
+        taken = [s for s in self.snapshot() if s.at >= since]
         assert taken, "watchdog took no sample"
         bad = [s for s in taken if s.latency is None or s.latency > self.limit]
         if bad:
             worst = sorted(bad, key=lambda s: -1 if s.latency is None else -s.latency)[:5]
             shown = ", ".join(f"{'no answer (' + s.error + ')' if s.latency is None else f'{s.latency * 1000:.0f} ms'}"
-                              f" during {s.case or 'no case'!r}" for s in worst)
+                              f" during {self.case_at(s.at) or 'no case'!r}" for s in worst)
             raise AssertionError(f"event loop not responsive: {len(bad)} of {len(taken)} {self.path} answers over "
                                  f"{self.limit * 1000:.0f} ms or missing; worst: {shown}")
 
-    def max_latency(self, since: int = 0) -> float:
-        return max((s.latency or float("inf")) for s in self.snapshot()[since:])
+    def max_latency(self) -> float:
+        return max((s.latency or float("inf")) for s in self.snapshot())
 
-    def _wait_next(self) -> None:
-        count = len(self.snapshot())
+    def _wait_past(self, t: float) -> None:
         deadline = time.monotonic() + self.timeout + 1
-        while len(self.snapshot()) <= count and time.monotonic() < deadline:
+        while not any(s.at > t for s in self.snapshot()) and time.monotonic() < deadline:
             time.sleep(self.period / 2)
 
-    def _run(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        while not self._stop.is_set():
-            case = self.case
-            sent = time.monotonic()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                    conn.connect()
-                    sent = time.monotonic()  # the connect is not the loop's answer time
-                conn.request("GET", self.path)
-                response = conn.getresponse()
-                response.read()
-                latency: float | None = time.monotonic() - sent
-                error = "" if response.status == 200 else f"status {response.status}"
-                if error:
-                    latency = None
-            except (OSError, http.client.HTTPException) as exc:
-                latency, error = None, f"{type(exc).__name__}: {exc}"
-                if conn is not None:
-                    conn.close()
-                conn = None
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            at, latency, error = line.rstrip("\n").split(" ", 2)
             with self._lock:
-                self.samples.append(Sample(sent, latency, case, error))
-            self._stop.wait(self.period)
-        if conn is not None:
-            conn.close()
+                self.samples.append(Sample(float(at), None if latency == "-" else float(latency), error))
+
+
+def _poll(host: str, port: int, path: str, period: float, timeout: float) -> None:
+    """The poller process: one line per request, "<sent monotonic> <latency or -> <error>"."""
+    conn: http.client.HTTPConnection | None = None
+    while True:
+        sent = time.monotonic()
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+                conn.connect()
+                sent = time.monotonic()  # the connect is not the loop's answer time
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            latency, error = f"{time.monotonic() - sent:.6f}", ""
+            if response.status != 200:
+                latency, error = "-", f"status {response.status}"
+        except (OSError, http.client.HTTPException) as exc:
+            latency, error = "-", f"{type(exc).__name__}: {exc}".replace("\n", " ")
+            if conn is not None:
+                conn.close()
+            conn = None
+        print(f"{sent:.6f} {latency} {error}", flush=True)
+        time.sleep(period)
 
 
 def process_rss(pid: int) -> int:
@@ -174,3 +181,7 @@ def describe_fds(pid: int) -> str:
                 key = f"{table} local :{int(local.split(':')[1], 16)} remote :{int(remote.split(':')[1], 16)} state {state}"
                 peers[key] = peers.get(key, 0) + 1
     return f"{kinds} {peers}"
+
+
+if __name__ == "__main__":
+    _poll(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
