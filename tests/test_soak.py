@@ -148,6 +148,7 @@ async def _soak(exporter: ExporterProcess, http: HTTPServer, reset: RawTCPServer
     next_rotate, next_reload, next_scrape = t0 + WARMUP, t0 + RELOAD, t0 + SCRAPE
     next_collector_down, collector_up_at = t0 + WARMUP + 10, 0.0
     round_ = 0
+    spans_at_restart = -1
     baseline: tuple[int, int] | None = None
     reloads = 0
     while (now := time.monotonic()) < end:
@@ -178,6 +179,7 @@ async def _soak(exporter: ExporterProcess, http: HTTPServer, reset: RawTCPServer
             await collector.start()
             collector_up_at = 0.0
             next_collector_down = now + 30
+            spans_at_restart = len(collector.spans)
         await asyncio.sleep(0.2)
     if collector_up_at:
         await collector.start()
@@ -205,4 +207,7 @@ async def _soak(exporter: ExporterProcess, http: HTTPServer, reset: RawTCPServer
     for task in ("scheduler", "file_watcher", "loop_lag", "trace_export"):
         assert value(text, "connhealth_background_task_failures_total", task=task) == 0, report
     assert value(text, "connhealth_config_last_reload_successful") == 1
+    # The collector was gone and came back: spans were dropped while it was away, and exported again after.
+    assert dropped.get("export_failed", 0) > 0 and spans_at_restart >= 0, report
+    assert len(collector.spans) > spans_at_restart, report
     assert value(text, "connhealth_scheduled_targets") == TARGETS
