@@ -13,7 +13,7 @@ from typing import Any
 
 from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TracingConfig
-from .schema import ConfigError, Fields, brief, brief_key, load_yaml, load_yaml_file, parse_duration, split_host_port
+from .schema import ConfigError, Fields, brief, brief_key, load_data_file, load_yaml, parse_duration, split_host_port
 from .slo import parse_slos
 
 __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig", "TargetFiles", "TargetSpec", "TracingConfig",
@@ -298,7 +298,7 @@ def _parse_target_files(raw: Any, path: str, modules: dict[str, Module], schedul
 
 def load_config(path: str | Path) -> Config:
     """Read and parse a config file (at most schema.MAX_FILE_BYTES). Blocking: the server calls it in a thread."""
-    return config_from_data(load_yaml_file(str(path), "config"), str(path))
+    return config_from_data(load_data_file(str(path), "config"), str(path))
 
 
 def load_config_or_builtins(path: str | Path | None) -> Config:

@@ -1,25 +1,10 @@
-"""The process's own resources: the open-file limit, and how freed memory goes back to the OS."""
+"""The process's own resources: the open-file limit."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import resource
 
 log = logging.getLogger("connhealth.server")
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def tune_malloc() -> None:
-    """Big buffers (a 16 MiB file read to be refused) straight from and back to the OS: glibc raises
-    its mmap threshold after the first such buffer is freed, and later ones then stay in the heap
-    (the hostile-input suite saw RSS grow by 16 MiB per refused file). No-op without glibc."""
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):
-        pass
-
 
 def raise_fd_limit(probes: int) -> None:
     """Raise the soft open-file limit to the hard one, as Go's runtime does; warn when it stays low

@@ -6,10 +6,15 @@ checked to be finite and in range here, so nothing downstream sees NaN or Inf.
 """
 from __future__ import annotations
 
+import json
 import math
-import multiprocessing
+import os
+import pickle
 import re
 import reprlib
+import stat
+import subprocess
+import sys
 from typing import Any
 
 import yaml
@@ -123,52 +128,66 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-# A YAML file larger than this is parsed in a short-lived child process: PyYAML's node graph for a
-# 6 MB file takes ~200 MB at its peak, and CPython keeps much of that in its arenas afterwards (the
-# hostile-input suite saw RSS stay 40 MB up). A child's memory goes back to the OS when it exits.
-BIG_YAML = 1 << 20
-# A child that has not answered by then is killed: libyaml is linear, so only a stuck machine gets here.
+# A file larger than this is parsed in a short-lived child process, at a lower CPU priority:
+# PyYAML's node graph for a 6 MB file takes ~200 MB at its peak and CPython keeps much of that in
+# its arenas afterwards (the hostile-input suite saw RSS stay 40 MB up); json.loads holds the GIL
+# for its whole run. A child's memory goes back to the OS when it exits, and it never holds our GIL.
+BIG_FILE = 1 << 20
+CHILD_NICE = 10
+# A child that has not answered by then is killed: both parsers are linear, so only a stuck machine gets here.
 CHILD_TIMEOUT = 120.0
 
 
-def load_yaml_file(path: str, what: str = "file") -> Any:
-    """A YAML file's data (load_yaml's bounds); a big one is parsed in a child process. Blocking."""
-    data = read_bounded(path, what)
-    if len(data) <= BIG_YAML:
-        return load_yaml(data, path)
-    del data
-    # spawn, not fork: the exporter has threads. One process per parse, gone afterwards: no pool
-    # keeps a process, pipes or a thread around.
-    ctx = multiprocessing.get_context("spawn")
-    receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_load_yaml_child, args=(path, what, sender), name="connhealth-yaml", daemon=True)
+def load_data_file(path: str, what: str = "file", *, json_format: bool = False) -> Any:
+    """A YAML (or JSON) file's data, with load_yaml's bounds; a big one is parsed in a child process.
+
+    Blocking: the server calls it in a thread. Every failure is a short ConfigError naming ``path``.
+    """
     try:
-        child.start()
-        sender.close()
-        if not receiver.poll(CHILD_TIMEOUT):
-            raise ConfigError(f"{path}: parsing this {what} took longer than {CHILD_TIMEOUT:g}s; refused")
-        ok, value = receiver.recv()
-    except EOFError:
-        raise ConfigError(f"{path}: the process parsing this {what} died (exit code {child.exitcode})") from None
-    finally:
-        receiver.close()
-        sender.close()
-        if child.is_alive():
-            child.kill()
-        child.join()
-        child.close()
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the reading thread for good, /dev/zero would never end.
+        raise ConfigError(f"{path}: not a regular file")
+    if st.st_size <= BIG_FILE:
+        return _parse(read_bounded(path, what), path, json_format)
+    # A fresh interpreter (not a fork of a process with threads), gone afterwards: nothing stays open.
+    try:
+        child = subprocess.run([sys.executable, "-c", _CHILD, path, what, "json" if json_format else "yaml"],
+                               capture_output=True, timeout=CHILD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{path}: parsing this {what} took longer than {CHILD_TIMEOUT:g}s; refused") from None
+    try:
+        ok, value = pickle.loads(child.stdout)
+    except Exception:  # noqa: BLE001 - killed (OOM), or could not start: whatever it left is not an answer
+        detail = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {child.returncode}"]
+        raise ConfigError(f"{path}: the process parsing this {what} failed ({detail[0][:200]})") from None
     if not ok:
         raise ConfigError(value)
     return value
 
 
-def _load_yaml_child(path: str, what: str, sender: Any) -> None:
+_CHILD = "import sys; from exporter.schema import _parse_in_child; _parse_in_child(*sys.argv[1:])"
+
+
+def _parse(data: bytes, path: str, json_format: bool) -> Any:
+    if not json_format:
+        return load_yaml(data, path)
     try:
-        result: tuple[bool, Any] = (True, load_yaml(read_bounded(path, what), path))
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+
+
+def _parse_in_child(path: str, what: str, kind: str) -> None:
+    """The child's side of load_data_file: (ok, data or message), pickled, on stdout."""
+    os.nice(CHILD_NICE)  # probing and serving come first
+    try:
+        result: tuple[bool, Any] = (True, _parse(read_bounded(path, what), path, kind == "json"))
     except ConfigError as exc:
         result = (False, str(exc))
-    sender.send(result)
-    sender.close()
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def read_bounded(path: str, what: str = "file") -> bytes:

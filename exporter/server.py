@@ -30,7 +30,7 @@ from .engine import run_probe
 from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
-from .resources import raise_fd_limit, tune_malloc
+from .resources import raise_fd_limit
 from .result import ProbeResult
 from .scheduler import Scheduler
 from .schema import brief
@@ -414,7 +414,6 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
         config = await asyncio.to_thread(load_config_or_builtins, options.config_file)
     listen = [_parse_listen(a) for a in options.listen]
     raise_fd_limit(config.scheduler.concurrency + options.probe_concurrency)
-    tune_malloc()
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
     app = build_app(exporter)

@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import copy
 import glob
-import json
 import logging
 import os
-import stat
 from typing import Any
 
 from .config import Config, ConfigError, TargetFiles, TargetSpec, default_module_for, parse_labels
-from .schema import brief, brief_key, load_yaml_file, read_bounded
+from .schema import brief, brief_key, load_data_file
 
 log = logging.getLogger("connhealth.targets")
 
 
 def _file_targets(path: str, tf: TargetFiles, config: Config) -> list[TargetSpec]:
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        # A FIFO would block the reading thread for good, /dev/zero would never end.
-        raise ConfigError(f"{path}: not a regular file")
-    if path.endswith(".json"):
-        try:
-            data: Any = json.loads(read_bounded(path, "target file"))
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    else:
-        data = load_yaml_file(path, "target file")
+    data = load_data_file(path, "target file", json_format=path.endswith(".json"))
     if data is None:
         return []
     if not isinstance(data, list):

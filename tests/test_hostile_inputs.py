@@ -36,10 +36,10 @@ import pytest
 
 try:
     from tests.procs import LOCALHOST, ExporterProcess, REPO, refused_port, samples, value
-    from tests.watchdog import LoopWatchdog, process_fds, process_rss
+    from tests.watchdog import LoopWatchdog, describe_fds, process_fds, process_rss
 except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
     from procs import LOCALHOST, ExporterProcess, REPO, refused_port, samples, value  # type: ignore[no-redef]
-    from watchdog import LoopWatchdog, process_fds, process_rss  # type: ignore[no-redef]
+    from watchdog import LoopWatchdog, describe_fds, process_fds, process_rss  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,6 +79,7 @@ class Env:
     good_config: str
     baseline_rss: int = 0
     baseline_fds: int = 0
+    baseline_fd_kinds: str = ""
 
     @property
     def pid(self) -> int:
@@ -173,6 +174,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             e.wait_metric("connhealth_scheduled_targets", lambda v: v == 1, "the warm-up file's removal")
             e.metrics()
             e.baseline_rss, e.baseline_fds = process_rss(e.pid), process_fds(e.pid)
+            e.baseline_fd_kinds = describe_fds(e.pid)
             yield e
     finally:
         proc.stop()
@@ -546,7 +548,7 @@ def test_zz_exporter_still_up_no_task_failed_fds_and_rss_back_to_baseline(env: E
     while process_fds(env.pid) > env.baseline_fds and time.monotonic() < deadline:
         time.sleep(0.1)
     fds, rss = process_fds(env.pid), process_rss(env.pid)
-    assert fds <= env.baseline_fds, f"open fds {env.baseline_fds} -> {fds}"
+    assert fds <= env.baseline_fds, f"open fds {env.baseline_fds} -> {fds}: {describe_fds(env.pid)}\nat baseline: {env.baseline_fd_kinds}"
     assert rss < env.baseline_rss * 1.10 + (4 << 20), f"RSS {env.baseline_rss >> 20} MiB -> {rss >> 20} MiB"
     env.watchdog.check()
     lat = env.watchdog.max_latency()

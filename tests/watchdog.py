@@ -166,8 +166,8 @@ def describe_fds(pid: int) -> str:
             continue
         if link.startswith("socket:["):
             inodes.add(link[8:-1])
-            link = "socket"
-        kinds[link.split(":")[0] if ":" in link else link] = kinds.get(link, 0) + 1
+        kind = link.split(":[")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
     peers: dict[str, int] = {}
     for table in ("tcp", "tcp6"):
         try:
