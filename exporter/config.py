@@ -231,8 +231,8 @@ def _parse_scheduler(f: Fields) -> SchedulerConfig:
     buckets = tuple(float(b) for b in f.list_of("buckets", (int, float)))
     if list(buckets) != sorted(set(buckets)) or any(b <= 0 for b in buckets):
         raise ConfigError(f"{f.path}.buckets: must be positive and strictly increasing")
-    if len(buckets) > 100 or buckets and buckets[-1] > MAX_DURATION_BUCKET:
-        raise ConfigError(f"{f.path}.buckets: at most 100 buckets, none above {MAX_DURATION_BUCKET:g}s")
+    if len(buckets) > 100 or buckets and buckets[-1] > MAX_TIMEOUT:
+        raise ConfigError(f"{f.path}.buckets: at most 100 buckets, none above {MAX_TIMEOUT:g}s")
     cfg = SchedulerConfig(
         concurrency=f.integer("concurrency", 256, 1, MAX_CONCURRENCY),
         default_interval=_positive(f, "default_interval", 30.0),
@@ -242,9 +242,6 @@ def _parse_scheduler(f: Fields) -> SchedulerConfig:
     )
     f.done()
     return cfg
-
-
-MAX_DURATION_BUCKET = MAX_TIMEOUT
 
 
 def _positive(f: Fields, key: str, default: float) -> float:
