@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system-deps clean
+.PHONY: run test fuzz system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 
 test: $(STAMP) system-deps
 	$(PY) -m pytest
+
+# The property tests with many more examples (docs/reliability.md); `make test` runs them briefly.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz HYPOTHESIS_TIMEOUT=3600 $(PY) -m pytest tests/test_properties.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache

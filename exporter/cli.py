@@ -195,6 +195,8 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
                    help="recent probes kept per target as well, so one failing target cannot flush the others (default 10)")
     s.add_argument("--shutdown-grace", dest="grace", type=duration_arg("--shutdown-grace", zero_ok=True), default=10.0,
                    help="time in-flight probes may finish after SIGTERM (default 10s)")
+    s.add_argument("--probe.concurrency", dest="probe_concurrency", type=int, default=1000,
+                   help="/probe requests running at once; more are answered 503 (default 1000)")
     s.add_argument("--metrics.created", dest="created_series", action="store_true",
                    help="expose the _created series of the exporter's own counters (off by default)")
     s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
@@ -226,6 +228,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         web_config_file=args.web_config_file,
         trace_url=args.trace_url,
         created_series=args.created_series,
+        probe_concurrency=args.probe_concurrency,
     )
     if args.demo:
         from .demo import serve_demo

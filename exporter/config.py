@@ -11,17 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .net.guard import DEFAULT_DENY, DEFAULT_GUARD, ProbeGuard, parse_rules
 from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TracingConfig
-from .schema import ConfigError, Fields, parse_duration, plain, split_host_port
+from .schema import (ConfigError, Fields, brief, brief_key, load_data_file, load_yaml, parse_duration, plain,
+                     split_host_port)
 from .slo import parse_slos
 
 __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig", "TargetFiles", "TargetSpec", "TracingConfig",
            "builtin_modules", "default_module_for", "load_config", "load_config_or_builtins", "parse_config", "parse_duration",
            "parse_module", "split_host_port"]
+
+
+# Sane ranges (issue 12): a probe deadline beyond an hour, or probing more often than every
+# 100 ms, is a typo, and 0/NaN/Inf would stall or kill the scheduler.
+MAX_TIMEOUT = 3600.0
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 86400.0
+MAX_CONCURRENCY = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +101,7 @@ def _parse_resolver(f: Fields) -> ResolverConfig:
             servers.append(split_host_port(item, default_port=53))
         except ValueError as exc:
             raise ConfigError(f"{f.path}.nameservers[{i}]: {exc}") from None
-    cfg = ResolverConfig(nameservers=tuple(servers), timeout=f.duration("timeout", None))
+    cfg = ResolverConfig(nameservers=tuple(servers), timeout=f.duration("timeout", None, maximum=MAX_TIMEOUT))
     f.done()
     return cfg
 
@@ -107,7 +114,7 @@ def _parse_tracing(f: Fields, module: str) -> TracingConfig:
     baggage = {"synthetic": "true", "probe.module": module}
     for key, value in f.get("baggage", dict, {}).items():
         if not isinstance(key, str) or not _BAGGAGE_KEY_RE.fullmatch(key):
-            raise ConfigError(f"{f.path}.baggage.{key}: invalid baggage key")
+            raise ConfigError(f"{f.path}.baggage.{brief_key(key)}: invalid baggage key")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{f.path}.baggage.{key}: value must be a string")
         baggage[key] = str(value)
@@ -124,9 +131,9 @@ def parse_module(name: str, raw: Any, path: str) -> Module:
     if prober_name not in PROBERS:
         if prober_name in BLACKBOX_ONLY:
             raise ConfigError(f"{path}.prober: prober {prober_name!r} is not supported by connhealth (supported: {supported})")
-        raise ConfigError(f"{path}.prober: unknown prober {prober_name!r} (supported: {supported})")
+        raise ConfigError(f"{path}.prober: unknown prober {brief(prober_name)} (supported: {supported})")
     prober = PROBERS[prober_name]
-    timeout = f.duration("timeout", None)
+    timeout = f.duration("timeout", None, maximum=MAX_TIMEOUT)
     if timeout == 0:
         timeout = None
     # As blackbox: every prober's section is parsed and validated, the module's own is kept.
@@ -139,11 +146,11 @@ def parse_module(name: str, raw: Any, path: str) -> Module:
     pf = f.sub("phase_timeouts")
     phase_timeouts = []
     for phase in limitable:
-        seconds = pf.duration(phase, None)
+        seconds = pf.duration(phase, None, maximum=MAX_TIMEOUT)
         if seconds is not None:
             phase_timeouts.append((phase, seconds))
     for key in pf.raw:
-        raise ConfigError(f"{pf.path}.{key}: prober {prober_name} has no phase {key!r} with its own limit "
+        raise ConfigError(f"{pf.path}.{brief_key(key)}: prober {prober_name} has no phase {brief(key)} with its own limit "
                           f"(one of {', '.join(limitable)})")
     resolver = _parse_resolver(f.sub("resolver"))
     tracing = _parse_tracing(f.sub("tracing"), name)
@@ -172,11 +179,13 @@ modules:
 """
 
 
-def parse_config(text: str, source: str | None = None, *, with_builtins: bool = True) -> Config:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source or 'config'}: invalid YAML: {exc}") from exc
+def parse_config(text: str | bytes, source: str | None = None, *, with_builtins: bool = True) -> Config:
+    """A config from YAML text. Blocking and CPU-bound for big inputs (bounded: schema.load_yaml);
+    the server runs it in a thread."""
+    return config_from_data(load_yaml(text, source or "config"), source, with_builtins=with_builtins)
+
+
+def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool = True) -> Config:
     f = Fields(raw, "")
     modules: dict[str, Module] = {}
     if with_builtins:
@@ -184,7 +193,7 @@ def parse_config(text: str, source: str | None = None, *, with_builtins: bool = 
     raw_modules = f.get("modules", dict, {})
     for name, module_raw in raw_modules.items():
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"modules: module names must be non-empty strings, got {name!r}")
+            raise ConfigError(f"modules: module names must be non-empty strings, got {brief(name)}")
         modules[name] = parse_module(name, module_raw, f"modules.{name}")
     scheduler = _parse_scheduler(f.sub("scheduler"))
     targets = tuple(
@@ -219,7 +228,9 @@ _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = frozenset({"target", "module", "phase", "reason", "le", "version", "job", "instance", "hop", "quantile"})
 
 
-def parse_labels(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
+def parse_labels(raw: Any, path: str, *, keep_empty: bool = False) -> tuple[tuple[str, str], ...]:
+    """Validated labels, sorted. As in Prometheus, an empty label is no label ({a: ""} and {} are one
+    series); ``keep_empty`` keeps them so that a file_sd group's empty label can remove an inherited one."""
     if raw is None:
         return ()
     if not isinstance(raw, dict):
@@ -227,12 +238,13 @@ def parse_labels(raw: Any, path: str) -> tuple[tuple[str, str], ...]:
     out = []
     for name, value in raw.items():
         if not isinstance(name, str) or not _LABEL_RE.fullmatch(name) or name.startswith("__"):
-            raise ConfigError(f"{path}.{name}: invalid label name (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)")
+            raise ConfigError(f"{path}.{brief_key(name)}: invalid label name (must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __)")
         if name in RESERVED_LABELS:
             raise ConfigError(f"{path}.{name}: label name is reserved by connhealth")
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{path}.{name}: label value must be a string")
-        out.append((name, str(value)))
+        if str(value) or keep_empty:
+            out.append((name, str(value)))
     return tuple(sorted(out))
 
 
@@ -240,29 +252,35 @@ def _parse_scheduler(f: Fields) -> SchedulerConfig:
     buckets = tuple(float(b) for b in f.list_of("buckets", (int, float)))
     if list(buckets) != sorted(set(buckets)) or any(b <= 0 for b in buckets):
         raise ConfigError(f"{f.path}.buckets: must be positive and strictly increasing")
+    if len(buckets) > 100 or buckets and buckets[-1] > MAX_TIMEOUT:
+        raise ConfigError(f"{f.path}.buckets: at most 100 buckets, none above {MAX_TIMEOUT:g}s")
     cfg = SchedulerConfig(
-        concurrency=f.get("concurrency", int, 256),
-        default_interval=f.duration("default_interval", 30.0) or 30.0,
-        min_interval=f.duration("min_interval", 1.0) or 1.0,
-        file_refresh_interval=f.duration("file_refresh_interval", 5.0) or 5.0,
+        concurrency=f.integer("concurrency", 256, 1, MAX_CONCURRENCY),
+        default_interval=_positive(f, "default_interval", 30.0),
+        min_interval=_positive(f, "min_interval", 1.0),
+        file_refresh_interval=_positive(f, "file_refresh_interval", 5.0),
         buckets=buckets,
     )
     f.done()
-    if cfg.concurrency < 1:
-        raise ConfigError(f"{f.path}.concurrency: must be at least 1")
     return cfg
+
+
+def _positive(f: Fields, key: str, default: float) -> float:
+    """An interval: 0 (or absent) means the default; otherwise MIN_INTERVAL..MAX_INTERVAL."""
+    seconds = f.duration(key, default, maximum=MAX_INTERVAL) or default
+    if seconds < MIN_INTERVAL:
+        raise ConfigError(f"{f.p(key)}: must be at least 100ms")
+    return seconds
 
 
 def _check_module(name: str | None, path: str, modules: dict[str, Module]) -> None:
     if name is not None and name not in modules:
-        raise ConfigError(f"{path}: unknown module {name!r} (known: {', '.join(sorted(modules))})")
+        raise ConfigError(f"{path}: unknown module {brief(name)} (known: {brief(', '.join(sorted(modules)))})")
 
 
 def _interval(f: Fields, scheduler: SchedulerConfig) -> tuple[float, float | None]:
-    interval = f.duration("interval", scheduler.default_interval) or scheduler.default_interval
-    if interval < 0.1:
-        raise ConfigError(f"{f.path}.interval: must be at least 100ms")
-    timeout = f.duration("timeout", None)
+    interval = _positive(f, "interval", scheduler.default_interval)
+    timeout = f.duration("timeout", None, maximum=MAX_TIMEOUT)
     return interval, timeout
 
 
@@ -328,12 +346,8 @@ def config_view(config: Config) -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> Config:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-    return parse_config(text, str(p))
+    """Read and parse a config file (at most schema.MAX_FILE_BYTES). Blocking: the server calls it in a thread."""
+    return config_from_data(load_data_file(str(path), "config"), str(path))
 
 
 def load_config_or_builtins(path: str | Path | None) -> Config:

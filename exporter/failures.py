@@ -54,7 +54,8 @@ REASONS: dict[str, Reason] = {
     "connection_reset": Reason("any", "the peer reset or closed the connection in the middle of the exchange", "server crash, proxy idle timeout shorter than the client's, keep-alive reuse of a dead connection"),
     "protocol_error": Reason("any", "the peer's answer is not valid for the protocol (malformed status line or headers, query_response expectation not met)", "wrong port, non-HTTP service, broken proxy"),
     # probe-wide
-    "invalid_target": Reason("probe", "the target is not valid for the prober (not a URL, no port)", "typo in a target file, wrong module for the target"),
+    "invalid_target": Reason("probe", "the target is not valid for the prober (not a URL, no port, a host name that cannot be encoded, an IPv6 zone)", "typo in a target file, wrong module for the target"),
+    "resource_exhausted": Reason("any", "the exporter ran out of a local resource (open files: EMFILE/ENFILE, socket buffers, memory) — not the target's fault", "open-file limit too low for the probe concurrency (see the start-up warning), too many concurrent probes"),
     "probe_timeout": Reason("any", "the probe's overall deadline ran out in a phase without a timeout reason of its own (writing the request, body transfer, query_response)", "server stalls mid-body, deadline shorter than the work"),
     "internal_error": Reason("any", "a bug in connhealth (never a target's fault); the log has the traceback", "please report it"),
 }
@@ -91,6 +92,7 @@ _VERSION_MARKERS = (
 )
 
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
+_EXHAUSTED_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _UNREACHABLE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN, errno.EADDRNOTAVAIL}
 
 
@@ -152,6 +154,8 @@ def classify(exc: BaseException, phase: str, rules: Rules = _NO_RULES) -> Failur
         else:
             which = f"{phase} phase limit"
         return Failure(phase, _timeout_reason(phase, rules), f"timed out in phase {phase} ({which}){_detail(exc)}")
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.errno in _EXHAUSTED_ERRNOS:
+        return Failure(phase, "resource_exhausted", f"local resource exhausted: {exc.strerror or exc}")
     if phase == "dns":
         dns_failure = _classify_dns(exc)
         if dns_failure is not None:

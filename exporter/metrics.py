@@ -54,6 +54,10 @@ SKIPPED = "connhealth_probes_skipped_total"
 SCHEDULED_TARGETS = "connhealth_scheduled_targets"
 TARGET_FILE_ERRORS = "connhealth_target_file_errors_total"
 TRACE_EXPORT_DROPS = "connhealth_trace_spans_dropped_total"
+BACKGROUND_FAILURES = "connhealth_background_task_failures_total"
+PROBE_REJECTED = "connhealth_probe_requests_rejected_total"
+# The supervised background tasks, as the task label names them.
+BACKGROUND_TASKS: tuple[str, ...] = ("scheduler", "file_watcher", "loop_lag", "trace_export")
 
 # Connect-latency friendly: dense below 0.5 s, includes the 0.3 s SLO threshold.
 # 12 buckets: every bucket is a series per target and phase, and 10k targets x
@@ -89,6 +93,8 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(SCHEDULED_TARGETS, "gauge", (), "Targets the scheduler runs."),
     MetricSpec(TARGET_FILE_ERRORS, "counter", (), "Target files that could not be read or parsed."),
     MetricSpec(TRACE_EXPORT_DROPS, "counter", ("reason",), "Trace spans dropped instead of exported, by reason (queue_full, export_failed)."),
+    MetricSpec(BACKGROUND_FAILURES, "counter", ("task",), "Failures of a background task (scheduler, file_watcher, loop_lag, trace_export); each is logged and the task restarts with backoff."),
+    MetricSpec(PROBE_REJECTED, "counter", (), "/probe requests answered 503 because --probe.concurrency requests were already running."),
 )
 
 PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (

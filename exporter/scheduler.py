@@ -18,6 +18,7 @@ logic can be tested on virtual time, without sockets (tests/fakeclock.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import random
@@ -26,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .config import Module, SchedulerConfig, TargetSpec
+from .config import MIN_INTERVAL, Module, SchedulerConfig, TargetSpec
 from .engine import run_probe
 from .result import ProbeResult
+from .supervise import FailureObserver, supervise
 
 log = logging.getLogger("connhealth.scheduler")
 
@@ -137,6 +139,7 @@ class Scheduler:
         *,
         clock: Clock | None = None,
         probe: ProbeFunction = run_probe,
+        on_failure: FailureObserver = lambda task: None,
     ) -> None:
         self.modules = modules
         self.config = config
@@ -146,6 +149,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.clock: Clock = clock or MonotonicClock()
         self.probe = probe
+        self.on_failure = on_failure
         self.entries: dict[tuple[str, str, tuple[tuple[str, str], ...]], _Entry] = {}
         self._heap: list[_HeapItem] = []
         self._seq = 0
@@ -202,13 +206,22 @@ class Scheduler:
             floor = min(self.config.min_interval, interval)
             interval = max(floor, interval / (2 ** min(entry.consecutive_failures, MAX_HALVINGS)))
         # The jitter must not take a failing target below min_interval either.
-        return max(floor, interval * (1 + self.rng.uniform(-JITTER, JITTER)))
+        value = max(floor, interval * (1 + self.rng.uniform(-JITTER, JITTER)))
+        # Config validation keeps NaN and 0 out; should one get here anyway, the run loop
+        # must not busy-spin on it (issue 12: min_interval .nan took 84 % CPU and ignored SIGTERM).
+        return value if value > 0 else MIN_INTERVAL
 
     # --- running ----------------------------------------------------------
     def start(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self._run(), name="connhealth-scheduler")
+        """Run the schedule in a supervised task: a bug in it is logged and counted, and it restarts."""
+        self._runner = asyncio.get_running_loop().create_task(
+            supervise("scheduler", self._run, self.on_failure), name="connhealth-scheduler")
 
     async def _run(self) -> None:
+        # After a restart the heap may have lost the entry that was being dispatched: rebuild it.
+        self._heap = []
+        for entry in self.entries.values():
+            self._push(entry)
         while not self._stopping:
             now = self.clock.now()
             while self._heap and (self._heap[0].entry.removed or self._heap[0].seq != self._heap[0].entry.seq):
@@ -302,7 +315,11 @@ class Scheduler:
         self._stopping = True
         self._wake.set()
         if self._runner is not None:
-            await self._runner
+            # It returns at once, unless its supervisor is waiting out a backoff after a failure.
+            await asyncio.wait({self._runner}, timeout=CANCEL_WAIT)
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
         if await self.clock.wait(self._idle, grace):
             return
         for task in list(self._tasks):

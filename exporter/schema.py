@@ -7,13 +7,204 @@ checked to be finite and in range here, so nothing downstream sees NaN or Inf.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import pickle
 import re
-from typing import Any
+import reprlib
+import stat
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import yaml
+
+# No error message grows with its input: a message quotes at most this much.
+MAX_MESSAGE = 1000
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the offending path."""
+    """A config that cannot be used; the message names the offending path.
+
+    The message is cut to MAX_MESSAGE characters: an error about a huge (or
+    alias-expanded) value must not become a huge log line or response.
+    """
+
+    def __init__(self, message: str) -> None:
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE] + f"... ({len(message) - MAX_MESSAGE} more characters)"
+        super().__init__(message)
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 80
+_BRIEF.maxlist = _BRIEF.maxtuple = _BRIEF.maxdict = _BRIEF.maxset = 6
+_BRIEF.maxlevel = 3
+
+
+def brief(value: Any) -> str:
+    """repr() of a config value, bounded: shows the start of long strings and lists, never all of them."""
+    return _BRIEF.repr(value)
+
+
+def brief_key(name: Any) -> str:
+    """A mapping key as a path segment (modules.<name>), bounded like brief()."""
+    text = str(name)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- YAML: bounded in size, nesting and alias expansion ------------------------------------
+# A config or target file larger than this is refused before it is parsed.
+MAX_FILE_BYTES = 16 << 20
+# Nodes a document may have once every alias is expanded (a 10k-target config has ~100k).
+# A "billion laughs" document of a few hundred bytes expands to billions: refused before it is built.
+MAX_EXPANDED_NODES = 2_000_000
+MAX_DEPTH = 100
+
+
+
+def load_yaml(text: str | bytes, source: str) -> Any:
+    """yaml.safe_load with bounds: nesting depth, alias expansion; every failure is a short ConfigError.
+
+    Blocking and CPU-bound for big inputs: callers in the server run it in a thread.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_FILE_BYTES >> 20} MiB")
+    import yaml  # here, not at import: the CLI's start-up must not pay for it (tests/test_cli_curl.py)
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml: ~10x faster than the pure-Python parser
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: invalid YAML: {exc}") from None
+    except UnicodeError as exc:
+        raise ConfigError(f"{source}: not valid UTF-8 text ({exc.__class__.__name__})") from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{source}: invalid YAML value: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Refuse a node graph whose aliases expand past MAX_EXPANDED_NODES, that nests past MAX_DEPTH, or
+    that refers to itself; computed on the shared graph (each node once), so a bomb costs nothing to find."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    # (node, depth, children pushed?)
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, expanded = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if expanded:
+            on_path.discard(key)
+            total = 1 + sum(size[id(c)] for c in children)
+            if total > MAX_EXPANDED_NODES:
+                raise ConfigError(f"{source}: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes "
+                                  f"(an alias bomb?); refused")
+            size[key] = total
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise ConfigError(f"{source}: a YAML alias refers to a node that contains it (recursive alias); refused")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels; refused")
+        on_path.add(key)
+        stack.append((node, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+# A file larger than this is parsed in a short-lived child process, at a lower CPU priority:
+# PyYAML's node graph for a 6 MB file takes ~200 MB at its peak and CPython keeps much of that in
+# its arenas afterwards (the hostile-input suite saw RSS stay 40 MB up); json.loads holds the GIL
+# for its whole run. A child's memory goes back to the OS when it exits, and it never holds our GIL.
+BIG_FILE = 1 << 20
+CHILD_NICE = 10
+# A child that has not answered by then is killed: both parsers are linear, so only a stuck machine gets here.
+CHILD_TIMEOUT = 120.0
+
+
+def load_data_file(path: str, what: str = "file", *, json_format: bool = False) -> Any:
+    """A YAML (or JSON) file's data, with load_yaml's bounds; a big one is parsed in a child process.
+
+    Blocking: the server calls it in a thread. Every failure is a short ConfigError naming ``path``.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the reading thread for good, /dev/zero would never end.
+        raise ConfigError(f"{path}: not a regular file")
+    if st.st_size <= BIG_FILE:
+        return _parse(read_bounded(path, what), path, json_format)
+    # A fresh interpreter (not a fork of a process with threads), gone afterwards: nothing stays open.
+    try:
+        child = subprocess.run([sys.executable, "-c", _CHILD, path, what, "json" if json_format else "yaml"],
+                               capture_output=True, timeout=CHILD_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{path}: parsing this {what} took longer than {CHILD_TIMEOUT:g}s; refused") from None
+    try:
+        ok, value = pickle.loads(child.stdout)
+    except Exception:  # noqa: BLE001 - killed (OOM), or could not start: whatever it left is not an answer
+        detail = child.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit code {child.returncode}"]
+        raise ConfigError(f"{path}: the process parsing this {what} failed ({detail[0][:200]})") from None
+    if not ok:
+        raise ConfigError(value)
+    return value
+
+
+_CHILD = "import sys; from exporter.schema import _parse_in_child; _parse_in_child(*sys.argv[1:])"
+
+
+def _parse(data: bytes, path: str, json_format: bool) -> Any:
+    if not json_format:
+        return load_yaml(data, path)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+
+
+def _parse_in_child(path: str, what: str, kind: str) -> None:
+    """The child's side of load_data_file: (ok, data or message), pickled, on stdout."""
+    os.nice(CHILD_NICE)  # probing and serving come first
+    try:
+        result: tuple[bool, Any] = (True, _parse(read_bounded(path, what), path, kind == "json"))
+    except ConfigError as exc:
+        result = (False, str(exc))
+    sys.stdout.buffer.write(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def read_bounded(path: str, what: str = "file") -> bytes:
+    """A file's bytes, refusing one larger than MAX_FILE_BYTES without reading it all; OSError as ConfigError."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: {what} larger than {MAX_FILE_BYTES >> 20} MiB; refused")
+    return data
 
 
 SECRET_MASK = "<secret>"
@@ -80,6 +271,8 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
+
+
 class StartupError(Exception):
     """The process cannot start (a port in use, ...): the CLI prints one line and exits 1."""
 
@@ -88,8 +281,13 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
 
 
-def parse_duration(value: Any, path: str) -> float:
-    """Prometheus-style duration ("5s", "1m30s", "250ms") or a number of seconds."""
+# No duration in a config is longer than this: anything beyond is a typo (or 1e308), and an
+# event loop's timer cannot hold it (uvloop counts milliseconds in 64 bits).
+MAX_DURATION = 365 * 86400.0
+
+
+def parse_duration(value: Any, path: str, maximum: float = MAX_DURATION) -> float:
+    """Prometheus-style duration ("5s", "1m30s", "250ms") or a number of seconds; finite, 0..maximum."""
     if isinstance(value, bool):
         raise ConfigError(f"{path}: expected a duration like 5s, got {value!r}")
     if isinstance(value, (int, float)):
@@ -103,19 +301,29 @@ def parse_duration(value: Any, path: str) -> float:
             seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
             pos = m.end()
         if pos != len(text) or not text:
-            raise ConfigError(f"{path}: invalid duration {value!r} (use e.g. 500ms, 5s, 1m30s)")
+            raise ConfigError(f"{path}: invalid duration {brief(value)} (use e.g. 500ms, 5s, 1m30s)")
     else:
         raise ConfigError(f"{path}: expected a duration like 5s, got {type(value).__name__}")
     if not math.isfinite(seconds):
-        raise ConfigError(f"{path}: duration must be finite, got {value!r}")
+        raise ConfigError(f"{path}: duration must be finite, got {brief(value)}")
     if seconds < 0:
         raise ConfigError(f"{path}: duration must not be negative")
+    if seconds > maximum:
+        raise ConfigError(f"{path}: duration {brief(value)} is longer than the maximum {format_seconds(maximum)}")
     return seconds
+
+
+def format_seconds(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "kib": 1 << 10, "mb": 1 << 20, "mib": 1 << 20, "gb": 1 << 30, "gib": 1 << 30,
                "tb": 1 << 40, "tib": 1 << 40}
-_SIZE_RE = re.compile(r"(\d+)\s*([a-zA-Z]*)")
+_SIZE_RE = re.compile(r"(\d{1,15})\s*([a-zA-Z]*)")
+MAX_SIZE = 1 << 40
 
 
 def parse_size(value: Any, path: str) -> int:
@@ -127,9 +335,11 @@ def parse_size(value: Any, path: str) -> int:
     elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value.strip())) and m.group(2).lower() in _SIZE_UNITS:
         size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
     else:
-        raise ConfigError(f"{path}: invalid size {value!r} (use e.g. 1048576, 512KB, 10MB)")
+        raise ConfigError(f"{path}: invalid size {brief(value)} (use e.g. 1048576, 512KB, 10MB)")
     if size < 0:
         raise ConfigError(f"{path}: size must not be negative")
+    if size > MAX_SIZE:
+        raise ConfigError(f"{path}: size {brief(value)} is larger than the maximum 1TiB")
     return size
 
 
@@ -158,7 +368,7 @@ class Fields:
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool) and bool not in _as_tuple(kind)):
             names = "/".join(k.__name__ for k in _as_tuple(kind))
-            raise ConfigError(f"{self.p(key)}: expected {names}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{self.p(key)}: expected {names}, got {type(value).__name__} {brief(value)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{self.p(key)}: must be a finite number, got {value!r}")
         return value
@@ -168,11 +378,21 @@ class Fields:
         value = self.get(key, str, None)
         return Secret(value) if secret and value is not None else value
 
-    def duration(self, key: str, default: float | None) -> float | None:
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        value: int = self.get(key, int, default)
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{self.p(key)}: must be between {minimum} and {maximum}, got {brief(value)}")
+        return value
+
+    def duration(self, key: str, default: float | None, *, minimum: float = 0.0,
+                 maximum: float = MAX_DURATION) -> float | None:
         if key not in self.raw or self.raw[key] is None:
             self.raw.pop(key, None)
             return default
-        return parse_duration(self.raw.pop(key), self.p(key))
+        seconds = parse_duration(self.raw.pop(key), self.p(key), maximum)
+        if seconds < minimum:
+            raise ConfigError(f"{self.p(key)}: must be at least {format_seconds(minimum)}")
+        return seconds
 
     def size(self, key: str, default: int) -> int:
         if key not in self.raw or self.raw[key] is None:
@@ -188,7 +408,7 @@ class Fields:
         for i, item in enumerate(items):
             if not isinstance(item, kind) or isinstance(item, bool) and bool not in _as_tuple(kind):
                 names = "/".join(k.__name__ for k in _as_tuple(kind))
-                raise ConfigError(f"{self.p(key)}[{i}]: expected {names}, got {item!r}")
+                raise ConfigError(f"{self.p(key)}[{i}]: expected {names}, got {brief(item)}")
             if isinstance(item, float) and not math.isfinite(item):
                 raise ConfigError(f"{self.p(key)}[{i}]: must be a finite number, got {item!r}")
         return items
@@ -200,7 +420,7 @@ class Fields:
         for key in sorted(self.raw, key=str):
             if key in self.unsupported:
                 raise ConfigError(f"{self.p(str(key))}: unsupported field (valid in blackbox_exporter, not implemented by connhealth)")
-            raise ConfigError(f"{self.p(str(key))}: unknown field")
+            raise ConfigError(f"{self.p(brief_key(key))}: unknown field")
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -211,28 +431,30 @@ def compile_regex(pattern: str, path: str) -> re.Pattern[str]:
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise ConfigError(f"{path}: invalid regexp {pattern!r}: {exc}") from exc
+        raise ConfigError(f"{path}: invalid regexp {brief(pattern)}: {exc}") from exc
 
 
 def split_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
     """'host:port', '[v6]:port', 'v4:port' -> (host, port)."""
     if target.startswith("["):
         host, sep, rest = target[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or rest and not rest.startswith(":"):
+            raise ValueError(f"{brief(target)} has an unclosed or misplaced ']' (expected [v6]:port)")
+        port_text = rest[1:]
     else:
         host, sep, port_text = target.rpartition(":")
         if not sep or ":" in host:  # no port, or a bare IPv6 literal
             host, port_text = target, ""
     if not port_text:
         if default_port is None:
-            raise ValueError(f"{target!r} has no port (expected host:port)")
+            raise ValueError(f"{brief(target)} has no port (expected host:port)")
         return host, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"{target!r} has an invalid port {port_text!r}") from None
+    # Digits only: int() would also take " 80", "+80" and "8_0".
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ValueError(f"{brief(target)} has an invalid port {brief(port_text)}")
+    port = int(port_text)
     if not 0 < port < 65536:
-        raise ValueError(f"{target!r}: port {port} out of range")
+        raise ValueError(f"{brief(target)}: port {port} out of range")
     return host, port
 
 
@@ -261,5 +483,5 @@ def parse_ip_protocol(f: Fields) -> tuple[str, bool]:
     """blackbox's preferred_ip_protocol / ip_protocol_fallback pair."""
     proto = f.get("preferred_ip_protocol", str, "ip6")
     if proto not in ("ip4", "ip6"):
-        raise ConfigError(f"{f.path}.preferred_ip_protocol: must be ip4 or ip6, got {proto!r}")
+        raise ConfigError(f"{f.path}.preferred_ip_protocol: must be ip4 or ip6, got {brief(proto)}")
     return proto, f.get("ip_protocol_fallback", bool, True)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import math
 import os
 import platform
 import signal
@@ -24,16 +26,18 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
-from .config import (Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins, module_view,
-                     shown_target, split_host_port)
-from .schema import StartupError, ipv6_hint, join_host_port
+from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins,
+                     module_view, shown_target, split_host_port)
+from .schema import StartupError, brief, ipv6_hint, join_host_port
 from .engine import expected_phases, run_probe
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
+from .resources import raise_fd_limit
 from .result import ProbeResult
 from .scheduler import Coverage, Scheduler
 from .status import render_status
 from .sinks.store import SeriesStore
+from .supervise import supervise
 from .targets import TargetFileWatcher
 from .webconfig import WebConfig, load_web_config
 from .sinks.traces_export import DroppingSpanProcessor, TracingOptions, dropped_samples, setup_tracing, shutdown_tracing
@@ -43,6 +47,10 @@ log = logging.getLogger("connhealth.server")
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 LOOP_LAG_INTERVAL = 0.25
 _PROPAGATOR = TraceContextTextMapPropagator()
+# Beyond this many /probe requests at once, more are answered 503 (--probe.concurrency): 2000
+# concurrent probes to a blackhole took 4017 fds and, at nofile 1024, a thousand internal errors.
+DEFAULT_PROBE_CONCURRENCY = 1000
+MAX_HISTORY = 100_000
 
 
 @dataclass
@@ -58,6 +66,16 @@ class ServeOptions:
     web_config_file: str | None = None  # exporter-toolkit's --web.config.file: TLS, basic auth, headers
     trace_url: str | None = None  # status page: link a trace id here ("{trace_id}" is replaced)
     created_series: bool = False  # the _created series of the exporter's own counters
+    probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY
+
+    def check(self) -> None:
+        """Every number finite and in range; a ConfigError names the flag."""
+        for flag, number, low, high in (("--timeout-offset", self.timeout_offset, 0.0, MAX_TIMEOUT),
+                                        ("--shutdown-grace", self.grace, 0.0, MAX_TIMEOUT),
+                                        ("--history.limit", self.history_limit, 1, MAX_HISTORY),
+                                        ("--probe.concurrency", self.probe_concurrency, 1, 1_000_000)):
+            if not (math.isfinite(number) and low <= number <= high):
+                raise ConfigError(f"{flag} must be between {low:g} and {high:g}, got {number!r}")
 
 
 class SelfMetrics:
@@ -84,21 +102,30 @@ class SelfMetrics:
         self.skipped = Counter(m.SKIPPED.removesuffix("_total"), spec[m.SKIPPED].help, ["reason"], registry=r)
         Gauge(m.SCHEDULED_TARGETS, spec[m.SCHEDULED_TARGETS].help, registry=r).set_function(lambda: len(exporter.scheduler.entries))
         self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
+        self.probe_rejected = Counter(m.PROBE_REJECTED.removesuffix("_total"), spec[m.PROBE_REJECTED].help, registry=r)
         ProcessCollector(registry=r)
-        r.register(_TraceDropCollector(exporter))
+        r.register(_OutsideCounters(exporter))
 
 
-class _TraceDropCollector:
+class _OutsideCounters:
+    """Counters kept outside the registry: span drops and background-task failures (the trace
+    export thread counts its own, in the span processor)."""
+
     def __init__(self, exporter: Exporter) -> None:
         self.exporter = exporter
 
     def collect(self) -> list[CounterMetricFamily]:
-        family = CounterMetricFamily(
-            m.TRACE_EXPORT_DROPS.removesuffix("_total"), {s.name: s for s in m.SELF}[m.TRACE_EXPORT_DROPS].help, labels=["reason"]
-        )
+        spec = {s.name: s for s in m.SELF}
+        family = CounterMetricFamily(m.TRACE_EXPORT_DROPS.removesuffix("_total"), spec[m.TRACE_EXPORT_DROPS].help, labels=["reason"])
         for reason, count in dropped_samples(self.exporter.span_processor):
             family.add_metric([reason], count)
-        return [family]
+        failures = CounterMetricFamily(m.BACKGROUND_FAILURES.removesuffix("_total"), spec[m.BACKGROUND_FAILURES].help,
+                                       labels=["task"])
+        processor = self.exporter.span_processor
+        counts = dict(self.exporter.task_failures, trace_export=processor.worker_failures if processor else 0)
+        for task in m.BACKGROUND_TASKS:
+            failures.add_metric([task], counts.get(task, 0))
+        return [family, failures]
 
 
 class Exporter:
@@ -109,6 +136,7 @@ class Exporter:
         self.history = History(options.history_limit, options.history_per_target)
         self.started_at = time.time()
         self.probe_endpoint_in_flight = 0
+        self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
         self.scheduler = Scheduler(
@@ -116,11 +144,15 @@ class Exporter:
             on_lag=self.self_metrics.scheduler_lag.observe,
             on_skip=lambda reason: self.self_metrics.skipped.labels(reason).inc(),
             probe=self._probe_configured,
+            on_failure=self._task_failed,
         )
         self.watcher = TargetFileWatcher()
         self.file_targets: list[TargetSpec] = []
         self.ready = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        # Reloads and target-file scans take turns: each builds its result in a thread, then commits.
+        self._targets_lock = asyncio.Lock()
+        self._rescan = asyncio.Event()
         self.self_metrics.reload_ok.set(1)
         self.self_metrics.reload_ts.set(time.time())
 
@@ -128,14 +160,21 @@ class Exporter:
     def start(self) -> None:
         self._apply_targets()
         self.scheduler.start()
-        self._spawn(self._loop_lag())
-        self._spawn(self._watch_files())
+        self._spawn(supervise("loop_lag", self._loop_lag, self._task_failed))
+        self._spawn(supervise("file_watcher", self._watch_files, self._task_failed))
         self.ready = True
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _task_failed(self, task: str) -> None:
+        self.task_failures[task] = self.task_failures.get(task, 0) + 1
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def spawn_reload(self) -> None:
+        """SIGHUP: reload in the background (the signal handler itself must not block)."""
+        self._spawn(self.reload())
 
     async def stop(self) -> None:
         self.ready = False
@@ -143,26 +182,45 @@ class Exporter:
             task.cancel()
         await self.scheduler.stop(self.options.grace)
 
-    def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; a bad one keeps the old config running."""
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file, all or nothing.
+
+        The new config and its target files are read and parsed in a thread
+        (bounded: schema.load_yaml), then replace the old ones in one step on
+        the loop. Any failure, of any kind, keeps the old config running and
+        sets connhealth_config_last_reload_successful to 0. A target file that
+        is broken keeps its last good targets and is counted in
+        connhealth_target_file_errors_total, as between reloads.
+        """
         if self.options.config_file is None:
             return True, "no config file: nothing to reload"
-        log.debug("reload: reading config", extra={"kv": {"file": self.options.config_file}})
-        try:
-            config = load_config(self.options.config_file)
-        except ConfigError as exc:
-            self.self_metrics.reload_ok.set(0)
-            self.self_metrics.reloads.labels("failure").inc()
-            log.error("config reload failed, keeping the previous config: %s", exc)
-            return False, str(exc)
-        self.config = config
+        path = self.options.config_file
+        log.debug("reload: reading config", extra={"kv": {"file": path}})
+        async with self._targets_lock:
+            old = (self.config, self.watcher, self.file_targets)
+            try:
+                watcher = self.watcher.for_reload()
+                config, file_targets = await asyncio.to_thread(_build, path, watcher)
+                log.debug("reload: config and target files parsed",
+                          extra={"kv": {"modules": len(config.modules), "file_targets": len(file_targets)}})
+                self.config, self.watcher, self.file_targets = config, watcher, file_targets
+                self._apply_targets()
+            except Exception as exc:  # noqa: BLE001 - a reload must never take the exporter down
+                message = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {str(exc)[:500]}"
+                if not isinstance(exc, ConfigError):
+                    log.exception("config reload failed")
+                if self.config is not old[0]:  # failed while committing: put the old one back
+                    self.config, self.watcher, self.file_targets = old
+                    self._apply_targets()
+                self.self_metrics.reload_ok.set(0)
+                self.self_metrics.reloads.labels("failure").inc()
+                log.error("config reload failed, keeping the previous config: %s", message)
+                return False, message
+            self.self_metrics.file_errors.inc(max(0, watcher.errors - old[1].errors))
         self.self_metrics.reload_ok.set(1)
         self.self_metrics.reload_ts.set(time.time())
         self.self_metrics.reloads.labels("success").inc()
-        self.watcher.reset()
-        log.debug("reload: config parsed, rescanning target files", extra={"kv": {"modules": len(config.modules)}})
-        self.file_targets, _ = self._scan_files()
-        self._apply_targets()
+        self._rescan.set()  # the watcher's next wait uses the new refresh interval
         log.info("config reloaded: %d modules, %d targets", len(config.modules), len(self.scheduler.entries))
         return True, "config reloaded"
 
@@ -180,20 +238,24 @@ class Exporter:
         module = self.config.modules.get(spec.module)
         return (shown_target(spec.target, module) if module else spec.target, spec.module, spec.labels)
 
-    def _scan_files(self) -> tuple[list[TargetSpec], bool]:
-        errors_before = self.watcher.errors
-        targets, changed = self.watcher.scan(self.config)
-        if self.watcher.errors > errors_before:
-            self.self_metrics.file_errors.inc(self.watcher.errors - errors_before)
-        return targets, changed
-
     async def _watch_files(self) -> None:
+        """Re-read changed target files every file_refresh_interval (in a thread: a 6 MB file took
+        9.6 s to parse and stopped everything while it ran on the loop)."""
         while True:
-            targets, changed = self._scan_files()
-            if changed:
-                self.file_targets = targets
-                self._apply_targets()
-            await asyncio.sleep(self.config.scheduler.file_refresh_interval)
+            async with self._targets_lock:
+                watcher, config = self.watcher, self.config
+                errors_before = watcher.errors
+                try:
+                    targets, changed = await asyncio.to_thread(watcher.scan, config)
+                finally:
+                    self.self_metrics.file_errors.inc(max(0, watcher.errors - errors_before))
+                if changed:
+                    self.file_targets = targets
+                    self._apply_targets()
+            self._rescan.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.scheduler.file_refresh_interval):
+                    await self._rescan.wait()
 
     async def _loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -219,7 +281,12 @@ class Exporter:
         module_name = params.get("module", "http_2xx")
         module = self.config.modules.get(module_name)
         if module is None:
-            return web.Response(status=400, text=f"Unknown module {module_name!r}\n")
+            return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
+        limit = self.options.probe_concurrency
+        if self.probe_endpoint_in_flight >= limit:
+            self.self_metrics.probe_rejected.inc()
+            return web.Response(status=503, text=f"Too many concurrent /probe requests: {limit} are running "
+                                                 f"(--probe.concurrency); try again later\n")
         timeout = _scrape_timeout(request, self.options.timeout_offset)
         # Prometheus can trace its scrapes: the probe then continues that trace.
         parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
@@ -281,7 +348,7 @@ class Exporter:
         if not _same_origin(request):
             # A page in a browser on an operator's machine must not reload us (CSRF).
             return web.Response(status=403, text="Cross-origin reload refused\n")
-        ok, message = self.reload()
+        ok, message = await self.reload()
         return web.Response(status=200 if ok else 500, text=message + "\n")
 
     async def handle_healthy(self, request: web.Request) -> web.Response:
@@ -302,15 +369,26 @@ def _same_origin(request: web.Request) -> bool:
     return parts.scheme == request.scheme and parts.netloc.lower() == request.host.lower()
 
 
+def _build(path: str, watcher: TargetFileWatcher) -> tuple[Config, list[TargetSpec]]:
+    """A reload's new config and file targets; blocking, run in a thread."""
+    config = load_config(path)
+    targets, _ = watcher.scan(config)
+    return config, targets
+
+
 def _scrape_timeout(request: web.Request, offset: float) -> float | None:
+    """Prometheus' scrape timeout minus the offset, clamped to 1 ms..MAX_TIMEOUT; 400 unless a positive finite number."""
     header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
     if header is None:
         return None
     try:
         seconds = float(header)
     except ValueError:
-        raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header: {header!r}\n") from None
-    return max(seconds - offset, 0.001)
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
+                                      f"{brief(header)} (expected a positive number of seconds)\n")
+    return min(max(seconds - offset, 0.001), MAX_TIMEOUT)
 
 
 # A probe's allocations are all freed by refcounting (tests/test_probe_gc.py pins
@@ -364,10 +442,12 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
 
 async def serve(options: ServeOptions, config: Config | None = None, *,
                 on_started: Callable[[Exporter, web.AppRunner], None] | None = None) -> int:
+    options.check()
     if config is None:
-        config = load_config_or_builtins(options.config_file)
+        config = await asyncio.to_thread(load_config_or_builtins, options.config_file)
     listen = [_parse_listen(a) for a in options.listen]
     web_config = load_web_config(options.web_config_file) if options.web_config_file else WebConfig()
+    raise_fd_limit(config.scheduler.concurrency + options.probe_concurrency)
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
     app = build_app(exporter, web_config)
@@ -394,7 +474,7 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: exporter.reload())
+    loop.add_signal_handler(signal.SIGHUP, exporter.spawn_reload)
     try:
         await stop.wait()
     finally:

@@ -104,9 +104,10 @@ class OTLPReceiver:
     """Collects every span exported to it over OTLP/HTTP and/or OTLP/gRPC."""
 
     def __init__(self, *, http: bool = True, grpc_: bool = True, host: str = LOCALHOST,
-                 http_paths: tuple[str, ...] = ("/v1/traces", "/otlp/traces")) -> None:
+                 http_paths: tuple[str, ...] = ("/v1/traces", "/otlp/traces"), http_port: int = 0) -> None:
         """``http_paths``: where OTLP/HTTP is accepted; the default path plus one custom path, for
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a signal URL that must be used as-is)."""
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a signal URL that must be used as-is). ``http_port``: 0 for
+        any free port; a stopped receiver starts again on the port it had (a collector restarted)."""
         self.host = host
         self.http_paths = http_paths
         self._want_http = http
@@ -114,7 +115,7 @@ class OTLPReceiver:
         self.spans: list[ReceivedSpan] = []
         self.calls: list[ExportCall] = []
         self.errors: list[str] = []
-        self.http_port = 0
+        self.http_port = http_port
         self.grpc_port = 0
         self._runner: web.AppRunner | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -142,7 +143,7 @@ class OTLPReceiver:
                     app.router.add_post(path, self._handle_http)
                 self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
                 await self._runner.setup()
-                site = web.TCPSite(self._runner, self.host, 0)
+                site = web.TCPSite(self._runner, self.host, self.http_port, reuse_address=True)
                 await site.start()
                 self.http_port = self._runner.addresses[0][1]
             if self._want_grpc:

@@ -20,7 +20,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-__all__ = ["NoAddressError", "families", "is_ip", "resolve"]
+__all__ = ["NoAddressError", "check_host", "families", "is_ip", "resolve"]
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 
@@ -36,6 +36,24 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@functools.lru_cache(maxsize=1024)
+def check_host(host: str) -> None:
+    """ValueError naming what is wrong with a target's host, before any lookup: a user's fault, not ours."""
+    if not host:
+        raise ValueError("has no host")
+    if "%" in host:
+        raise ValueError(f"host {host[:80]!r}: IPv6 zone identifiers (%) are not supported")
+    if is_ip(host):
+        return
+    if len(host) > 253:
+        raise ValueError(f"host name longer than 253 characters ({len(host)})")
+    try:
+        host.encode("idna")  # what getaddrinfo and the TLS SNI will need
+    except UnicodeError as exc:
+        reason = exc.__cause__ or exc
+        raise ValueError(f"host {host[:80]!r} is not a valid (IDNA) host name: {reason}") from None
 
 
 def families(preferred_ip_protocol: str, fallback: bool) -> list[int]:

@@ -14,16 +14,22 @@ headers dropped on a redirect to another domain.
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import SplitResult, parse_qsl, urlencode, urljoin, urlsplit
+
+# mrab's regex: its search() takes a timeout and can release the GIL; stdlib re can be neither
+# interrupted nor run beside the loop. Until RE2 (linear time) replaces it (issue 10).
+import regex as timed_re
 
 from .. import __version__
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
-from ..net import http1, http2
+from ..net import http1, http2, resolve
 from ..net.connection import Connection
 from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
@@ -87,8 +93,9 @@ class HTTPProbeConfig:
     body_size_limit: int = 0  # 0: no limit (blackbox's default)
     fail_if_ssl: bool = False
     fail_if_not_ssl: bool = False
-    fail_if_body_matches_regexp: tuple[re.Pattern[str], ...] = ()
-    fail_if_body_not_matches_regexp: tuple[re.Pattern[str], ...] = ()
+    # timed_re patterns: searched in a thread, bounded by the probe's deadline.
+    fail_if_body_matches_regexp: tuple[Any, ...] = ()
+    fail_if_body_not_matches_regexp: tuple[Any, ...] = ()
     fail_if_header_matches: tuple[HeaderMatch, ...] = ()
     fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
     preferred_ip_protocol: str = "ip6"
@@ -145,6 +152,7 @@ def _split_url(url: str) -> tuple[SplitResult, str, int, str]:
         raise ValueError(f"{redact_url(url, DEFAULT_SECRET_QUERY_PARAMS)!r} is not an http:// or https:// URL")
     try:
         port = parts.port
+        resolve.check_host(parts.hostname)
         # Go's url.Parse refuses control characters and bad %-escapes in the path.
         target = http1.request_target(parts.path, parts.query)
     except ValueError as exc:
@@ -185,6 +193,18 @@ def _parse_header_matches(f: Fields, key: str) -> tuple[HeaderMatch, ...]:
             raise ConfigError(f"{hf.path}.regexp: required")
         out.append(HeaderMatch(header, compile_regex(regexp, f"{hf.path}.regexp"), hf.get("allow_missing", bool, False)))
         hf.done()
+    return tuple(out)
+
+
+def _body_regexes(f: Fields, key: str) -> tuple[Any, ...]:
+    out = []
+    for i, pattern in enumerate(f.list_of(key, str)):
+        path = f"{f.path}.{key}[{i}]"
+        compile_regex(pattern, path)  # the syntax check (and its message) every regexp gets
+        try:
+            out.append(timed_re.compile(pattern))
+        except timed_re.error as exc:
+            raise ConfigError(f"{path}: invalid regexp: {exc}") from None
     return tuple(out)
 
 
@@ -251,8 +271,8 @@ class HTTPProber(Prober):
             body_size_limit=f.size("body_size_limit", 0),
             fail_if_ssl=f.get("fail_if_ssl", bool, False),
             fail_if_not_ssl=f.get("fail_if_not_ssl", bool, False),
-            fail_if_body_matches_regexp=f.regexes("fail_if_body_matches_regexp"),
-            fail_if_body_not_matches_regexp=f.regexes("fail_if_body_not_matches_regexp"),
+            fail_if_body_matches_regexp=_body_regexes(f, "fail_if_body_matches_regexp"),
+            fail_if_body_not_matches_regexp=_body_regexes(f, "fail_if_body_not_matches_regexp"),
             fail_if_header_matches=_parse_header_matches(f, "fail_if_header_matches"),
             fail_if_header_not_matches=_parse_header_matches(f, "fail_if_header_not_matches"),
             preferred_ip_protocol=proto,
@@ -320,6 +340,8 @@ class HTTPProber(Prober):
                 )
         assert response is not None
         _check(ctx, cfg, url, response)
+        if cfg.keeps_body:
+            await _check_body(ctx, cfg, response)
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         http = result.details if isinstance(result.details, HTTPDetails) else None
@@ -487,16 +509,35 @@ def _check(ctx: ProbeContext, cfg: HTTPProbeConfig, url: str, response: _Respons
         _header_check(ctx, response, match, must_match=False)
     for match in cfg.fail_if_header_not_matches:
         _header_check(ctx, response, match, must_match=True)
-    if cfg.keeps_body:
-        body = response.body.decode("utf-8", "replace")
-        for regexp in cfg.fail_if_body_matches_regexp:
-            if regexp.search(body):
-                ctx.failed_due_to_regex = True
-                raise ProbeFailure("http_body_mismatch", f"body matched fail_if_body_matches_regexp {regexp.pattern!r}", phase="transfer")
-        for regexp in cfg.fail_if_body_not_matches_regexp:
-            if not regexp.search(body):
-                ctx.failed_due_to_regex = True
-                raise ProbeFailure("http_body_mismatch", f"body did not match fail_if_body_not_matches_regexp {regexp.pattern!r}", phase="transfer")
+
+
+async def _check_body(ctx: ProbeContext, cfg: HTTPProbeConfig, response: _Response) -> None:
+    """The body regexps, last as in blackbox. Each runs in a thread, bounded by what is left of the
+    deadline: a backtracking pattern (``(a+)+$``) on a hostile body fails the probe, not the loop."""
+    body = response.body.decode("utf-8", "replace")
+    for regexp in cfg.fail_if_body_matches_regexp:
+        if await _search(ctx, regexp, body):
+            ctx.failed_due_to_regex = True
+            raise ProbeFailure("http_body_mismatch", f"body matched fail_if_body_matches_regexp {regexp.pattern!r}", phase="transfer")
+    for regexp in cfg.fail_if_body_not_matches_regexp:
+        if not await _search(ctx, regexp, body):
+            ctx.failed_due_to_regex = True
+            raise ProbeFailure("http_body_mismatch", f"body did not match fail_if_body_not_matches_regexp {regexp.pattern!r}", phase="transfer")
+
+
+async def _search(ctx: ProbeContext, regexp: Any, body: str) -> bool:
+    budget = ctx.remaining()
+    try:
+        if budget <= 0:
+            raise TimeoutError
+        return await asyncio.to_thread(_timed_search, regexp, body, budget)
+    except TimeoutError:
+        raise ProbeFailure("probe_timeout", f"body regexp {regexp.pattern!r} did not finish before the deadline "
+                                            f"(catastrophic backtracking?)", phase="transfer") from None
+
+
+def _timed_search(regexp: Any, body: str, timeout: float) -> bool:
+    return regexp.search(body, concurrent=True, timeout=timeout) is not None
 
 
 def _header_check(ctx: ProbeContext, response: _Response, match: HeaderMatch, *, must_match: bool) -> None:

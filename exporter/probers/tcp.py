@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..failures import ProbeFailure
+from ..net import resolve
 from ..net.connection import Connection
 from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
@@ -94,7 +95,9 @@ class TCPProber(Prober):
 
 def _host_port(target: str) -> tuple[str, int]:
     try:
-        return split_host_port(target)
+        host, port = split_host_port(target)
+        resolve.check_host(host)
+        return host, port
     except ValueError as exc:
         raise ProbeFailure("invalid_target", f"target {exc}") from None
 

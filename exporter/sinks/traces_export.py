@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from ..schema import ConfigError
+from ..supervise import supervise_thread
 from . import traces
 
 log = logging.getLogger("connhealth.telemetry")
@@ -52,6 +53,7 @@ class DroppingSpanProcessor(SpanProcessor):
         self.exported = 0
         self.enqueued = 0
         self.endpoint = ""
+        self.worker_failures = 0  # connhealth_background_task_failures_total{task="trace_export"}
         self._stop = threading.Event()
         self._flush_requested = threading.Event()
         self._thread = threading.Thread(target=self._worker, name="connhealth-otlp", daemon=True)
@@ -92,6 +94,13 @@ class DroppingSpanProcessor(SpanProcessor):
                 self.dropped["export_failed"] += len(batch)
 
     def _worker(self) -> None:
+        supervise_thread("trace_export", self._work, self._worker_failed, self._stop)
+
+    def _worker_failed(self, task: str) -> None:
+        with self._lock:
+            self.worker_failures += 1
+
+    def _work(self) -> None:
         while not self._stop.is_set():
             self._flush_requested.wait(self.interval)
             self._flush_requested.clear()
