@@ -334,7 +334,7 @@ CONFIG_CASES = [
     _c("scheduler-min-interval-nan", "scheduler: {min_interval: .nan}", "scheduler.min_interval: duration must be finite, got nan"),
     _c("scheduler-file-refresh-nan", "scheduler: {file_refresh_interval: .nan}", "scheduler.file_refresh_interval: duration must be finite"),
     _c("scheduler-default-interval-inf", "scheduler: {default_interval: .inf}", "scheduler.default_interval: duration must be finite, got inf"),
-    _c("scheduler-min-interval-1ms", "scheduler: {min_interval: 1ms}", "scheduler.min_interval: must be at least 100ms"),
+    _c("scheduler-min-interval-1ms", "scheduler: {min_interval: 1ms}", "scheduler.min_interval: must be at least 10ms"),
     _c("scheduler-buckets-inf", "scheduler: {buckets: [0.1, .inf]}", "scheduler.buckets[1]: must be a finite number, got inf"),
     _c("scheduler-buckets-negative", "scheduler: {buckets: [-1]}", "scheduler.buckets: must be positive and strictly increasing"),
     _c("scheduler-buckets-200", "scheduler: {buckets: [" + ", ".join(str(i) for i in range(1, 201)) + "]}",
