@@ -14,6 +14,7 @@ class MetricSpec:
     type: str  # counter | gauge | histogram | info-gauge
     labels: tuple[str, ...]
     help: str
+    buckets: tuple[float, ...] = ()  # a histogram's own bounds (empty: the store's, DEFAULT_BUCKETS by default)
 
 
 # Labels every continuous-mode series carries, before the user's target labels.

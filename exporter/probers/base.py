@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
-from ..metrics import ProbeFamily, ProbeSamples
+from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net.tls import TLS_VERSIONS, TLSConfig
 from ..result import Details, Hop, Peer, Phase, ProbeResult, TCPInfo, TLSInfo
 from ..schema import ConfigError, Fields
@@ -82,6 +82,8 @@ class Prober(abc.ABC):
     secret_fields: ClassVar[tuple[str, ...]] = ()
     # Module keys of the form "<name>:" that belong to this prober (default: its name).
     section: ClassVar[str] = ""
+    # Continuous-mode families of this prober's own (labels: the target's), fed by observations().
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
     @abc.abstractmethod
     def parse(self, f: Fields, module: str) -> Any:
@@ -97,6 +99,11 @@ class Prober(abc.ABC):
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
+        return ()
+
+    def observations(self, result: ProbeResult) -> Iterable[tuple[str, float]]:
+        """(name of one of ``metrics``, value) pairs for a finished probe: a gauge is set to the value,
+        a counter grows by it, a histogram observes it (once per pair)."""
         return ()
 
     def redact(self, section: Any) -> Any:

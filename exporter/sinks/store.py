@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 
 from .. import metrics as m
 from .exposition import escape, fmt
-from ..probers import all_phases
+from ..probers import PROBERS, all_phases
 from ..result import ProbeResult
 
 _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
@@ -63,7 +63,7 @@ class TargetSeries:
     __slots__ = (
         "base", "attempts", "successes", "failures", "duration", "phases", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
-        "last_failure", "failure_exemplars",
+        "last_failure", "failure_exemplars", "extra",
     )
 
     def __init__(self, base: str, n_buckets: int) -> None:
@@ -82,6 +82,7 @@ class TargetSeries:
         self.retransmits: int | None = None
         self.last_failure: tuple[str, str, str] | None = None
         self.failure_exemplars: dict[tuple[str, str], Exemplar] = {}
+        self.extra: dict[str, float | _Histogram] = {}  # the probers' own families (store.extra), by name
         self._fragments: list[bytes] | None = None
         self._om_fragments: list[bytes] | None = None
 
@@ -100,7 +101,7 @@ class TargetSeries:
     def _render(self, store: SeriesStore, om: bool) -> list[bytes]:
         b = self.base
         les = store.le_strings
-        out: list[list[str]] = [[] for _ in _FAMILIES]
+        out: list[list[str]] = [[] for _ in range(len(_FAMILIES) + len(store.extra))]
         out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
         out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
         ex = self.failure_exemplars if om else {}
@@ -130,7 +131,33 @@ class TargetSeries:
             out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
         if self.retransmits is not None:
             out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
+        for i, spec in enumerate(store.extra, len(_FAMILIES)):
+            value = self.extra.get(spec.name)
+            if isinstance(value, _Histogram):
+                out[i].extend(value.lines(spec.name, b, store.extra_les[spec.name], om))
+            elif value is not None:
+                out[i].append(f"{spec.name}{{{b}}} {fmt(value)}")
         return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
+
+    def observe_extra(self, result: ProbeResult, store: SeriesStore) -> None:
+        prober = PROBERS.get(result.prober)
+        if prober is None:
+            return
+        for name, value in prober.observations(result):
+            spec = store.extra_specs.get(name)
+            if spec is None:
+                continue
+            if spec.type == "histogram":
+                bounds = spec.buckets or store.bounds
+                hist = self.extra.get(name)
+                if not isinstance(hist, _Histogram):
+                    hist = self.extra[name] = _Histogram(len(bounds) + 1)
+                hist.observe(bounds, value, None)
+            elif spec.type == "counter":
+                previous = self.extra.get(name, 0.0)
+                self.extra[name] = (previous if isinstance(previous, float) else 0.0) + value
+            else:
+                self.extra[name] = value
 
     def observe(self, result: ProbeResult, bounds: tuple[float, ...]) -> None:
         finished_at = result.started_at + result.duration_seconds
@@ -167,17 +194,25 @@ class TargetSeries:
         self.invalidate()
 
 
+def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in bounds) + ("+Inf",)
+
+
 class SeriesStore:
     def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS) -> None:
         self.bounds = tuple(buckets)
-        self.le_strings = tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in self.bounds) + ("+Inf",)
+        self.le_strings = _le_strings(self.bounds)
         self.label_names = tuple(sorted(label_names))
+        # The probers' own families, after the shared ones (a name declared by two probers is one family).
+        self.extra_specs = {spec.name: spec for p in PROBERS.values() for spec in p.metrics}
+        self.extra = tuple(self.extra_specs.values())
+        self.extra_les = {spec.name: _le_strings(spec.buckets or self.bounds) for spec in self.extra}
         self.series: dict[tuple[str, str, tuple[tuple[str, str], ...]], TargetSeries] = {}
-        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES]
+        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES + self.extra]
         # OpenMetrics names a counter family without its _total suffix.
         self._om_headers = [
             f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n".encode()
-            for s in _FAMILIES
+            for s in _FAMILIES + self.extra
             for n in [s.name.removesuffix("_total") if s.type == "counter" else s.name]
         ]
 
@@ -204,7 +239,9 @@ class SeriesStore:
         return series
 
     def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult) -> None:
-        self.get(target, module, labels).observe(result, self.bounds)
+        series = self.get(target, module, labels)
+        series.observe_extra(result, self)
+        series.observe(result, self.bounds)
 
     def retain(self, keys: set[tuple[str, str, tuple[tuple[str, str], ...]]]) -> None:
         """Forget targets that are no longer configured (their series vanish, like blackbox's)."""
