@@ -119,8 +119,11 @@ class WebSocketServer(_Site):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/ws", self._ws)
-        app.router.add_get("/plain", lambda request: web.Response(text="not a websocket"))
+        app.router.add_get("/plain", self._plain)
         return app
+
+    async def _plain(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="not a websocket")
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=False)
