@@ -29,7 +29,7 @@ from urllib.parse import quote
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net.tls import TLS_VERSIONS, TLSConfig
-from ..result import Details, Hop, Peer, Phase, ProbeResult, TCPInfo, TLSInfo
+from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
 from ..schema import ConfigError, Fields
 
 T = TypeVar("T")
@@ -215,7 +215,7 @@ class ProbeContext:
 
     __slots__ = (
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
-        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "failed_due_to_regex", "logs",
+        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption", "failed_due_to_regex", "logs",
         "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop",
     )
 
@@ -242,6 +242,8 @@ class ProbeContext:
         self.hops: list[Hop] = []
         self._hop: tuple[str, str, int, int] | None = None  # (method, url, start_ns, span id) of the open hop
         self.details: Details | None = None
+        self.keepalive: KeepAlive | None = None
+        self.resumption: TLSResumption | None = None
         self.failed_due_to_regex = False
         self.logs: list[str] = []
 

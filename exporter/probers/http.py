@@ -29,6 +29,7 @@ from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, compile_regex, parse_ip_protocol
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
+from . import keepalive
 from .connect import open_connection, start_tls
 
 MAX_REDIRECTS = 10
@@ -85,6 +86,7 @@ class HTTPProbeConfig:
     preferred_ip_protocol: str = "ip6"
     ip_protocol_fallback: bool = True
     tls_config: TLSConfig = field(default_factory=TLSConfig)
+    keepalive: keepalive.KeepAliveConfig | None = None  # connhealth: request, idle, request on one connection
 
     @property
     def keeps_body(self) -> bool:
@@ -183,8 +185,9 @@ class HTTPProber(Prober):
         PhaseSpec("first_byte", "Server processing", "request written → first byte of the response (1xx included, as Go's GotFirstResponseByte)",
                   timeout_reason="http_timeout_first_byte", limitable=True),
         PhaseSpec("transfer", "Content transfer", "first response byte → last body byte (headers, 1xx skipped, body)"),
+        keepalive.IDLE,
     )
-    reasons = REASONS
+    reasons = {**REASONS, **keepalive.REASONS}
     errors = (
         (http1.HeaderTooLarge, "http_header_too_large"),
         (http2.HeadersTooLarge, "http_header_too_large"),
@@ -243,8 +246,11 @@ class HTTPProber(Prober):
             preferred_ip_protocol=proto,
             ip_protocol_fallback=fallback,
             tls_config=tls_section(f),
+            keepalive=keepalive.parse(f),
         )
         f.done()
+        if cfg.keepalive is not None and cfg.keeps_body:
+            raise ConfigError(f"{f.path}.keepalive: the body regexps do not apply to a keep-alive check")
         if cfg.fail_if_ssl and cfg.fail_if_not_ssl:
             raise ConfigError(f"{f.path}: fail_if_ssl and fail_if_not_ssl cannot both be true")
         return cfg
@@ -261,6 +267,9 @@ class HTTPProber(Prober):
 
     async def probe(self, ctx: ProbeContext, target: str, settings: HTTPProbeConfig) -> None:
         cfg = settings
+        if cfg.keepalive is not None:
+            await _keepalive(ctx, target, cfg, cfg.keepalive)
+            return
         first_host = _split_target(target)[1]
         url, method = target, cfg.method
         body = cfg.body.encode() if cfg.body is not None else None
@@ -488,6 +497,25 @@ def _header_check(ctx: ProbeContext, response: _Response, match: HeaderMatch, *,
         ctx.failed_due_to_regex = True
         verb = "did not match" if must_match else "matched"
         raise ProbeFailure("http_header_mismatch", f"{kind}: header {match.header!r} {verb} {match.regexp.pattern!r}", phase="first_byte")
+
+
+async def _keepalive(ctx: ProbeContext, target: str, cfg: HTTPProbeConfig, ka: keepalive.KeepAliveConfig) -> None:
+    """http.keepalive: two requests on one HTTP/1.1 connection with an idle between (probers/keepalive.py)."""
+    answers: list[keepalive.Answer] = []
+    try:
+        await keepalive.check(ctx, target, ka, answers, method=cfg.method, headers=list(cfg.headers),
+                              body=cfg.body.encode() if cfg.body is not None else None, user_agent=USER_AGENT,
+                              body_limit=cfg.body_size_limit or None, ip_protocol=cfg.preferred_ip_protocol,
+                              fallback=cfg.ip_protocol_fallback, tls_config=cfg.tls_config)
+    finally:
+        response = _Response()
+        if answers:
+            last = answers[-1]
+            response.version, response.status, response.headers = last.version, last.status, last.headers
+            response.content_length, response.body_length = last.content_length, last.body_length
+            ctx.details = HTTPDetails(status=last.status, version=last.version, redirects=0, content_length=last.content_length,
+                                      body_length=last.body_length, final_url=redact_url(target))
+    _check(ctx, cfg, target, response)
 
 
 def _codes(cfg: HTTPProbeConfig) -> str:

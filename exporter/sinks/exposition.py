@@ -15,7 +15,7 @@ import ipaddress
 from .. import metrics as m
 from ..metrics import ProbeFamily, ProbeSamples
 from ..probers import PROBERS
-from ..result import ProbeResult
+from ..result import ProbeResult, TLSResumption
 
 # time.Time{}.Unix() in Go: what blackbox reports for a chain expiry it does not know.
 _GO_ZERO_TIME_UNIX = -62135596800.0
@@ -115,6 +115,13 @@ class _Writer:
             parts.append(f"{name}{{{labels(pairs)}}} {fmt(value)}\n" if pairs else f"{name} {fmt(value)}\n")
 
 
+def _handshakes(r: TLSResumption) -> list[tuple[tuple[tuple[str, str], ...], float]]:
+    samples: list[tuple[tuple[tuple[str, str], ...], float]] = [((("kind", "full"),), r.full_seconds)]
+    if r.resumed_seconds is not None:
+        samples.append(((("kind", "resumed"),), r.resumed_seconds))
+    return samples
+
+
 def probe_text(result: ProbeResult) -> str:
     """blackbox's /probe body for ``result``: the shared families, the prober's own, then connhealth's extras."""
     w = _Writer()
@@ -161,4 +168,13 @@ def probe_text(result: ProbeResult) -> str:
     if result.tcp is not None:
         w.gauge(extra[m.PROBE_TCP_RTT], result.tcp.rtt_seconds)
         w.gauge(extra[m.PROBE_TCP_RETRANSMITS], float(result.tcp.retransmits))
+    ka = result.keepalive
+    if ka is not None:
+        w.gauge(extra[m.PROBE_KEEPALIVE_REUSED], 1.0 if ka.reused else 0.0)
+        if ka.server_idle_seconds is not None:
+            w.gauge(extra[m.PROBE_KEEPALIVE_SERVER_IDLE], ka.server_idle_seconds)
+    resumption = result.resumption
+    if resumption is not None:
+        w.gauge(extra[m.PROBE_TLS_SESSION_RESUMED], 1.0 if resumption.resumed else 0.0)
+        w.family(extra[m.PROBE_TLS_HANDSHAKE], _handshakes(resumption))
     return "".join(w.parts)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from .. import metrics as m
 from .exposition import escape, fmt
 from ..probers import PROBERS, all_phases
-from ..result import ProbeResult
+from ..result import KeepAlive, ProbeResult, TLSResumption
 
 _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
 _INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
@@ -63,7 +63,7 @@ class TargetSeries:
     __slots__ = (
         "base", "attempts", "successes", "failures", "duration", "phases", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
-        "last_failure", "failure_exemplars", "extra",
+        "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption",
     )
 
     def __init__(self, base: str, n_buckets: int) -> None:
@@ -82,6 +82,9 @@ class TargetSeries:
         self.retransmits: int | None = None
         self.last_failure: tuple[str, str, str] | None = None
         self.failure_exemplars: dict[tuple[str, str], Exemplar] = {}
+        self.syn_retransmits = 0
+        self.keepalive: KeepAlive | None = None  # the last keep-alive check
+        self.resumption: TLSResumption | None = None  # the last resumption check
         self.extra: dict[str, float | _Histogram] = {}  # the probers' own families (store.extra), by name
         self._fragments: list[bytes] | None = None
         self._om_fragments: list[bytes] | None = None
@@ -131,6 +134,20 @@ class TargetSeries:
             out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
         if self.retransmits is not None:
             out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
+            out[_INDEX[m.TCP_SYN_RETRANSMITS]].append(f"{m.TCP_SYN_RETRANSMITS}{{{b}}} {self.syn_retransmits}")
+        ka = self.keepalive
+        if ka is not None:
+            out[_INDEX[m.KEEPALIVE_REUSED]].append(f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}")
+            out[_INDEX[m.KEEPALIVE_CLIENT_IDLE]].append(f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}")
+            if ka.server_idle_seconds is not None:
+                out[_INDEX[m.KEEPALIVE_SERVER_IDLE]].append(f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}")
+        r = self.resumption
+        if r is not None:
+            out[_INDEX[m.TLS_SESSION_RESUMED]].append(f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}")
+            lines = out[_INDEX[m.TLS_HANDSHAKE]]
+            lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}')
+            if r.resumed_seconds is not None:
+                lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}')
         for i, spec in enumerate(store.extra, len(_FAMILIES)):
             value = self.extra.get(spec.name)
             if isinstance(value, _Histogram):
@@ -191,6 +208,11 @@ class TargetSeries:
         if result.tcp is not None:
             self.rtt = result.tcp.rtt_seconds
             self.retransmits = result.tcp.retransmits
+            self.syn_retransmits += result.tcp.retransmits
+        if result.keepalive is not None:
+            self.keepalive = result.keepalive
+        if result.resumption is not None:
+            self.resumption = result.resumption
         self.invalidate()
 
 
