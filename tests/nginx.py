@@ -39,7 +39,8 @@ class Nginx:
         return f"{'https' if self.cert else 'http'}://127.0.0.1:{self.port}/"
 
     def _config(self) -> str:
-        tls = f"ssl_certificate {self.cert};\n        ssl_certificate_key {self.key};" if self.cert else ""
+        tls = (f"ssl_certificate {self.cert};\n        ssl_certificate_key {self.key};\n"
+               "        ssl_protocols TLSv1.2 TLSv1.3;") if self.cert else ""
         return f"""
 daemon off;
 master_process off;

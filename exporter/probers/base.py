@@ -59,6 +59,14 @@ class ResolverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSResumptionConfig:
+    """connhealth extension (tcp and http): after the probe, a full handshake and one offering its session."""
+
+    check: bool = False
+    require: bool = False  # a handshake that did not resume fails the probe (tls_resumption_failed)
+
+
+@dataclass(frozen=True, slots=True)
 class TracingConfig:
     """connhealth extension: trace-context propagation into probe requests."""
 
@@ -82,6 +90,8 @@ class Prober(abc.ABC):
     secret_fields: ClassVar[tuple[str, ...]] = ()
     # Module keys of the form "<name>:" that belong to this prober (default: its name).
     section: ClassVar[str] = ""
+    # Whether the module-level tls_resumption check applies to this prober (probers/resumption.py).
+    resumable: ClassVar[bool] = False
     # Continuous-mode families of this prober's own (labels: the target's), fed by observations().
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
@@ -215,13 +225,14 @@ class ProbeContext:
 
     __slots__ = (
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
-        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption", "failed_due_to_regex", "logs",
+        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption", "tls_resumption", "failed_due_to_regex", "logs",
         "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop",
     )
 
     def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
                  phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
-                 tracing: TracingConfig = TracingConfig(), trace_id: int = 0, span_id: int = 0, sampled: bool = False,
+                 tracing: TracingConfig = TracingConfig(), tls_resumption: TLSResumptionConfig = TLSResumptionConfig(),
+                 trace_id: int = 0, span_id: int = 0, sampled: bool = False,
                  tracestate: str = "", new_span_id: Any = None) -> None:
         self.target = target
         self.module = module
@@ -231,6 +242,7 @@ class ProbeContext:
         self.phase_limits = phase_limits or {}
         self.resolver = resolver
         self.tracing = tracing
+        self.tls_resumption = tls_resumption
         self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
         self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
         self.phase_name = "probe"

@@ -29,7 +29,7 @@ from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, compile_regex, parse_ip_protocol
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
-from . import keepalive
+from . import keepalive, resumption
 from .connect import open_connection, start_tls
 
 MAX_REDIRECTS = 10
@@ -185,9 +185,10 @@ class HTTPProber(Prober):
         PhaseSpec("first_byte", "Server processing", "request written → first byte of the response (1xx included, as Go's GotFirstResponseByte)",
                   timeout_reason="http_timeout_first_byte", limitable=True),
         PhaseSpec("transfer", "Content transfer", "first response byte → last body byte (headers, 1xx skipped, body)"),
-        keepalive.IDLE,
+        keepalive.IDLE, *resumption.PHASES,
     )
-    reasons = {**REASONS, **keepalive.REASONS}
+    reasons = {**REASONS, **keepalive.REASONS, **resumption.REASONS}
+    resumable = True
     errors = (
         (http1.HeaderTooLarge, "http_header_too_large"),
         (http2.HeadersTooLarge, "http_header_too_large"),
@@ -309,6 +310,9 @@ class HTTPProber(Prober):
                 )
         assert response is not None
         _check(ctx, cfg, url, response)
+        if ctx.tls is not None and url.lower().startswith("https://"):
+            await resumption.check(ctx, _split_url(url)[1], cfg.tls_config,
+                                   ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         http = result.details if isinstance(result.details, HTTPDetails) else None

@@ -10,6 +10,7 @@ from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..schema import Fields, compile_regex, parse_ip_protocol, split_host_port
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
+from . import resumption
 from .connect import connect_only, open_connection, start_tls
 
 
@@ -49,7 +50,10 @@ class TCPProber(Prober):
     # several steps add up. Their timeouts are probe_timeout (no reason of their own).
     phases = (DNS, CONNECT, TLS,
               PhaseSpec("request", "Request sent", "each `send` line handed to the socket → written (steps add up)"),
-              PhaseSpec("first_byte", "Server processing", "waiting for each `expect` line (steps add up)"))
+              PhaseSpec("first_byte", "Server processing", "waiting for each `expect` line (steps add up)"),
+              *resumption.PHASES)
+    reasons = resumption.REASONS
+    resumable = True
     unsupported = frozenset({"source_ip_address"})
 
     def parse(self, f: Fields, module: str) -> TCPProbeConfig:
@@ -77,6 +81,8 @@ class TCPProber(Prober):
                 await _step(ctx, conn, host, cfg, i, step)
         finally:
             conn.close()
+        if ctx.tls is not None:  # tls: true, or a starttls step
+            await resumption.check(ctx, host, cfg.tls_config)
 
 
 def _host_port(target: str) -> tuple[str, int]:
