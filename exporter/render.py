@@ -72,7 +72,8 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.trace_id:
         out.append(f"  trace {result.trace_id}{'' if result.sampled else ' (not sampled: no span exported)'}")
     if result.tcp:
-        out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}")
+        out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}"
+                   + (" (SYN retransmits: the connect waited for a retransmitted SYN)" if result.tcp.retransmits else ""))
     out.append("")
     hops = result.hops
     if len(hops) > 1:
@@ -86,6 +87,7 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.details is not None:
         out.append("")
         out.append("  " + result.details.summary())
+    out.extend(_lifecycle(result))
     if result.tls:
         t = result.tls
         out.append("")
@@ -112,6 +114,22 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
         if reason:
             out.append(f"  Typical cause: {reason.typical_cause}.")
     return "\n".join(out)
+
+
+def _lifecycle(result: ProbeResult) -> list[str]:
+    """The keep-alive and TLS resumption checks, one line each."""
+    out = []
+    ka = result.keepalive
+    if ka is not None:
+        ended = "kept it" if ka.ended_by == "silence" else f"ended it ({ka.ended_by})"
+        after = f" after {ka.server_idle_seconds:.3f}s" if ka.server_idle_seconds is not None else ""
+        out.append(f"  keep-alive: reused {'yes' if ka.reused else 'no'} after {ka.idle_seconds:g}s idle; the server {ended}{after}"
+                   f"; Connection {ka.connection_header or '-'}, Keep-Alive {ka.keep_alive_header or '-'}")
+    r = result.resumption
+    if r is not None:
+        again = f", second {r.resumed_seconds * 1000:.3f} ms" if r.resumed_seconds is not None else ", nothing to offer"
+        out.append(f"  TLS resumption: {'resumed' if r.resumed else 'not resumed'} ({r.version}); full {r.full_seconds * 1000:.3f} ms{again}")
+    return [""] + out if out else out
 
 
 def _ip_literal(target: str) -> bool:
