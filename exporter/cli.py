@@ -63,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="start local demo targets and probe each once")
     d.add_argument("--json", action="store_true", help="print one JSON object per probe")
 
+    dg = sub.add_parser("diagnose", help="walk seed 002's decision tree for a URL: DNS, connect, TLS, keep-alive, stream")
+    dg.add_argument("url", help="http:// or https:// URL")
+    dg.add_argument("--nameserver", action="append", default=[], metavar="HOST:PORT",
+                    help="also resolve with this DNS server, and use it for every step (repeatable)")
+    dg.add_argument("--idle", type=float, default=10.0, help="your client's idle timeout in seconds (default 10; Go: 90)")
+    dg.add_argument("--stream", action="store_true", help="the URL is an event stream (SSE): check its heartbeat gaps")
+    dg.add_argument("--hold", type=float, default=10.0, help="with --stream: seconds to hold the stream (default 10)")
+    dg.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=float, default=15.0,
+                    help="with --stream: the server's promised maximum gap in seconds (default 15)")
+    dg.add_argument("--timeout", type=float, default=10.0, help="deadline of each step in seconds (default 10)")
+    dg.add_argument("--ca-file", dest="ca_file", help="CA bundle to verify https with")
+    dg.add_argument("--insecure", action="store_true", help="do not verify the certificate")
+    dg.add_argument("--json", action="store_true", help="print the path and the verdict as one JSON object")
+
     gen = sub.add_parser("generate", help="write dashboards, rule files and Grafana provisioning from the SLO spec")
     gen.add_argument("--config", help="config file with a slos: section (default: built-in modules, no SLOs)")
     gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
@@ -166,6 +180,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(as_json=args.json)
 
 
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import Options, main as diagnose_main
+
+    for name in ("idle", "hold", "heartbeat_interval", "timeout"):
+        value = getattr(args, name)
+        if not 0 < value <= 3600:
+            raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 3600 seconds, got {value:g}")
+    opts = Options(url=args.url, nameservers=tuple(_nameserver(ns) for ns in args.nameserver), idle=args.idle,
+                   stream=args.stream, hold=args.hold, heartbeat_interval=args.heartbeat_interval, timeout=args.timeout,
+                   insecure=args.insecure, ca_file=args.ca_file)
+    code, text = diagnose_main(opts, args.json)
+    print(text)
+    return code
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
@@ -177,7 +206,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"probe": _cmd_probe, "serve": _cmd_serve, "check-config": _cmd_check_config, "demo": _cmd_demo,
-                "generate": _cmd_generate}
+                "generate": _cmd_generate, "diagnose": _cmd_diagnose}
     try:
         return handlers[args.command](args)
     except ConfigError as exc:  # the one place a usage/config error becomes exit 2
