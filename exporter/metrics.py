@@ -40,6 +40,14 @@ KEEPALIVE_CLIENT_IDLE = "connhealth_keepalive_client_idle_seconds"
 TLS_SESSION_RESUMED = "connhealth_tls_session_resumed"
 TLS_HANDSHAKE = "connhealth_tls_handshake_seconds"
 
+# Families a prober declares itself (Prober.metrics), named here so dashboards and alerts share the names.
+SSE_HEARTBEAT_GAP = "connhealth_sse_heartbeat_gap_seconds"
+SSE_MAX_GAP = "connhealth_sse_max_gap_seconds"
+SSE_EVENTS = "connhealth_sse_events_total"
+SSE_HEARTBEATS = "connhealth_sse_heartbeats_total"
+WS_PING_RTT = "connhealth_websocket_ping_rtt_seconds"
+WS_PINGS = "connhealth_websocket_pings_total"
+
 # --- /probe (blackbox names; connhealth additions below) ----------------------
 FAILURE_INFO = "probe_failure_info"
 PROBE_PHASE_SECONDS = "probe_phase_duration_seconds"

@@ -16,15 +16,17 @@ from aiohttp import WSMsgType, web
 class _Site:
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, keepalive_timeout: float = 75.0) -> None:
         self.port = 0
+        self.keepalive_timeout = keepalive_timeout  # aiohttp's idle keep-alive timeout (its default: 75 s)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:  # pragma: no cover - overridden
         raise NotImplementedError
 
     async def __aenter__(self) -> Any:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.2,
+                                     keepalive_timeout=self.keepalive_timeout)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -37,7 +39,7 @@ class _Site:
 
 
 class SSEServer(_Site):
-    """GET /events: an event stream.
+    """GET /events: an event stream (and GET /ok: a plain 200, for keep-alive checks).
 
     Every ``interval`` seconds it sends a ``: ping`` comment and an event with
     a growing numeric id (``id: n``). ``stop_after``: after that many seconds
@@ -52,8 +54,8 @@ class SSEServer(_Site):
 
     def __init__(self, *, interval: float = 0.2, stop_after: float | None = None, close_after: float | None = None,
                  silent: bool = False, resume: bool = True, burst_after: float | None = None,
-                 content_type: str = "text/event-stream", retry: int | None = None) -> None:
-        super().__init__()
+                 content_type: str = "text/event-stream", retry: int | None = None, keepalive_timeout: float = 75.0) -> None:
+        super().__init__(keepalive_timeout)
         self.interval, self.stop_after, self.close_after = interval, stop_after, close_after
         self.silent, self.resume, self.burst_after = silent, resume, burst_after
         self.content_type, self.retry = content_type, retry
@@ -66,7 +68,11 @@ class SSEServer(_Site):
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/events", self._events)
+        app.router.add_get("/ok", self._ok)
         return app
+
+    async def _ok(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         last = request.headers.get("Last-Event-ID")

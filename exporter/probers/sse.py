@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..failures import ProbeFailure, Reason
+from .. import metrics as m
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net import http1
 from ..net.connection import Connection
@@ -214,12 +215,12 @@ class SSEProber(Prober):
     errors = ((http1.IncompleteBody, "sse_stream_closed"), (http1.IncompleteResponse, "connection_reset"),
               (http1.ProtocolError, "protocol_error"))
     metrics = (
-        MetricSpec("connhealth_sse_heartbeat_gap_seconds", "histogram", ("target", "module"),
+        MetricSpec(m.SSE_HEARTBEAT_GAP, "histogram", ("target", "module"),
                    "Gaps between consecutive SSE events and `:` comments (sse prober).", GAP_BUCKETS),
-        MetricSpec("connhealth_sse_max_gap_seconds", "gauge", ("target", "module"),
+        MetricSpec(m.SSE_MAX_GAP, "gauge", ("target", "module"),
                    "Longest gap between SSE events/comments in the last probe (sse prober)."),
-        MetricSpec("connhealth_sse_events_total", "counter", ("target", "module"), "SSE events received (sse prober)."),
-        MetricSpec("connhealth_sse_heartbeats_total", "counter", ("target", "module"),
+        MetricSpec(m.SSE_EVENTS, "counter", ("target", "module"), "SSE events received (sse prober)."),
+        MetricSpec(m.SSE_HEARTBEATS, "counter", ("target", "module"),
                    "SSE `:` comments (heartbeats) received (sse prober)."),
     )
 
@@ -283,11 +284,11 @@ class SSEProber(Prober):
         if not isinstance(d, SSEDetails):
             return
         for gap in d.gaps:
-            yield "connhealth_sse_heartbeat_gap_seconds", gap
+            yield m.SSE_HEARTBEAT_GAP, gap
         if d.max_gap_seconds is not None:
-            yield "connhealth_sse_max_gap_seconds", d.max_gap_seconds
-        yield "connhealth_sse_events_total", float(d.events)
-        yield "connhealth_sse_heartbeats_total", float(d.heartbeats)
+            yield m.SSE_MAX_GAP, d.max_gap_seconds
+        yield m.SSE_EVENTS, float(d.events)
+        yield m.SSE_HEARTBEATS, float(d.heartbeats)
 
 
 _EVENTS = ProbeFamily("probe_sse_events", "SSE events received while the stream was held")

@@ -31,6 +31,7 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Eve
 from wsproto.utilities import ProtocolError as WSProtocolError
 
 from ..failures import ProbeFailure, Reason
+from .. import metrics as m
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
@@ -131,9 +132,9 @@ class WebSocketProber(Prober):
     errors = ((WSProtocolError, "protocol_error"),)
     secret_fields = ("http_config.basic_auth.password", "http_config.authorization.credentials")
     metrics = (
-        MetricSpec("connhealth_websocket_ping_rtt_seconds", "histogram", ("target", "module"),
+        MetricSpec(m.WS_PING_RTT, "histogram", ("target", "module"),
                    "Ping → pong round trips (websocket prober); its _count is the pongs received.", RTT_BUCKETS),
-        MetricSpec("connhealth_websocket_pings_total", "counter", ("target", "module"), "Pings sent (websocket prober)."),
+        MetricSpec(m.WS_PINGS, "counter", ("target", "module"), "Pings sent (websocket prober)."),
     )
 
     def parse(self, f: Fields, module: str) -> WebSocketProbeConfig:
@@ -218,8 +219,8 @@ class WebSocketProber(Prober):
         if not isinstance(d, WebSocketDetails):
             return
         for rtt in d.rtts:
-            yield "connhealth_websocket_ping_rtt_seconds", rtt
-        yield "connhealth_websocket_pings_total", float(d.pings)
+            yield m.WS_PING_RTT, rtt
+        yield m.WS_PINGS, float(d.pings)
 
 
 # blackbox's probe_websocket_duration_seconds phases, from ours.
