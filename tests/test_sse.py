@@ -161,3 +161,11 @@ def test_bad_sse_sections_are_named(fields: dict[str, object], error: str) -> No
 async def test_a_non_url_target_is_invalid() -> None:
     result = await run_probe("127.0.0.1:80", sse())
     assert result.failure is not None and result.failure.reason == "invalid_target"
+
+
+def test_secret_headers_are_redacted_as_http_headers() -> None:
+    from exporter.probers import PROBERS
+
+    section = {"headers": {"Authorization": "Bearer xyz", "X-Team": "core"}, "hold": "5s"}
+    assert PROBERS["sse"].redact(section) == {"headers": {"Authorization": "<secret>", "X-Team": "core"}, "hold": "5s"}
+    assert section["headers"]["Authorization"] == "Bearer xyz"  # a copy

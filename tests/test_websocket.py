@@ -150,3 +150,19 @@ def test_bad_websocket_sections_are_named(fields: dict[str, object], error: str)
     with pytest.raises(ConfigError, match=re.escape(error)):
         mod("websocket", websocket=fields)
 
+
+
+async def test_pings_that_cannot_fit_the_timeout_are_a_clear_failure() -> None:
+    result = await run_probe("ws://127.0.0.1:9/", mod("websocket", timeout="2s", websocket={"pings": 5, "ping_interval": "1s"}))
+    assert result.failure is not None and (result.failure.phase, result.failure.reason) == ("probe", "probe_timeout")
+    assert "5 pings 1s apart do not fit the probe's timeout 2s" in result.failure.message
+
+
+def test_credentials_are_redacted() -> None:
+    from exporter.probers import PROBERS
+
+    section = {"headers": {"Cookie": "s=1", "X-A": "b"},
+               "http_config": {"basic_auth": {"username": "u", "password": "p"}, "authorization": {"credentials": "c"}}}
+    assert PROBERS["websocket"].redact(section) == {
+        "headers": {"Cookie": "<secret>", "X-A": "b"},
+        "http_config": {"basic_auth": {"username": "u", "password": "<secret>"}, "authorization": {"credentials": "<secret>"}}}

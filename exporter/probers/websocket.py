@@ -178,6 +178,10 @@ class WebSocketProber(Prober):
     async def probe(self, ctx: ProbeContext, target: str, settings: WebSocketProbeConfig) -> None:
         cfg = settings
         url = stream.split_url(target, _SCHEMES)
+        if cfg.pings > 1 and (cfg.pings - 1) * cfg.ping_interval >= ctx.remaining():
+            # Else the deadline would strike between pings and read as a pong timeout.
+            raise ProbeFailure("probe_timeout", f"{cfg.pings} pings {cfg.ping_interval:g}s apart do not fit the probe's "
+                               f"timeout {ctx.timeout:g}s: raise the module's timeout", phase="probe")
         session = _Session(ctx)
         ctx.begin_hop("GET", redact_url(target))
         conn: Connection | None = None
