@@ -132,6 +132,13 @@ modules:
     assert f'connhealth_websocket_ping_rtt_seconds_count{{target="{server.url}",module="m"}} 3' in metrics
 
 
+def test_blackbox_authorization_shape_becomes_the_authorization_header() -> None:
+    module = mod("websocket", websocket={"http_config": {"authorization": {"credentials": "secret_token"},
+                                                         "tls_config": {"insecure_skip_verify": True}},
+                                         "headers": {"X-Some-Header": "my_header"}})
+    assert module.settings.headers == (("X-Some-Header", "my_header"), ("Authorization", "Bearer secret_token"))
+
+
 def test_go_style_expansion() -> None:
     match = re.search(r"(?P<who>\w+) (\w+)", "hello world")
     assert match is not None
