@@ -13,15 +13,15 @@ from exporter.diagnose import Options, diagnose
 try:
     from tests.nginx import Nginx
     from tests.peers import DNSServer
-    from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf  # noqa: F401  (fixtures)
+    from tests.probekit import ca, certs, leaf  # noqa: F401  (fixtures)
     from tests.streampeers import SSEServer
 except ImportError:  # pragma: no cover
     from nginx import Nginx
     from peers import DNSServer
-    from probekit import PER_TEST_TIMEOUT, ca, certs, leaf  # noqa: F401
+    from probekit import ca, certs, leaf  # noqa: F401
     from streampeers import SSEServer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(60)  # a walk is several probes, each with its own deadline
 
 
 async def test_keepalive_1s_nginx_is_diagnosed_as_an_idle_timeout_mismatch(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.certs import CertFactory, Issued
+from exporter.certs import Issued
 from exporter.config import parse_config
 from exporter.engine import run_probe
 from exporter.schema import ConfigError
@@ -86,7 +86,3 @@ def test_tls_resumption_is_refused_for_a_prober_without_tls() -> None:
     with pytest.raises(ConfigError, match=r"modules\.m\.tls_resumption\.requir: unknown field"):
         mod("tcp", tls_resumption={"requir": True})
     assert parse_config("modules: {m: {prober: tcp, tls_resumption: {require: true}}}").modules["m"].tls_resumption.check
-
-
-def test_certs_fixture_is_used(certs: CertFactory) -> None:  # keeps the fixture import honest for linters
-    assert certs is not None

@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wsproto import ConnectionState, ConnectionType, WSConnection
-from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Event, Ping, Pong, RejectConnection,
-                            RejectData, Request, TextMessage)
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Event, Ping, Pong, RejectConnection, Request,
+                            TextMessage)
 from wsproto.utilities import ProtocolError as WSProtocolError
 
 from ..failures import ProbeFailure, Reason
