@@ -93,14 +93,6 @@ class Diagnosis:
         return "\n".join(out)
 
 
-def _module(prober: str, timeout: float, nameservers: tuple[tuple[str, int], ...], **section: Any) -> Module:
-    """A module as a user would write it; with --nameserver every step resolves through it."""
-    raw: dict[str, Any] = {"prober": prober, "timeout": f"{timeout:g}s", **section}
-    if nameservers:
-        raw["resolver"] = {"nameservers": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in nameservers]}
-    return parse_config(yaml.safe_dump({"modules": {"d": raw}}), "diagnose", with_builtins=False).modules["d"]
-
-
 def _failure(result: ProbeResult) -> str:
     f = result.failure
     assert f is not None
@@ -127,6 +119,14 @@ class _Walk:
         if opts.insecure:
             self.tls_config["insecure_skip_verify"] = True
 
+    def module(self, prober: str, extra_time: float = 0.0, **section: Any) -> Module:
+        """A module as a user would write it (deadline: --timeout plus ``extra_time``); with --nameserver every
+        step resolves through it."""
+        raw: dict[str, Any] = {"prober": prober, "timeout": f"{self.opts.timeout + extra_time:g}s", **section}
+        if self.opts.nameservers:
+            raw["resolver"] = {"nameservers": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.opts.nameservers]}
+        return parse_config(yaml.safe_dump({"modules": {"d": raw}}), "diagnose", with_builtins=False).modules["d"]
+
     def add(self, name: str, status: str, summary: str, **evidence: Any) -> bool:
         """Record a step; False when the walk must stop here."""
         self.d.steps.append(Step(name, status, summary, {k: v for k, v in evidence.items() if v is not None}))
@@ -143,11 +143,13 @@ class _Walk:
             return self.add("DNS", "skipped", f"{self.host} is an IP address")
         answers: dict[str, Any] = {}
         errors: dict[str, str] = {}
-        for label, servers in (("system resolver", ()), *((f"nameserver {h}:{p}", ((h, p),)) for h, p in self.opts.nameservers)):
+        resolvers = [("system resolver", ()), *((f"nameserver {h}:{p}", ((h, p),)) for h, p in self.opts.nameservers)]
+        families = [socket.AF_INET, socket.AF_INET6]
+        for label, servers in resolvers:
             start = time.perf_counter()
             try:
                 async with asyncio.timeout(self.opts.timeout):  # getaddrinfo has no deadline of its own
-                    ip, _ = await resolve.resolve(self.host, [socket.AF_INET, socket.AF_INET6], servers, None, self.opts.timeout)
+                    ip, _ = await resolve.resolve(self.host, families, servers, None, self.opts.timeout)
             except Exception as exc:  # noqa: BLE001 - the failure is the evidence
                 errors[label] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -164,7 +166,7 @@ class _Walk:
         return self.add("DNS", "ok", f"{self.host} resolves to {ips.pop()}", **evidence)
 
     async def connect(self) -> bool:
-        result = await self.probe(self.address, _module("tcp", self.opts.timeout, self.opts.nameservers, tcp={"preferred_ip_protocol": "ip4"}))
+        result = await self.probe(self.address, self.module("tcp", tcp={"preferred_ip_protocol": "ip4"}))
         seconds = result.phases.get("connect")
         retransmits = result.tcp.retransmits if result.tcp is not None else None
         evidence = {"connect": f"{seconds * 1000:.1f} ms" if seconds is not None else None,
@@ -184,8 +186,8 @@ class _Walk:
     async def tls_step(self) -> bool:
         if not self.tls:
             return self.add("TLS", "skipped", "plain http")
-        module = _module("tcp", self.opts.timeout, self.opts.nameservers, tcp={"tls": True, "tls_config": {**self.tls_config, "server_name": self.host}},
-                         tls_resumption={"check": True})
+        module = self.module("tcp", tcp={"tls": True, "tls_config": {**self.tls_config, "server_name": self.host}},
+                             tls_resumption={"check": True})
         result = await self.probe(self.address, module)
         if result.failure is not None:
             return self.add("TLS", "failed", _failure(result))
@@ -205,7 +207,7 @@ class _Walk:
         http: dict[str, Any] = {"valid_status_codes": list(range(100, 600))}
         if self.tls_config:
             http["tls_config"] = self.tls_config
-        quick = await self.probe(self.opts.url, _module("http", self.opts.timeout, self.opts.nameservers, http={**http, "keepalive": {"idle": "50ms"}}))
+        quick = await self.probe(self.opts.url, self.module("http", http={**http, "keepalive": {"idle": "50ms"}}))
         if quick.failure is not None and quick.keepalive is None:
             return self.add("keep-alive", "failed", _failure(quick))
         ka = quick.keepalive
@@ -215,8 +217,7 @@ class _Walk:
             return self.add("keep-alive", "problem", "two requests on one connection fail: the server does not keep connections "
                             f"alive ({ka.ended_by}); every request pays connect" + (" and TLS" if self.tls else ""), **headers)
         idle = self.opts.idle
-        result = await self.probe(self.opts.url, _module("http", self.opts.timeout + idle, self.opts.nameservers,
-                                                         http={**http, "keepalive": {"idle": f"{idle:g}s"}}))
+        result = await self.probe(self.opts.url, self.module("http", idle, http={**http, "keepalive": {"idle": f"{idle:g}s"}}))
         ka = result.keepalive
         if ka is None:
             return self.add("keep-alive", "failed", _failure(result), **headers)
@@ -236,7 +237,7 @@ class _Walk:
         sse: dict[str, Any] = {"hold": f"{self.opts.hold:g}s", "heartbeat_interval": f"{self.opts.heartbeat_interval:g}s"}
         if self.tls_config:
             sse["tls_config"] = self.tls_config
-        result = await self.probe(self.opts.url, _module("sse", self.opts.timeout + self.opts.hold, self.opts.nameservers, sse=sse))
+        result = await self.probe(self.opts.url, self.module("sse", self.opts.hold, sse=sse))
         d = result.details if isinstance(result.details, SSEDetails) else None
         evidence = {"events": d.events, "heartbeats": d.heartbeats,
                     "max gap": f"{d.max_gap_seconds:.3f}s" if d.max_gap_seconds is not None else None} if d else {}

@@ -42,8 +42,8 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     ids = traces.begin(parent, module.name, target, module.prober)
     ctx = ProbeContext(
         target, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
-        resolver=module.resolver, tracing=module.tracing, tls_resumption=module.tls_resumption, trace_id=ids.trace_id, span_id=ids.span_id,
-        sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id,
+        resolver=module.resolver, tracing=module.tracing, tls_resumption=module.tls_resumption, trace_id=ids.trace_id,
+        span_id=ids.span_id, sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id,
     )
     failure: Failure | None = None
     failed_at: float | None = None

@@ -225,7 +225,8 @@ class ProbeContext:
 
     __slots__ = (
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
-        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption", "tls_resumption", "failed_due_to_regex", "logs",
+        "resolver", "tracing", "tls_resumption", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption",
+        "failed_due_to_regex", "logs",
         "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop",
     )
 

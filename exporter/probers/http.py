@@ -28,8 +28,8 @@ from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, compile_regex, parse_ip_protocol
-from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from . import keepalive, resumption
+from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from .connect import open_connection, start_tls
 
 MAX_REDIRECTS = 10
