@@ -26,7 +26,7 @@ class Phase:
     name: str
     start: float
     duration: float
-    hop: int = 0  # index into ProbeResult.hops (0 when the prober has no hops)
+    hop: int = 0  # index into ProbeResult.hops (0 when the prober has no hops; the last one after them)
 
     @property
     def end(self) -> float:

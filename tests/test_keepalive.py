@@ -115,3 +115,23 @@ async def test_an_idle_longer_than_the_timeout_is_a_clear_failure() -> None:
     result = await run_probe("http://127.0.0.1:9/", mod("http", timeout="2s", http={"keepalive": {"idle": "5s"}}))
     assert result.failure is not None and result.failure.reason == "probe_timeout"
     assert "keepalive.idle 5s does not fit the probe's timeout 2s" in result.failure.message
+
+
+async def test_trace_spans_put_the_idle_under_the_probe_and_each_request_under_its_hop(tmp_path: Path) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    from exporter.sinks.traces import spans
+
+    with Nginx(tmp_path, keepalive_timeout="75s") as nginx:
+        result = await run_probe(nginx.url, keepalive(idle="0.3s"))
+    assert result.success, result.failure
+    built = spans(result, Resource.create({}))
+    probe = next(s for s in built if s.name == "probe m")
+    hops = [s for s in built if s.name == "GET"]
+    assert len(hops) == 2
+    idle = next(s for s in built if s.name == "idle")
+    assert idle.parent is not None and idle.parent.span_id == probe.context.span_id
+    # request, first_byte and transfer twice: under hop 1 (new connection), then hop 2 (the reused one).
+    exchanges = [s for s in built if s.name in ("request", "first_byte", "transfer")]
+    assert [s.parent.span_id for s in exchanges if s.parent is not None] == \
+        [hops[0].context.span_id] * 3 + [hops[1].context.span_id] * 3

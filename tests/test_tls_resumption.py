@@ -71,13 +71,16 @@ async def test_require_fails_when_nginx_does_not_resume(tmp_path: Path, ca: Issu
     assert r is not None and r.offered and not r.resumed and r.resumed_seconds is not None and r.full_seconds > 0
 
 
-async def test_the_http_prober_checks_resumption_too(tmp_path: Path, ca: Issued, leaf: Issued) -> None:
+async def test_the_http_prober_checks_resumption_too_after_a_redirect(tmp_path: Path, ca: Issued, leaf: Issued) -> None:
     module = mod("http", http={"tls_config": {"ca_file": ca.cert_file}}, tls_resumption={"require": True})
-    with Nginx(tmp_path, cert=leaf.cert_file, key=leaf.key_file) as nginx:
-        result = await run_probe(nginx.url, module)
+    redirect = "location = /old { return 302 /; }"
+    with Nginx(tmp_path, cert=leaf.cert_file, key=leaf.key_file, server_extra=redirect) as nginx:
+        result = await run_probe(nginx.url + "old", module)
     assert result.success, result.failure
     assert result.resumption is not None and result.resumption.resumed
     assert result.to_dict()["tls_resumption"]["resumed"] is True
+    # The check ran after both hops: its phases are the last hop's, as /probe reports them.
+    assert len(result.hops) == 2 and {"tls_full", "tls_resumed"} <= result.phases.keys()
 
 
 def test_tls_resumption_is_refused_for_a_prober_without_tls() -> None:

@@ -297,7 +297,9 @@ class ProbeContext:
             if asyncio.iscoroutine(awaitable):
                 awaitable.close()  # never awaited when the budget was already gone
         end = time.perf_counter_ns()
-        self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, len(self.hops) if self._hop else 0))
+        # Outside an open hop (a keep-alive idle, a resumption check after the exchanges): the last hop's.
+        hop = len(self.hops) if self._hop else max(len(self.hops) - 1, 0)
+        self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, hop))
         self.phase_start_ns = None
         return value
 
