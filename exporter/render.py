@@ -37,7 +37,9 @@ def waterfall(result: ProbeResult, hop: int | None = None, ip_literal: bool = Fa
     failure = result.failure if last else None
     failed_start = result.failed_phase_start if failure is not None else None
     span = result.duration_seconds
-    names = [spec.name for spec in PROBERS[result.prober].phases] if result.prober in PROBERS else []
+    specs = PROBERS[result.prober].phases if result.prober in PROBERS else ()
+    failed = result.failure.phase if result.failure is not None else None
+    names = [spec.name for spec in specs if not spec.optional or spec.name in phases or spec.name == failed]
     names += [n for n in phases if n not in names]
     lines = []
     for name in names:

@@ -135,3 +135,14 @@ async def test_trace_spans_put_the_idle_under_the_probe_and_each_request_under_i
     exchanges = [s for s in built if s.name in ("request", "first_byte", "transfer")]
     assert [s.parent.span_id for s in exchanges if s.parent is not None] == \
         [hops[0].context.span_id] * 3 + [hops[1].context.span_id] * 3
+
+
+async def test_the_waterfall_shows_the_idle_only_for_a_keepalive_check(tmp_path: Path) -> None:
+    from exporter.render import render
+
+    with Nginx(tmp_path, keepalive_timeout="1s") as nginx:
+        checked = render(await run_probe(nginx.url, keepalive(idle="2s")))
+        plain = render(await run_probe(nginx.url, mod("http", timeout="5s")))
+    assert "Keep-alive idle" in checked and "keep-alive: reused no after 2s idle; the server ended it (fin) after 1." in checked
+    assert "Keep-alive idle" not in plain and "TLS full (check)" not in plain and "keep-alive:" not in plain
+    assert "Content transfer" in plain

@@ -42,6 +42,7 @@ class PhaseSpec:
     description: str = ""  # "from -> to", for the docs
     timeout_reason: str | None = None  # None: a timeout here is probe_timeout (dns/connect/tls have shared ones)
     limitable: bool = False  # may be given its own limit in phase_timeouts
+    optional: bool = False  # only some modules reach it (an opt-in check): the waterfall hides it when not reached
 
 
 # The phases a connection goes through, shared by every connection-oriented prober.

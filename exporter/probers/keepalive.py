@@ -30,7 +30,8 @@ from ..schema import ConfigError, Fields
 from . import stream
 from .base import PhaseSpec, ProbeContext
 
-IDLE = PhaseSpec("idle", "Keep-alive idle", "response 1 complete → keepalive.idle spent idle on the connection (keepalive only)")
+IDLE = PhaseSpec("idle", "Keep-alive idle", "response 1 complete → keepalive.idle spent idle on the connection (keepalive only)",
+                 optional=True)
 SEARCH_STEPS = 6  # bisection steps of search: true (the bound is idle / 2**6)
 _SCHEMES = {"http": False, "https": True}
 

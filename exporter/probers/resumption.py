@@ -26,8 +26,10 @@ from ..net.tls import TLSConfig, client_context
 from ..result import TLSResumption
 from .base import PhaseSpec, ProbeContext, TLSResumptionConfig
 
-TLS_FULL = PhaseSpec("tls_full", "TLS full (resumption check)", "tls_resumption: the first handshake of the check, without a session")
-TLS_RESUMED = PhaseSpec("tls_resumed", "TLS resumed (check)", "tls_resumption: the second handshake, offering the first one's session")
+TLS_FULL = PhaseSpec("tls_full", "TLS full (check)", "tls_resumption: the first handshake of the check, without a session",
+                    optional=True)
+TLS_RESUMED = PhaseSpec("tls_resumed", "TLS resume (check)", "tls_resumption: the second handshake, offering the first one's session",
+                       optional=True)
 PHASES = (TLS_FULL, TLS_RESUMED)
 TICKET_WAIT = 1.0  # at most this long for a TLS 1.3 ticket after the first handshake
 
