@@ -1,22 +1,20 @@
 """The sse prober against real event-stream servers (aiohttp): heartbeats, silence, buffering, closes, resume."""
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
 
 from exporter.engine import expected_phases, run_probe
 from exporter.probers.sse import SSEDetails, SSEParser
-from exporter.schema import ConfigError, Secret, plain
-from exporter.sinks.exposition import probe_text
+from exporter.schema import ConfigError, Secret
 from exporter.sinks.store import SeriesStore
 
 try:
-    from tests.probekit import PER_TEST_TIMEOUT, mod
+    from tests.probekit import PER_TEST_TIMEOUT, mod, surfaces_showing
     from tests.streampeers import SSEServer
 except ImportError:  # pragma: no cover
-    from probekit import PER_TEST_TIMEOUT, mod
+    from probekit import PER_TEST_TIMEOUT, mod, surfaces_showing
     from streampeers import SSEServer
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
@@ -179,7 +177,6 @@ async def test_secret_headers_are_typed_at_parse_and_revealed_only_on_the_wire()
     sent = server.headers[0]
     assert (sent["Authorization"], sent["X-Key"], sent["X-Team"]) == (f"Bearer {canary}", canary, "core")
     assert result.target == f"{server.url}?token=REDACTED" and result.hops[0].url == result.target
-    shown = [json.dumps(result.to_dict()), "\n".join(result.logs), probe_text(result), json.dumps(plain(module.settings))]
-    assert not [text for text in shown if canary in text]
+    assert surfaces_showing(canary, result, module) == []
     # The phases its series were created for at schedule time are the ones it went through.
     assert set(expected_phases(server.url, module)) == set(result.total_phases())
