@@ -297,6 +297,37 @@ def probe_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     return [{"name": "connhealth-certificates", "rules": cert}, {"name": "connhealth-targets", "rules": stale}]
 
 
+def lifecycle_groups(spec: SLOSpec) -> list[dict[str, Any]]:
+    """Issue 9's connection-lifecycle alerts: stream heartbeats, keep-alive idle, TLS resumption, SYN retransmits."""
+    tgt = "{{ $labels.target }}"
+    by = "sum by (job, instance, target, module, service, region, cluster)"
+    rules = [
+        _alert("ConnhealthStreamHeartbeatsMissed",
+               f'{by} (increase({m.PROBE_FAILURES}{{reason="sse_heartbeat_missed"}}[15m])) > 0', "5m", "warning",
+               f"Event stream {tgt} misses its heartbeats",
+               f"SSE probes of {tgt} (module {{{{ $labels.module }}}}) saw no event or `:` comment for longer than "
+               "heartbeat_interval × (missed_heartbeats + 1): the stream went silent while its connection stayed open.",
+               spec, "target", target=TGT_Q),
+        _alert("ConnhealthKeepAliveIdleShorterThanClient",
+               f"{m.KEEPALIVE_SERVER_IDLE} < on (job, instance, target, module) {m.KEEPALIVE_CLIENT_IDLE}", "15m", "warning",
+               f"{tgt} closes idle connections before its clients stop reusing them",
+               f"The server of {tgt} closed an idle kept-alive connection after {{{{ $value | printf \"%.1f\" }}}}s, "
+               "shorter than the client idle the module checks: clients reusing such connections get 'connection reset'.",
+               spec, "target", target=TGT_Q),
+        _alert("ConnhealthTLSResumptionStopped",
+               f"{m.TLS_SESSION_RESUMED} == 0 and max_over_time({m.TLS_SESSION_RESUMED}[1d]) == 1", "30m", "warning",
+               f"TLS session resumption stopped working on {tgt}",
+               f"{tgt} resumed TLS sessions within the last day and no longer does: every connection pays a full "
+               "handshake.", spec, "target", target=TGT_Q),
+        _alert("ConnhealthSYNRetransmitsSustained",
+               f"{by} (increase({m.TCP_SYN_RETRANSMITS}[15m])) / {by} (increase({m.PROBE_ATTEMPTS}[15m])) > 0.1",
+               "15m", "warning", f"Connects to {tgt} keep losing SYNs",
+               f"More than 1 in 10 probes of {tgt} needed a SYN retransmission over 15 minutes: each costs the client "
+               "1 s or more on connect.", spec, "failures", target=TGT_Q),
+    ]
+    return [{"name": "connhealth-lifecycle", "rules": rules}]
+
+
 def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     """The exporter's own health."""
     inst = "{{ $labels.instance }}"
@@ -331,6 +362,6 @@ def rule_files(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
     """File name -> rule file content (``{"groups": [...]}``)."""
     return {
         "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(slo_groups(spec, policy) + sli_floor_groups(spec))},
-        "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec))},
+        "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec) + lifecycle_groups(spec))},
         "connhealth-exporter.rules.yml": {"groups": _without_empty_annotations(exporter_groups(spec))},
     }

@@ -223,9 +223,37 @@ def failure_attribution(traces: str = "jaeger") -> g.Dashboard:
     grid.add(BarGauge(title="TLS versions", unitId="none", format="none", fmin=0.0, orientation="horizontal",
                       description="Targets by the TLS version of their last completed handshake.",
                       targets=[T(f"count by (version) ({m.TLS_VERSION}{{{F}}})", "{{version}}", instant=True)]), 12, 8)
+    lifecycle_row(grid, F, "region")
     return _dashboard("failures", "connhealth / Failure attribution",
                       "Failures by reason, phase, region and service; phase latency with trace exemplars; TLS.",
                       grid, _common_vars())
+
+
+def lifecycle_row(grid: Grid, sel: str, by: str) -> None:
+    """Issue 9's connection-lifecycle panels: stream heartbeats, keep-alive idle, TLS resumption, SYN retransmits."""
+    grid.row("Connection lifecycle")
+    gaps = f"rate({m.SSE_HEARTBEAT_GAP}_bucket{{{sel}}}[{RI}])"
+    grid.add(TimeSeries(title="Stream heartbeat gap P99 and max", unitId="s", fmin=0.0,
+                        description="Gaps between SSE events and `:` comments (sse prober): the 99th percentile over the "
+                                    "rate interval and the longest gap of the last probe. Above the server's promised "
+                                    "heartbeat interval × (missed_heartbeats + 1) a probe fails with sse_heartbeat_missed.",
+                        targets=[T(f"histogram_quantile(0.99, sum by (le, target) ({gaps}))", "P99 {{target}}"),
+                                 T(f"max by (target) ({m.SSE_MAX_GAP}{{{sel}}})", "max {{target}}", "B")]), 12, 8)
+    grid.add(TimeSeries(title="Keep-alive: server idle vs client idle", unitId="s", fmin=0.0,
+                        description="When the server closed an idle kept-alive connection (http keepalive check) against "
+                                    "the configured client idle. A server idle below the client's is seed 002's trap: "
+                                    "clients reuse connections the server has closed and get 'connection reset'.",
+                        targets=[T(f"max by (target) ({m.KEEPALIVE_SERVER_IDLE}{{{sel}}})", "server {{target}}"),
+                                 T(f"max by (target) ({m.KEEPALIVE_CLIENT_IDLE}{{{sel}}})", "client {{target}}", "B")]), 12, 8)
+    grid.add(TimeSeries(title="TLS resumption ratio", unitId="percentunit", fmin=0.0, fmax=1.0,
+                        description="Share of tls_resumption checks whose second handshake resumed the session, per "
+                                    f"{by}. A drop to 0 means every connection pays a full handshake.",
+                        targets=[T(f"avg by ({by}) (avg_over_time({m.TLS_SESSION_RESUMED}{{{sel}}}[{RI}]))", f"{{{{{by}}}}}")]),
+             12, 8)
+    grid.add(TimeSeries(title=f"SYN retransmits by {by}", unitId="ops", fmin=0.0,
+                        description="SYNs the kernel had to resend per second (TCP_INFO right after connect): lost SYNs "
+                                    "make a connect take 1 s or 3 s and never show in application logs.",
+                        targets=[T(f"sum by ({by}) (rate({m.TCP_SYN_RETRANSMITS}{{{sel}}}[{RI}]))", f"{{{{{by}}}}}")]), 12, 8)
 
 
 # --- Target detail ------------------------------------------------------------------------
@@ -269,6 +297,7 @@ def target_detail() -> g.Dashboard:
                         targets=[T(f"sum by (phase, reason) (rate({m.PROBE_FAILURES}{{{t}}}[{RI}]))", "{{phase}} / {{reason}}",
                                    exemplar=True)]),
              12, 8)
+    lifecycle_row(grid, t, "module")
     variables = [
         query_variable("job", "Job", f"label_values({m.PROBE_ATTEMPTS}, job)"),
         query_variable("target", "Target", f'label_values({m.PROBE_ATTEMPTS}{{job=~"$job"}}, target)',

@@ -189,12 +189,16 @@ def _split_brackets(text: str) -> list[str]:
 
 
 # --- targets: one line that says what to type instead -------------------------------------
+# The URL schemes some prober takes (http, sse: http(s); websocket: ws(s) too).
+_SCHEMES = ("http", "https", "ws", "wss")
+
+
 def target_hint(target: str, prober: str) -> str:
     if "://" in target:
         scheme = target.split("://", 1)[0].lower()
-        if scheme not in ("http", "https"):
-            return (f"; {scheme}:// is not supported: use an http:// or https:// URL, "
-                    "or host:port for the tcp prober")
+        if scheme not in _SCHEMES:
+            return (f"; {scheme}:// is not supported: use an http:// or https:// URL (ws:// or wss:// for the "
+                    "websocket prober), or host:port for the tcp prober")
         return ipv6_hint(target)
     hint = ipv6_hint(target)
     if hint:
@@ -205,7 +209,7 @@ def target_hint(target: str, prober: str) -> str:
 
 
 def check_target(target: str, prober: str) -> None:
-    if "://" in target and target.split("://", 1)[0].lower() not in ("http", "https"):
+    if "://" in target and target.split("://", 1)[0].lower() not in _SCHEMES:
         # Without this, ftp://host/ falls to tcp_connect and reads as "invalid port '//host/'".
         raise ConfigError(f"invalid target {target!r}{target_hint(target, prober)}")
     try:

@@ -302,6 +302,38 @@ def _generate_args(gen: argparse.ArgumentParser) -> None:
                      help="the trace store: its data source type and the dashboards' trace-search links (default jaeger)")
 
 
+def _diagnose_args(dg: argparse.ArgumentParser) -> None:
+    dg.add_argument("url", help="http:// or https:// URL")
+    dg.add_argument("--nameserver", action="append", default=[], metavar="HOST:PORT",
+                    help="also resolve with this DNS server, and use it for every step (repeatable)")
+    dg.add_argument("--idle", type=duration_arg("--idle"), default=10.0,
+                    help="your client's idle timeout (default 10s; Go: 90s)")
+    dg.add_argument("--stream", action="store_true", help="the URL is an event stream (SSE): check its heartbeat gaps")
+    dg.add_argument("--hold", type=duration_arg("--hold"), default=10.0, help="with --stream: how long to hold the stream (default 10s)")
+    dg.add_argument("--heartbeat-interval", dest="heartbeat_interval", type=duration_arg("--heartbeat-interval"), default=15.0,
+                    help="with --stream: the server's promised maximum gap (default 15s)")
+    dg.add_argument("--timeout", type=duration_arg("--timeout"), default=10.0, help="deadline of each step (default 10s)")
+    dg.add_argument("--ca-file", dest="ca_file", help="CA bundle to verify https with")
+    dg.add_argument("--insecure", action="store_true", help="do not verify the certificate")
+    dg.add_argument("--json", action="store_true", help="print the path and the verdict as one JSON object")
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from .adhoc import _host_port
+    from .diagnose import Options, main as diagnose_main
+
+    for name in ("idle", "hold", "heartbeat_interval", "timeout"):
+        value = getattr(args, name)
+        if not 0 < value <= 3600:
+            raise ConfigError(f"--{name.replace('_', '-')} must be between 0 and 3600 seconds, got {value:g}")
+    opts = Options(url=args.url, nameservers=tuple(_host_port(ns, "--nameserver", 53) for ns in args.nameserver), idle=args.idle,
+                   stream=args.stream, hold=args.hold, heartbeat_interval=args.heartbeat_interval, timeout=args.timeout,
+                   insecure=args.insecure, ca_file=args.ca_file)
+    code, text = diagnose_main(opts, args.json)
+    print(text)
+    return code
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .config import load_config_or_builtins
     from .generate import Links, generate
@@ -319,6 +351,8 @@ COMMANDS: list[Command] = [
     Command("check-config", "validate a config file (exit 0 if valid, 2 if not)", _check_config_args, _cmd_check_config),
     Command("demo", "start local demo targets and probe each once", _demo_args, _cmd_demo),
     Command("generate", "write dashboards, rule files and Grafana provisioning from the SLO spec", _generate_args, _cmd_generate),
+    Command("diagnose", "walk seed 002's decision tree for a URL: DNS, connect, TLS, keep-alive, stream", _diagnose_args,
+            _cmd_diagnose),
 ]
 
 

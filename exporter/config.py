@@ -16,7 +16,7 @@ import yaml  # noqa: F401
 
 from .net.guard import DEFAULT_DENY, DEFAULT_GUARD, ProbeGuard, parse_rules
 from .probers import BLACKBOX_ONLY, PROBERS
-from .probers.base import ResolverConfig, TracingConfig
+from .probers.base import ResolverConfig, TLSResumptionConfig, TracingConfig
 from .schema import (ConfigError, Fields, brief, brief_key, load_data_file, load_yaml, parse_duration, plain,
                      split_host_port)
 from .slo import parse_slos
@@ -45,6 +45,7 @@ class Module:
     phase_timeouts: tuple[tuple[str, float], ...] = ()
     resolver: ResolverConfig = field(default_factory=ResolverConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    tls_resumption: TLSResumptionConfig = field(default_factory=TLSResumptionConfig)
 
     def phase_timeout(self, phase: str) -> float | None:
         return dict(self.phase_timeouts).get(phase)
@@ -158,12 +159,18 @@ def parse_module(name: str, raw: Any, path: str) -> Module:
                           f"(one of {', '.join(limitable)})")
     resolver = _parse_resolver(f.sub("resolver"))
     tracing = _parse_tracing(f.sub("tracing"), name)
+    rf = f.sub("tls_resumption")
+    require = rf.get("require", bool, False)
+    tls_resumption = TLSResumptionConfig(check=rf.get("check", bool, False) or require, require=require)
+    rf.done()
+    if tls_resumption.check and not prober.resumable:
+        raise ConfigError(f"{rf.path}: prober {prober_name} has no TLS handshake to resume (tcp and http do)")
     for other_name in BLACKBOX_ONLY:
         if other_name in f.raw:
             raise ConfigError(f"{path}.{other_name}: unsupported field (prober {other_name!r} is not supported by connhealth)")
     f.done()
     return Module(name=name, prober=prober_name, settings=settings, timeout=timeout, phase_timeouts=tuple(phase_timeouts),
-                  resolver=resolver, tracing=tracing)
+                  resolver=resolver, tracing=tracing, tls_resumption=tls_resumption)
 
 
 BUILTIN_MODULES_YAML = """

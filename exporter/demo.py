@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from .certs import CertFactory, server_context
 from .config import Config, parse_config
@@ -23,6 +23,9 @@ from .server import ServeOptions, serve
 
 SLOW_SECONDS = 1.2
 SLOW_TLS_SECONDS = 0.4
+SSE_HEARTBEAT = 2.0  # the demo stream's heartbeat interval
+SSE_STALL = 8.0  # every third stream goes silent this long (the module allows 2 s × 3 = 6 s)
+KEEPALIVE_SECONDS = 1.0  # the demo keep-alive server's idle timeout (the module's client idle is 2 s)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class DemoTarget:
     expect: str  # what the user should see
     service: str = "demo"
     region: str = "local"
+    interval: str | None = None  # None: config_text's
 
 
 @dataclass
@@ -46,6 +50,7 @@ class DemoTargets:
     _runners: list[web.AppRunner] = field(default_factory=list)
     _servers: list[asyncio.Server] = field(default_factory=list)
     _flaky_count: int = 0
+    _streams: int = 0
 
     async def start(self) -> None:
         certs = CertFactory(self.workdir)
@@ -59,6 +64,8 @@ class DemoTargets:
         expired_port = await self._serve(server_context(expired))
         slow_tls_port = await self._delay_relay(healthy_port, SLOW_TLS_SECONDS)
         refused_port = _closed_port()
+        lifecycle_port = await self._serve_lifecycle(None, KEEPALIVE_SECONDS)
+        no_tickets_port = await self._serve_lifecycle(_no_resumption(server_context(good)), 75.0)
         self.modules_yaml = f"""
 modules:
   demo_https:
@@ -74,6 +81,38 @@ modules:
     timeout: 5s
     tcp:
       preferred_ip_protocol: ip4
+  demo_sse:
+    prober: sse
+    timeout: 14s
+    sse:
+      hold: 10s
+      heartbeat_interval: {SSE_HEARTBEAT:g}s
+      missed_heartbeats: 2
+      resume: true
+      preferred_ip_protocol: ip4
+  demo_websocket:
+    prober: websocket
+    timeout: 5s
+    websocket:
+      pings: 3
+      ping_interval: 200ms
+      query_response: [{{send: "hello"}}, {{expect: "^hello"}}]
+      preferred_ip_protocol: ip4
+  demo_keepalive:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      keepalive: {{idle: 2s}}
+  demo_tls_resume:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      tls: true
+      preferred_ip_protocol: ip4
+      tls_config:
+        ca_file: {ca.cert_file}
+    tls_resumption: {{require: true}}
 """
         self.config = parse_config(self.modules_yaml, "demo")
         base = f"https://127.0.0.1:{healthy_port}"
@@ -85,6 +124,16 @@ modules:
             DemoTarget("intermittent 5xx", f"{base}/flaky", "demo_https", "every third probe: first_byte / http_status_5xx", "api", "us-east"),
             DemoTarget("expired certificate", f"https://127.0.0.1:{expired_port}/", "demo_https", "tls / tls_cert_expired", "legacy", "eu-west"),
             DemoTarget("refused port", f"127.0.0.1:{refused_port}", "demo_tcp", "connect / connect_refused", "db", "us-east"),
+            DemoTarget("event stream", f"http://127.0.0.1:{lifecycle_port}/events", "demo_sse",
+                       f"success; every third stream stalls {SSE_STALL:g}s: stream / sse_heartbeat_missed", "stream", "eu-west",
+                       "15s"),  # a probe holds the stream 10 s
+            DemoTarget("WebSocket echo", f"ws://127.0.0.1:{lifecycle_port}/ws", "demo_websocket",
+                       "success, ping RTTs reported", "chat", "eu-west"),
+            DemoTarget("keep-alive 1s", f"http://127.0.0.1:{lifecycle_port}/", "demo_keepalive",
+                       f"idle / keepalive_closed_early: the server closes after ~{KEEPALIVE_SECONDS:g}s, the client idles 2s",
+                       "web", "us-east"),
+            DemoTarget("TLS without resumption", f"127.0.0.1:{no_tickets_port}", "demo_tls_resume",
+                       "tls_resumed / tls_resumption_failed: no tickets, no session cache", "edge", "us-east"),
         ]
 
     def config_text(self, interval: str = "5s") -> str:
@@ -94,7 +143,7 @@ modules:
             lines += [
                 f"  - target: {t.target}",
                 f"    module: {t.module}",
-                f"    interval: {interval}",
+                f"    interval: {t.interval or interval}",
                 f"    labels: {{service: {t.service}, region: {t.region}, cluster: demo}}",
             ]
         return "\n".join(lines) + "\n"
@@ -110,6 +159,37 @@ modules:
         await site.start()
         self._runners.append(runner)
         return runner.addresses[0][1]
+
+    async def _serve_lifecycle(self, sslctx: ssl.SSLContext | None, keepalive_timeout: float) -> int:
+        """The lifecycle demo server: /events (SSE), /ws (WebSocket echo), / (plain), with this keep-alive timeout."""
+        app = web.Application()
+        app.router.add_get("/", _hello)
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/ws", _echo)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=keepalive_timeout, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=sslctx)
+        await site.start()
+        self._runners.append(runner)
+        return runner.addresses[0][1]
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """Heartbeats every SSE_HEARTBEAT s and an event with a growing id; every third stream stalls SSE_STALL s."""
+        self._streams += 1
+        stalls = self._streams % 3 == 0
+        last = request.headers.get("Last-Event-ID", "")
+        next_id = int(last) + 1 if last.isdigit() else 0
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        try:
+            await resp.write(b"retry: 3000\n\n")
+            for tick in range(3600):
+                await resp.write(f": ping\n\nid: {next_id}\ndata: tick {next_id}\n\n".encode())
+                next_id += 1
+                await asyncio.sleep(SSE_STALL if stalls and tick == 1 else SSE_HEARTBEAT)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return resp
 
     async def _flaky(self, request: web.Request) -> web.Response:
         self._flaky_count += 1
@@ -156,6 +236,23 @@ async def _hello(request: web.Request) -> web.Response:
 async def _slow(request: web.Request) -> web.Response:
     await asyncio.sleep(SLOW_SECONDS)
     return web.Response(text="slow but fine\n")
+
+
+async def _echo(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse()  # aiohttp answers pings itself
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+    return ws
+
+
+def _no_resumption(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    """A TLS 1.3-only server context that issues no tickets: nothing a client could resume."""
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.num_tickets = 0
+    return ctx
 
 
 def _closed_port() -> int:

@@ -18,7 +18,7 @@ from opentelemetry.context import Context
 from .config import Module
 from .failures import DeadlineExceeded, classify
 from .net.guard import ProbeGuard
-from .probers import PROBERS, ProbeContext
+from .probers import PROBERS, ProbeContext, resumption
 from .result import Failure, ProbeResult
 from .sinks import traces
 
@@ -28,9 +28,21 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def expected_phases(target: str, module: Module | None) -> tuple[str, ...]:
-    """The phases a successful probe of ``target`` with ``module`` goes through (none for an unknown module)."""
+    """The phases a successful probe of ``target`` with ``module`` goes through (none for an unknown module);
+    with the module's tls_resumption check, its two handshakes after any TLS."""
     prober = PROBERS.get(module.prober) if module is not None else None
-    return prober.expected_phases(target, module.settings) if prober is not None and module is not None else ()
+    if prober is None or module is None:
+        return ()
+    phases = prober.expected_phases(target, module.settings)
+    if module.tls_resumption.check and "tls" in phases:
+        phases += tuple(p.name for p in resumption.PHASES)
+    return phases
+
+
+def expected_families(module: Module | None) -> tuple[str, ...]:
+    """The names of the module's prober's own continuous families (Prober.metrics)."""
+    prober = PROBERS.get(module.prober) if module is not None else None
+    return tuple(spec.name for spec in prober.metrics) if prober is not None else ()
 
 
 async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None,
@@ -53,8 +65,8 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
     ids = traces.begin(parent, module.name, shown, module.prober)
     ctx = ProbeContext(
         shown, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
-        resolver=module.resolver, tracing=module.tracing, trace_id=ids.trace_id, span_id=ids.span_id,
-        sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id, guard=guard,
+        resolver=module.resolver, tracing=module.tracing, tls_resumption=module.tls_resumption, trace_id=ids.trace_id,
+        span_id=ids.span_id, sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id, guard=guard,
     )
     failure: Failure | None = None
     failed_at: float | None = None
@@ -93,6 +105,8 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         tls=ctx.tls,
         hops=tuple(ctx.hops),
         details=ctx.details,
+        keepalive=ctx.keepalive,
+        resumption=ctx.resumption,
         failed_due_to_regex=ctx.failed_due_to_regex,
         log_records=tuple(ctx.logs),
         trace_id=f"{ids.trace_id:032x}",

@@ -14,6 +14,7 @@ class MetricSpec:
     type: str  # counter | gauge | histogram | info-gauge
     labels: tuple[str, ...]
     help: str
+    buckets: tuple[float, ...] = ()  # a histogram's own bounds (empty: the store's, DEFAULT_BUCKETS by default)
 
 
 # Labels every continuous-mode series carries, before the user's target labels.
@@ -34,6 +35,20 @@ CERT_EXPIRY = "connhealth_tls_cert_earliest_expiry_timestamp_seconds"
 TLS_VERSION = "connhealth_tls_version_info"
 TCP_RTT = "connhealth_tcp_rtt_seconds"
 TCP_RETRANSMITS = "connhealth_tcp_retransmits"
+TCP_SYN_RETRANSMITS = "connhealth_tcp_syn_retransmits_total"
+KEEPALIVE_REUSED = "connhealth_keepalive_reused"
+KEEPALIVE_SERVER_IDLE = "connhealth_keepalive_server_idle_seconds"
+KEEPALIVE_CLIENT_IDLE = "connhealth_keepalive_client_idle_seconds"
+TLS_SESSION_RESUMED = "connhealth_tls_session_resumed"
+TLS_HANDSHAKE = "connhealth_tls_handshake_seconds"
+
+# Families a prober declares itself (Prober.metrics), named here so dashboards and alerts share the names.
+SSE_HEARTBEAT_GAP = "connhealth_sse_heartbeat_gap_seconds"
+SSE_MAX_GAP = "connhealth_sse_max_gap_seconds"
+SSE_EVENTS = "connhealth_sse_events_total"
+SSE_HEARTBEATS = "connhealth_sse_heartbeats_total"
+WS_PING_RTT = "connhealth_websocket_ping_rtt_seconds"
+WS_PINGS = "connhealth_websocket_pings_total"
 
 # --- /probe (blackbox names; connhealth additions below) ----------------------
 FAILURE_INFO = "probe_failure_info"
@@ -41,6 +56,10 @@ PROBE_PHASE_SECONDS = "probe_phase_duration_seconds"
 PROBE_HOP_PHASE_SECONDS = "probe_hop_phase_duration_seconds"
 PROBE_TCP_RTT = "probe_tcp_rtt_seconds"
 PROBE_TCP_RETRANSMITS = "probe_tcp_retransmits"
+PROBE_KEEPALIVE_REUSED = "probe_keepalive_reused"
+PROBE_KEEPALIVE_SERVER_IDLE = "probe_keepalive_server_idle_seconds"
+PROBE_TLS_SESSION_RESUMED = "probe_tls_session_resumed"
+PROBE_TLS_HANDSHAKE = "probe_tls_handshake_seconds"
 
 # --- the exporter itself ---------------------------------------------------------
 BUILD_INFO = "connhealth_build_info"
@@ -79,6 +98,12 @@ CONTINUOUS: tuple[MetricSpec, ...] = (
     MetricSpec(TLS_VERSION, "gauge", TARGET_LABELS + ("version",), "1 for the TLS version of the last completed handshake."),
     MetricSpec(TCP_RTT, "gauge", TARGET_LABELS, "Kernel smoothed RTT (TCP_INFO tcpi_rtt) right after connect, last probe."),
     MetricSpec(TCP_RETRANSMITS, "gauge", TARGET_LABELS, "Kernel retransmit count (incl. SYN) right after connect, last probe."),
+    MetricSpec(TCP_SYN_RETRANSMITS, "counter", TARGET_LABELS, "SYN retransmits: TCP_INFO total retransmits read right after connect, summed over probes."),
+    MetricSpec(KEEPALIVE_REUSED, "gauge", TARGET_LABELS, "1 if the last keep-alive check reused its connection after keepalive.idle, else 0 (http keepalive)."),
+    MetricSpec(KEEPALIVE_SERVER_IDLE, "gauge", TARGET_LABELS, "Seconds after response 1 that the server closed the idle connection (or the bound search: true found); absent when it did not close."),
+    MetricSpec(KEEPALIVE_CLIENT_IDLE, "gauge", TARGET_LABELS, "The configured keepalive.idle: the client idle the server idle is compared with."),
+    MetricSpec(TLS_SESSION_RESUMED, "gauge", TARGET_LABELS, "1 if the last resumption check's second handshake resumed the session, else 0 (tls_resumption)."),
+    MetricSpec(TLS_HANDSHAKE, "gauge", TARGET_LABELS + ("kind",), "The last resumption check's handshakes: kind=full (the first) and kind=resumed (the second, resumed or not)."),
 )
 
 SELF: tuple[MetricSpec, ...] = (
@@ -103,6 +128,10 @@ PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (
     MetricSpec(PROBE_HOP_PHASE_SECONDS, "gauge", ("hop", "phase"), "Phases of each redirect hop (hop=0 is the first request)."),
     MetricSpec(PROBE_TCP_RTT, "gauge", (), "Kernel smoothed RTT right after connect (TCP_INFO)."),
     MetricSpec(PROBE_TCP_RETRANSMITS, "gauge", (), "Kernel retransmits right after connect (TCP_INFO)."),
+    MetricSpec(PROBE_KEEPALIVE_REUSED, "gauge", (), "1 if the keep-alive check reused its connection after keepalive.idle."),
+    MetricSpec(PROBE_KEEPALIVE_SERVER_IDLE, "gauge", (), "Seconds after response 1 that the server closed the idle connection (absent: it did not)."),
+    MetricSpec(PROBE_TLS_SESSION_RESUMED, "gauge", (), "1 if the resumption check's second handshake resumed the session."),
+    MetricSpec(PROBE_TLS_HANDSHAKE, "gauge", ("kind",), "The resumption check's handshakes: kind=full and kind=resumed."),
 )
 
 

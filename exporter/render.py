@@ -41,7 +41,9 @@ def waterfall(result: ProbeResult, hop: int | None = None, ip_literal: bool = Fa
     failure = result.failure if last else None
     failed_start = result.failed_phase_start if failure is not None else None
     span = result.duration_seconds
-    names = [spec.name for spec in PROBERS[result.prober].phases] if result.prober in PROBERS else []
+    specs = PROBERS[result.prober].phases if result.prober in PROBERS else ()
+    failed = result.failure.phase if result.failure is not None else None
+    names = [spec.name for spec in specs if not spec.optional or spec.name in phases or spec.name == failed]
     names += [n for n in phases if n not in names]
     lines = []
     covered = 0.0
@@ -132,7 +134,8 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.trace_id:
         out.append(f"  trace {result.trace_id}{'' if result.sampled else ' (not sampled: no span exported)'}")
     if result.tcp:
-        out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}")
+        out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}"
+                   + (" (SYN retransmits: the connect waited for a retransmitted SYN)" if result.tcp.retransmits else ""))
     out.append("")
     hops = result.hops
     if len(hops) > 1:
@@ -148,6 +151,7 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.details is not None:
         out.append("")
         out.append("  " + result.details.summary())
+    out.extend(_lifecycle(result))
     if result.tls:
         t = result.tls
         out.append("")
@@ -177,6 +181,22 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
         if reason:
             out.append(f"  Typical cause: {reason.typical_cause}.")
     return "\n".join(out)
+
+
+def _lifecycle(result: ProbeResult) -> list[str]:
+    """The keep-alive and TLS resumption checks, one line each."""
+    out = []
+    ka = result.keepalive
+    if ka is not None:
+        ended = "kept it" if ka.ended_by == "silence" else f"ended it ({ka.ended_by})"
+        after = f" after {ka.server_idle_seconds:.3f}s" if ka.server_idle_seconds is not None else ""
+        out.append(f"  keep-alive: reused {'yes' if ka.reused else 'no'} after {ka.idle_seconds:g}s idle; the server {ended}{after}"
+                   f"; Connection {ka.connection_header or '-'}, Keep-Alive {ka.keep_alive_header or '-'}")
+    r = result.resumption
+    if r is not None:
+        again = f", second {r.resumed_seconds * 1000:.3f} ms" if r.resumed_seconds is not None else ", nothing to offer"
+        out.append(f"  TLS resumption: {'resumed' if r.resumed else 'not resumed'} ({r.version}); full {r.full_seconds * 1000:.3f} ms{again}")
+    return [""] + out if out else out
 
 
 def _ip_literal(target: str) -> bool:

@@ -61,7 +61,7 @@ class Phase(NamedTuple):
     name: str
     start: float
     duration: float
-    hop: int = 0  # index into ProbeResult.hops (0 when the prober has no hops)
+    hop: int = 0  # index into ProbeResult.hops (0 when the prober has no hops; the last one after them)
 
     @property
     def end(self) -> float:
@@ -131,6 +131,32 @@ class TCPInfo:
 
 @_fast_init
 @dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """A keep-alive check: request 1, idle, request 2 on the same connection (http keepalive)."""
+
+    idle_seconds: float  # the configured client idle
+    reused: bool  # request 2 was answered on the first connection
+    # How the server ended the idle connection: "fin", "rst", "silence" (nothing seen during the idle),
+    # "connection_close" (response 1 said it would close) or "on_reuse" (request 2 found it dead).
+    ended_by: str
+    server_idle_seconds: float | None = None  # response 1 complete -> the server's FIN/RST (or the searched bound)
+    connection_header: str | None = None  # response 1's Connection header
+    keep_alive_header: str | None = None  # response 1's Keep-Alive header (e.g. "timeout=5")
+    searched: bool = False  # server_idle_seconds comes from search: true
+
+
+@dataclass(frozen=True, slots=True)
+class TLSResumption:
+    """A second handshake that offered the first one's session (tls_resumption.check)."""
+
+    resumed: bool
+    offered: bool  # False: the server gave no resumable session or ticket to offer
+    full_seconds: float  # the first (full) handshake
+    resumed_seconds: float | None  # the second handshake, resumed or not (None: it did not complete)
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Hop:
     """One request/response exchange (a redirect makes several), as a span sees it."""
 
@@ -184,6 +210,8 @@ class ProbeResult:
     tls: TLSInfo | None = None
     hops: tuple[Hop, ...] = ()
     details: Details | None = None
+    keepalive: KeepAlive | None = None
+    resumption: TLSResumption | None = None
     failed_due_to_regex: bool = False
     # (nanoseconds from the start, message, %-arguments): formatted only when
     # read (``logs``), as most probes' logs are never looked at.
@@ -247,6 +275,8 @@ class ProbeResult:
             "tls": None,
             "hops": [{**asdict(h), "phases": self.hop_phases(i)} for i, h in enumerate(self.hops)],
             "details": self.details.to_dict() if self.details is not None else None,
+            "keepalive": asdict(self.keepalive) if self.keepalive else None,
+            "tls_resumption": asdict(self.resumption) if self.resumption else None,
             "failed_due_to_regex": self.failed_due_to_regex,
             "trace_id": self.trace_id,
             "trace_sampled": self.sampled,

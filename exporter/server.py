@@ -29,7 +29,7 @@ from . import metrics as m
 from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins,
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
-from .engine import expected_phases, run_probe
+from .engine import expected_families, expected_phases, run_probe
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .resources import raise_fd_limit
@@ -231,7 +231,9 @@ class Exporter:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        self.store.sync({self._series_key(t): expected_phases(t.target, self.config.modules.get(t.module)) for t in targets})
+        keyed = {self._series_key(t): (t.target, self.config.modules.get(t.module)) for t in targets}
+        self.store.sync({key: expected_phases(target, module) for key, (target, module) in keyed.items()},
+                        {key: expected_families(module) for key, (_, module) in keyed.items()})
 
     def _series_key(self, spec: TargetSpec) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         """The store's key: the target as results show it (label values never carry its secrets)."""

@@ -5,6 +5,7 @@ use them, so each test file says where its fixtures come from.
 """
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,8 @@ import yaml
 
 from exporter.certs import CertFactory, Issued
 from exporter.config import Module, parse_config
+from exporter.result import ProbeResult
+from exporter.schema import plain
 
 try:  # works whether or not tests/ becomes a package later
     from tests.peers import BlackholeNet
@@ -26,6 +29,16 @@ PER_TEST_TIMEOUT = 30
 _bh_ok, _bh_why = BlackholeNet.available()
 # `make test` installs every peer and runs as root: a missing one is a failure, never a skip.
 needs_netns = pytest.mark.netns
+
+
+def surfaces_showing(secret: str, result: ProbeResult, module: Module) -> list[str]:
+    """The outputs of one probe that contain ``secret``: its JSON (hops, details), its log lines, its
+    /probe text and the module's config as /config shows it. A secret belongs in none of them."""
+    from exporter.sinks.exposition import probe_text
+
+    shown = {"json": json.dumps(result.to_dict()), "logs": "\n".join(result.logs), "/probe": probe_text(result),
+             "config": json.dumps(plain(module.settings))}
+    return [name for name, text in shown.items() if secret in text]
 
 
 def mod(prober: str = "http", /, **fields: Any) -> Module:

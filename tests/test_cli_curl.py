@@ -76,10 +76,13 @@ async def plain():
         (["serve", "--history.limit", "0"], "--history.limit must be at least 1 (got 0)"),
         (["check-config"], "check-config: give the config file"),
         (["serve", "--timeout-offset", "-1"], "--timeout-offset must be zero or more and finite"),
+        (["diagnose", "http://127.0.0.1:1/", "--idle", "nan"], "--idle must be positive and finite, e.g. 5s or 0.5 (got 'nan')"),
+        (["diagnose", "http://127.0.0.1:1/", "--hold", "5parsecs"], "--hold: invalid duration '5parsecs'"),
     ],
     ids=["timeout_inf", "timeout_nan", "timeout_unit", "localhost", "ftp", "ipv6_url", "ipv6_hostport", "k_on_tcp", "H_on_tcp",
          "bad_header", "missing_cacert", "resolve_short", "resolve_not_ip", "connect_to_short", "4_and_6", "bad_method",
-         "listen_ipv6", "history_limit", "check_config_no_file", "timeout_offset_negative"],
+         "listen_ipv6", "history_limit", "check_config_no_file", "timeout_offset_negative", "diagnose_idle_nan",
+         "diagnose_hold_unit"],
 )
 async def test_usage_error_is_one_line_exit_2(args, message):
     code, out, err = await run(*args)

@@ -25,10 +25,12 @@ from exporter.generate import outputs
 try:
     from tests import procs
     from tests.peers import HTTPServer
+    from tests.streampeers import SSEServer
     from tests.test_dashboards import DASHBOARDS, exprs, load, substitute
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
     from peers import HTTPServer  # type: ignore[no-redef]
+    from streampeers import SSEServer  # type: ignore[no-redef]
     from test_dashboards import DASHBOARDS, exprs, load, substitute  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,6 +38,9 @@ pytestmark = pytest.mark.timeout(120)
 # The trace-export drop counter only has samples once a span was dropped; no
 # collector is configured here, so its panel legitimately has no data.
 NO_DATA_OK = {("exporter", "Trace spans dropped")}
+# The target detail shows $target = the HTTP 503 target: no stream, no keep-alive or resumption check there.
+NO_DATA_OK |= {("target-detail", title) for title in ("Stream heartbeat gap P99 and max",
+                                                       "Keep-alive: server idle vs client idle", "TLS resumption ratio")}
 
 
 def closed_port() -> socket.socket:
@@ -44,12 +49,14 @@ def closed_port() -> socket.socket:
     return s
 
 
-def spec_yaml(refused_port: int, http: HTTPServer, https: HTTPServer, ca_file: str) -> dict:
+def spec_yaml(refused_port: int, http: HTTPServer, https: HTTPServer, ca_file: str, sse: SSEServer) -> dict:
     return {
         "modules": {
             "web": {"prober": "http", "timeout": "5s", "http": {"preferred_ip_protocol": "ip4"}},
-            "tls_web": {"prober": "http", "timeout": "5s",
+            "tls_web": {"prober": "http", "timeout": "5s", "tls_resumption": {"check": True},
                         "http": {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": ca_file}}},
+            "events": {"prober": "sse", "timeout": "5s", "sse": {"hold": "500ms", "heartbeat_interval": "1s"}},
+            "keepalive": {"prober": "http", "timeout": "5s", "http": {"keepalive": {"idle": "1s"}}},
             "tcp": {"prober": "tcp", "timeout": "2s", "tcp": {"preferred_ip_protocol": "ip4"}},
         },
         "scheduler": {"min_interval": "1s"},
@@ -64,6 +71,11 @@ def spec_yaml(refused_port: int, http: HTTPServer, https: HTTPServer, ca_file: s
              "labels": {"service": "db", "region": "us-east", "cluster": "c2"}},
             {"target": http.url("/slow?delay=2.5"), "module": "web", "interval": "1s",
              "labels": {"service": "slow", "region": "eu-west", "cluster": "c1"}},
+            {"target": sse.url, "module": "events", "interval": "1s",
+             "labels": {"service": "stream", "region": "eu-west", "cluster": "c1"}},
+            # The server closes idle connections after 0.3 s, the module's client idle is 1 s.
+            {"target": sse.url.replace("/events", "/ok"), "module": "keepalive", "interval": "2s",
+             "labels": {"service": "keepalive", "region": "us-east", "cluster": "c2"}},
         ],
         "slos": {"objectives": [
             {"service": "web", "period": "30d", "min_probes": 1, "availability": {"objective": 99},
@@ -84,9 +96,10 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
     certs = CertFactory(tmp_path / "certs")
     ca = certs.ca("connhealth dashboards CA")
     sock = closed_port()
-    async with HTTPServer() as http, HTTPServer(server_context(certs.leaf(ca))) as https:
+    async with HTTPServer() as http, HTTPServer(server_context(certs.leaf(ca))) as https, \
+            SSEServer(interval=0.1, keepalive_timeout=0.3) as sse:
         cfg_path = tmp_path / "connhealth.yml"
-        cfg_path.write_text(yaml.safe_dump(spec_yaml(sock.getsockname()[1], http, https, ca.cert_file)))
+        cfg_path.write_text(yaml.safe_dump(spec_yaml(sock.getsockname()[1], http, https, ca.cert_file, sse)))
         rules = []
         for rel, text in outputs(load_config(cfg_path)).items():
             if rel.startswith("alerts/generated/"):

@@ -123,6 +123,11 @@ def test_store_adds_each_results_coverage_and_sync_keeps_exactly_the_scheduled_t
     ("tcp", "mail.example.test:25", "{query_response: [{expect: '^220'}, {send: EHLO x}, {starttls: true}]}",
      ["dns", "connect", "tls", "request", "first_byte"]),
     ("tcp", "db.example.test:5432", "{tls: true}", ["dns", "connect", "tls"]),
+    ("http", "https://example.test/", "{keepalive: {idle: 1s}}", ["dns", "connect", "tls", "request", "first_byte", "transfer", "idle"]),
+    ("sse", "http://127.0.0.1:8080/events", "{}", ["connect", "request", "first_byte", "first_event", "stream"]),
+    ("sse", "https://example.test/events", "{resume: true}", ["dns", "connect", "tls", "request", "first_byte", "first_event", "stream"]),
+    ("websocket", "wss://example.test/ws", "{}", ["dns", "connect", "tls", "upgrade", "ping", "close"]),
+    ("websocket", "ws://127.0.0.1:80/ws", "{pings: 0, query_response: [{send: hi}]}", ["connect", "upgrade", "exchange", "close"]),
 ])
 def test_expected_phases_are_the_ones_a_successful_probe_goes_through(
         prober: str, target: str, module_yaml: str, phases: list[str]) -> None:
@@ -132,3 +137,36 @@ def test_expected_phases_are_the_ones_a_successful_probe_goes_through(
     module = parse_config(f"modules:\n  m:\n    prober: {prober}\n    {prober}: {module_yaml}\n").modules["m"]
     assert list(expected_phases(target, module)) == phases
     assert expected_phases(target, None) == ()
+    assert expected_phases("not a target", module) == ()
+
+
+@pytest.mark.parametrize(("prober", "target", "phases"), [
+    ("http", "https://example.test/", ["dns", "connect", "tls", "request", "first_byte", "transfer", "tls_full", "tls_resumed"]),
+    ("http", "http://example.test/", ["dns", "connect", "request", "first_byte", "transfer"]),  # no TLS: no check
+    ("tcp", "db.example.test:5432", ["dns", "connect", "tls", "tls_full", "tls_resumed"]),
+])
+def test_the_tls_resumption_check_adds_its_handshakes_after_tls(prober: str, target: str, phases: list[str]) -> None:
+    from exporter.config import parse_config
+    from exporter.engine import expected_phases
+
+    section = "tcp: {tls: true}" if prober == "tcp" else "http: {}"
+    module = parse_config(f"modules:\n  m:\n    prober: {prober}\n    {section}\n    tls_resumption: {{check: true}}\n").modules["m"]
+    assert list(expected_phases(target, module)) == phases
+
+
+def test_sync_creates_the_probers_own_counters_and_histograms_at_0_not_its_gauges() -> None:
+    from exporter.config import parse_config
+    from exporter.engine import expected_families, expected_phases
+    from exporter.sinks.store import SeriesStore
+
+    module = parse_config("modules:\n  m:\n    prober: sse\n").modules["m"]
+    key = ("http://127.0.0.1:8080/events", "m", ())
+    store = SeriesStore()
+    store.sync({key: expected_phases(key[0], module)}, {key: expected_families(module)})
+    text = store.render().decode()
+    target = key[0]
+    assert (value(text, m.SSE_EVENTS, target=target), value(text, m.SSE_HEARTBEATS, target=target)) == (0, 0)
+    assert value(text, m.SSE_HEARTBEAT_GAP + "_count", target=target) == 0
+    assert not samples(text, m.SSE_MAX_GAP)  # a gauge: no value before a probe sets one
+    assert value(text, m.TCP_SYN_RETRANSMITS, target=target) == 0
+    assert expected_families(None) == ()

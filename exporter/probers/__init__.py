@@ -5,7 +5,7 @@ store, render and the CLI read it instead of naming probers.
 """
 from __future__ import annotations
 
-from . import http, tcp  # noqa: F401  (registration)
+from . import http, sse, tcp, websocket  # noqa: F401  (registration)
 from .base import BLACKBOX_ONLY, PROBERS, ProbeContext, Prober, all_phases, phase_label, register
 
 __all__ = ["BLACKBOX_ONLY", "PROBERS", "ProbeContext", "Prober", "all_phases", "phase_label", "register"]

@@ -28,11 +28,12 @@ from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
-from ..metrics import ProbeFamily, ProbeSamples
+from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
+from ..net import http1
 from ..net.guard import ProbeGuard
 from ..net.tls import TLS_VERSIONS, TLSConfig
-from ..result import Details, Hop, Peer, Phase, ProbeResult, TCPInfo, TLSInfo
-from ..schema import ConfigError, Fields
+from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
+from ..schema import ConfigError, Fields, Secret
 
 T = TypeVar("T")
 
@@ -44,6 +45,7 @@ class PhaseSpec:
     description: str = ""  # "from -> to", for the docs
     timeout_reason: str | None = None  # None: a timeout here is probe_timeout (dns/connect/tls have shared ones)
     limitable: bool = False  # may be given its own limit in phase_timeouts
+    optional: bool = False  # only some modules reach it (an opt-in check): the waterfall hides it when not reached
 
 
 # The phases a connection goes through, shared by every connection-oriented prober.
@@ -71,6 +73,14 @@ class ResolverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TLSResumptionConfig:
+    """connhealth extension (tcp and http): after the probe, a full handshake and one offering its session."""
+
+    check: bool = False
+    require: bool = False  # a handshake that did not resume fails the probe (tls_resumption_failed)
+
+
+@dataclass(frozen=True, slots=True)
 class TracingConfig:
     """connhealth extension: trace-context propagation into probe requests."""
 
@@ -91,6 +101,10 @@ class Prober(abc.ABC):
     unsupported: ClassVar[frozenset[str]] = frozenset()
     # Module keys of the form "<name>:" that belong to this prober (default: its name).
     section: ClassVar[str] = ""
+    # Whether the module-level tls_resumption check applies to this prober (probers/resumption.py).
+    resumable: ClassVar[bool] = False
+    # Continuous-mode families of this prober's own (labels: the target's), fed by observations().
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
 
     @abc.abstractmethod
     def parse(self, f: Fields, module: str) -> Any:
@@ -109,9 +123,10 @@ class Prober(abc.ABC):
 
         The continuous store creates their histograms at 0 as soon as the target is scheduled
         (so ``increase()`` counts the first observation) and no others (a never-reached phase
-        would cost a histogram's series per target for nothing). Default: every phase.
+        would cost a histogram's series per target for nothing). Default: every phase but the
+        optional ones; the engine adds the module-level tls_resumption check's.
         """
-        return tuple(p.name for p in self.phases)
+        return tuple(p.name for p in self.phases if not p.optional)
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
@@ -124,6 +139,11 @@ class Prober(abc.ABC):
         plain text, so a prober whose targets can carry credentials masks them here.
         """
         return target
+
+    def observations(self, result: ProbeResult) -> Iterable[tuple[str, float]]:
+        """(name of one of ``metrics``, value) pairs for a finished probe: a gauge is set to the value,
+        a counter grows by it, a histogram observes it (once per pair)."""
+        return ()
 
     @property
     def rules(self) -> Rules:
@@ -208,19 +228,42 @@ def tls_section(f: Fields) -> TLSConfig:
     return parse_tls_config(f.sub("tls_config", _UNSUPPORTED_TLS))
 
 
+# Credentials by definition (RFC 9110, RFC 6265): their values are always Secret; secret_headers adds more.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def parse_headers(f: Fields) -> tuple[tuple[str, str | Secret], ...]:
+    """``headers`` (request headers, validated as HTTP/1.1 allows) and ``secret_headers``: a credential
+    header's value, or one named in secret_headers, is typed Secret (revealed only on the wire)."""
+    secret = CREDENTIAL_HEADERS | {h.lower() for h in f.list_of("secret_headers", str)}
+    headers: list[tuple[str, str | Secret]] = []
+    for name, value in f.get("headers", dict, {}).items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{f.p('headers')}.{name}: expected a string value")
+        name, value = str(name), str(value)
+        try:
+            http1.validate_header(name, value)
+        except ValueError as exc:
+            raise ConfigError(f"{f.p('headers')}.{name}: {exc}") from None
+        headers.append((name, Secret(value) if name.lower() in secret else value))
+    return tuple(headers)
+
+
 # --- the context a running probe fills ------------------------------------------------
 class ProbeContext:
     """Mutable state of one running probe; the engine freezes it into a ProbeResult."""
 
     __slots__ = (
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
-        "resolver", "tracing", "peer", "tcp", "tls", "hops", "details", "failed_due_to_regex", "logs",
+        "resolver", "tracing", "tls_resumption", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption",
+        "failed_due_to_regex", "logs",
         "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard",
     )
 
     def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
                  phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
-                 tracing: TracingConfig = TracingConfig(), trace_id: int = 0, span_id: int = 0, sampled: bool = False,
+                 tracing: TracingConfig = TracingConfig(), tls_resumption: TLSResumptionConfig = TLSResumptionConfig(),
+                 trace_id: int = 0, span_id: int = 0, sampled: bool = False,
                  tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None) -> None:
         self.target = target
         self.module = module
@@ -230,6 +273,7 @@ class ProbeContext:
         self.phase_limits = phase_limits or {}
         self.resolver = resolver
         self.tracing = tracing
+        self.tls_resumption = tls_resumption
         self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
         self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
         self.guard = guard  # the SSRF guard every connection of this probe passes (None: none)
@@ -242,6 +286,8 @@ class ProbeContext:
         self.hops: list[Hop] = []
         self._hop: tuple[str, str, int, int] | None = None  # (method, url, start_ns, span id) of the open hop
         self.details: Details | None = None
+        self.keepalive: KeepAlive | None = None
+        self.resumption: TLSResumption | None = None
         self.failed_due_to_regex = False
         self.logs: list[tuple[int, str, tuple[Any, ...]]] = []
 
@@ -282,7 +328,9 @@ class ProbeContext:
                 raise DeadlineExceeded(f"after {self.timeout:g}s") from exc
             raise TimeoutError(f"phase limit {limit:g}s exceeded") from exc
         end = time.perf_counter_ns()
-        self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, len(self.hops) if self._hop else 0))
+        # Outside an open hop (a keep-alive idle, a resumption check after the exchanges): the last hop's.
+        hop = len(self.hops) if self._hop else max(len(self.hops) - 1, 0)
+        self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, hop))
         self.phase_start_ns = None
         return value
 

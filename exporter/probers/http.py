@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 # mrab's regex: its search() takes a timeout and can release the GIL; stdlib re can be neither
 # interrupted nor run beside the loop. Until RE2 (linear time) replaces it (issue 10).
@@ -31,11 +31,12 @@ from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..net import http1, http2, resolve
 from ..net.connection import Connection
-from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, Secret, compile_regex, parse_ip_protocol, reveal
-from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
+from . import keepalive, resumption, stream
+from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, register, tls_section
+from .stream import DEFAULT_SECRET_QUERY_PARAMS, redact_url
 from .connect import open_connection, start_tls
 
 MAX_REDIRECTS = 10
@@ -49,15 +50,6 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _VERSIONS = {"HTTP/1.0": "HTTP/1.0", "HTTP/1.1": "HTTP/1.1", "HTTP/2": "HTTP/2.0", "HTTP/2.0": "HTTP/2.0"}
 # Go drops these on a redirect to a host that is neither the original one nor its subdomain.
 _SENSITIVE_ON_REDIRECT = frozenset({"authorization", "www-authenticate", "cookie", "cookie2"})
-# Credentials by definition (RFC 9110, RFC 6265): their values are always Secret; secret_headers adds more.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-# Query parameters whose values never leave as text (OTel's url.full list plus common credentials);
-# secret_query_params adds more. Matched without regard to case.
-DEFAULT_SECRET_QUERY_PARAMS = frozenset({
-    "token", "access_token", "id_token", "refresh_token", "key", "api_key", "apikey", "password", "passwd", "secret",
-    "client_secret", "sig", "signature", "awsaccesskeyid", "x-amz-signature", "x-amz-credential",
-    "x-amz-security-token", "x-goog-signature", "x-goog-credential",
-})
 
 REASONS = {
     "http_timeout_first_byte": Reason("first_byte", "the request was sent but no response byte arrived before the deadline", "slow backend, stuck worker pool"),
@@ -101,6 +93,7 @@ class HTTPProbeConfig:
     preferred_ip_protocol: str = "ip6"
     ip_protocol_fallback: bool = True
     tls_config: TLSConfig = field(default_factory=TLSConfig)
+    keepalive: keepalive.KeepAliveConfig | None = None  # connhealth: request, idle, request on one connection
 
     @property
     def keeps_body(self) -> bool:
@@ -167,20 +160,6 @@ def _split_target(target: str) -> tuple[SplitResult, str, int, str]:
         raise ProbeFailure("invalid_target", f"target {exc}") from None
 
 
-@functools.lru_cache(maxsize=4096)
-def redact_url(url: str, secret_params: frozenset[str]) -> str:
-    """The URL as every output shows it (OTel's url.full rule): userinfo and secret query values as REDACTED."""
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc="REDACTED:REDACTED@" + parts.netloc.rpartition("@")[2])
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if any(k.lower() in secret_params for k, _ in pairs):
-            query = urlencode([(k, "REDACTED" if k.lower() in secret_params else v) for k, v in pairs], safe="")
-            parts = parts._replace(query=query)
-    return parts.geturl()
-
-
 def _parse_header_matches(f: Fields, key: str) -> tuple[HeaderMatch, ...]:
     out = []
     for i, raw in enumerate(f.get(key, list, [])):
@@ -216,8 +195,10 @@ class HTTPProber(Prober):
         PhaseSpec("first_byte", "Server processing", "request written → first byte of the response (1xx included, as Go's GotFirstResponseByte)",
                   timeout_reason="http_timeout_first_byte", limitable=True),
         PhaseSpec("transfer", "Content transfer", "first response byte → last body byte (headers, 1xx skipped, body)"),
+        keepalive.IDLE, *resumption.PHASES,
     )
-    reasons = REASONS
+    reasons = {**REASONS, **keepalive.REASONS, **resumption.REASONS}
+    resumable = True
     errors = (
         (http1.HeaderTooLarge, "http_header_too_large"),
         (http2.HeadersTooLarge, "http_header_too_large"),
@@ -248,22 +229,12 @@ class HTTPProber(Prober):
         method = f.get("method", str, "GET").upper()
         if not re.fullmatch(r"[A-Z]+", method):
             raise ConfigError(f"{f.path}.method: invalid method {method!r}")
-        secret_headers = _CREDENTIAL_HEADERS | {h.lower() for h in f.list_of("secret_headers", str)}
-        headers: list[tuple[str, str | Secret]] = []
-        for name, value in f.get("headers", dict, {}).items():
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{f.path}.headers.{name}: expected a string value")
-            try:
-                http1.validate_header(str(name), str(value))
-            except ValueError as exc:
-                raise ConfigError(f"{f.path}.headers.{name}: {exc}") from None
-            headers.append((str(name), Secret(str(value)) if str(name).lower() in secret_headers else str(value)))
         proto, fallback = parse_ip_protocol(f)
         cfg = HTTPProbeConfig(
             valid_status_codes=codes,
             valid_http_versions=tuple(versions),
             method=method,
-            headers=tuple(headers),
+            headers=parse_headers(f),
             body=f.secret("body", f.get("secret_body", bool, False)),
             secret_query_params=DEFAULT_SECRET_QUERY_PARAMS | {p.lower() for p in f.list_of("secret_query_params", str)},
             follow_redirects=f.get("follow_redirects", bool, True),
@@ -278,8 +249,11 @@ class HTTPProber(Prober):
             preferred_ip_protocol=proto,
             ip_protocol_fallback=fallback,
             tls_config=tls_section(f),
+            keepalive=keepalive.parse(f),
         )
         f.done()
+        if cfg.keepalive is not None and cfg.keeps_body:
+            raise ConfigError(f"{f.path}.keepalive: the body regexps do not apply to a keep-alive check")
         if cfg.fail_if_ssl and cfg.fail_if_not_ssl:
             raise ConfigError(f"{f.path}: fail_if_ssl and fail_if_not_ssl cannot both be true")
         return cfg
@@ -291,15 +265,15 @@ class HTTPProber(Prober):
         _split_target(target)
 
     def expected_phases(self, target: str, settings: HTTPProbeConfig) -> tuple[str, ...]:
-        try:
-            parts, host, _, _ = _split_url(target)
-        except ValueError:
-            return ()
-        return tuple(p.name for p in self.phases
-                     if not (p is DNS and is_ip(host) or p is TLS and parts.scheme != "https"))
+        return stream.expected_phases(self.phases, target, stream.HTTP_SCHEMES,
+                                      frozenset({"idle"}) if settings.keepalive is not None else frozenset())
 
     async def probe(self, ctx: ProbeContext, target: str, settings: HTTPProbeConfig) -> None:
         cfg = settings
+        if cfg.keepalive is not None:
+            await _keepalive(ctx, target, cfg, cfg.keepalive)
+            await _resumption(ctx, target, cfg)
+            return
         first_host = _split_target(target)[1]
         url, method = target, cfg.method
         body = reveal(cfg.body).encode() if cfg.body is not None else None
@@ -342,6 +316,7 @@ class HTTPProber(Prober):
         _check(ctx, cfg, url, response)
         if cfg.keeps_body:
             await _check_body(ctx, cfg, response)
+        await _resumption(ctx, url, cfg)
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
         http = result.details if isinstance(result.details, HTTPDetails) else None
@@ -553,6 +528,32 @@ def _header_check(ctx: ProbeContext, response: _Response, match: HeaderMatch, *,
         ctx.failed_due_to_regex = True
         verb = "did not match" if must_match else "matched"
         raise ProbeFailure("http_header_mismatch", f"{kind}: header {match.header!r} {verb} {match.regexp.pattern!r}", phase="first_byte")
+
+
+async def _keepalive(ctx: ProbeContext, target: str, cfg: HTTPProbeConfig, ka: keepalive.KeepAliveConfig) -> None:
+    """http.keepalive: two requests on one HTTP/1.1 connection with an idle between (probers/keepalive.py)."""
+    answers: list[keepalive.Answer] = []
+    try:
+        await keepalive.check(ctx, target, ka, answers, method=cfg.method, headers=[(k, reveal(v)) for k, v in cfg.headers],
+                              body=reveal(cfg.body).encode() if cfg.body is not None else None, user_agent=USER_AGENT,
+                              body_limit=cfg.body_size_limit or None, ip_protocol=cfg.preferred_ip_protocol,
+                              fallback=cfg.ip_protocol_fallback, tls_config=cfg.tls_config)
+    finally:
+        response = _Response()
+        if answers:
+            last = answers[-1]
+            response.version, response.status, response.headers = last.version, last.status, last.headers
+            response.content_length, response.body_length = last.content_length, last.body_length
+            ctx.details = HTTPDetails(status=last.status, version=last.version, redirects=0, content_length=last.content_length,
+                                      body_length=last.body_length, final_url=ctx.target)
+    _check(ctx, cfg, target, response)
+
+
+async def _resumption(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig) -> None:
+    """The module's tls_resumption check, against the (final) https URL's peer."""
+    if ctx.tls is not None and url.lower().startswith("https://"):
+        await resumption.check(ctx, _split_url(url)[1], cfg.tls_config,
+                               ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
 
 
 def _codes(cfg: HTTPProbeConfig) -> str:

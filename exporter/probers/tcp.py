@@ -12,6 +12,7 @@ from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..schema import Fields, Secret, compile_regex, parse_ip_protocol, reveal, split_host_port
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
+from . import resumption
 from .connect import connect_only, open_connection, start_tls
 
 
@@ -51,7 +52,10 @@ class TCPProber(Prober):
     # several steps add up. Their timeouts are probe_timeout (no reason of their own).
     phases = (DNS, CONNECT, TLS,
               PhaseSpec("request", "Request sent", "each `send` line handed to the socket → written (steps add up)"),
-              PhaseSpec("first_byte", "Server processing", "waiting for each `expect` line (steps add up)"))
+              PhaseSpec("first_byte", "Server processing", "waiting for each `expect` line (steps add up)"),
+              *resumption.PHASES)
+    reasons = resumption.REASONS
+    resumable = True
     unsupported = frozenset({"source_ip_address"})
 
     def parse(self, f: Fields, module: str) -> TCPProbeConfig:
@@ -75,7 +79,7 @@ class TCPProber(Prober):
                    "tls": settings.tls or any(s.starttls for s in steps),
                    "request": any(s.send is not None for s in steps),
                    "first_byte": any(s.expect is not None for s in steps)}
-        return tuple(p.name for p in self.phases if reached.get(p.name, True))
+        return tuple(p.name for p in self.phases if not p.optional and reached.get(p.name, True))
 
     async def probe(self, ctx: ProbeContext, target: str, settings: TCPProbeConfig) -> None:
         cfg = settings
@@ -91,6 +95,8 @@ class TCPProber(Prober):
                 await _step(ctx, conn, host, cfg, i, step)
         finally:
             conn.close()
+        if ctx.tls is not None:  # tls: true, or a starttls step
+            await resumption.check(ctx, host, cfg.tls_config)
 
 
 def _host_port(target: str) -> tuple[str, int]:

@@ -13,9 +13,9 @@ import functools
 import ipaddress
 
 from .. import metrics as m
-from ..metrics import ProbeFamily, ProbeSamples
+from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..probers import PROBERS
-from ..result import ProbeResult
+from ..result import ProbeResult, TLSResumption
 
 # time.Time{}.Unix() in Go: what blackbox reports for a chain expiry it does not know.
 _GO_ZERO_TIME_UNIX = -62135596800.0
@@ -118,6 +118,15 @@ def _phase_label(phase: str) -> str:
     return labels((("phase", phase),))
 
 
+_KIND_FULL, _KIND_RESUMED = label_text((("kind", "full"),)), label_text((("kind", "resumed"),))
+
+
+def _handshakes(r: TLSResumption) -> ProbeSamples:
+    if r.resumed_seconds is None:
+        return [(_KIND_FULL, r.full_seconds)]
+    return [(_KIND_FULL, r.full_seconds), (_KIND_RESUMED, r.resumed_seconds)]
+
+
 def probe_text(result: ProbeResult) -> str:
     """blackbox's /probe body for ``result``: the shared families, the prober's own, then connhealth's extras."""
     w = _Writer()
@@ -164,4 +173,13 @@ def probe_text(result: ProbeResult) -> str:
     if result.tcp is not None:
         w.gauge(extra[m.PROBE_TCP_RTT], result.tcp.rtt_seconds)
         w.gauge(extra[m.PROBE_TCP_RETRANSMITS], float(result.tcp.retransmits))
+    ka = result.keepalive
+    if ka is not None:
+        w.gauge(extra[m.PROBE_KEEPALIVE_REUSED], 1.0 if ka.reused else 0.0)
+        if ka.server_idle_seconds is not None:
+            w.gauge(extra[m.PROBE_KEEPALIVE_SERVER_IDLE], ka.server_idle_seconds)
+    resumption = result.resumption
+    if resumption is not None:
+        w.gauge(extra[m.PROBE_TLS_SESSION_RESUMED], 1.0 if resumption.resumed else 0.0)
+        w.family(extra[m.PROBE_TLS_HANDSHAKE], _handshakes(resumption))
     return "".join(w.parts)

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .. import metrics as m
 from .exposition import escape, fmt
-from ..probers import all_phases
-from ..result import ProbeResult
+from ..probers import PROBERS, all_phases
+from ..result import KeepAlive, ProbeResult, TLSResumption
 
 # (target, module, labels): one continuously probed target.
 Key = tuple[str, str, tuple[tuple[str, str], ...]]
@@ -73,7 +73,7 @@ class TargetSeries:
     __slots__ = (
         "base", "attempts", "successes", "observed", "up", "failures", "duration", "phases", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
-        "last_failure", "failure_exemplars",
+        "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption",
     )
 
     def __init__(self, base: str, n_buckets: int, phases: Iterable[str] = ()) -> None:
@@ -95,6 +95,10 @@ class TargetSeries:
         self.retransmits: int | None = None
         self.last_failure: tuple[str, str, str] | None = None
         self.failure_exemplars: dict[tuple[str, str], Exemplar] = {}
+        self.syn_retransmits = 0
+        self.keepalive: KeepAlive | None = None  # the last keep-alive check
+        self.resumption: TLSResumption | None = None  # the last resumption check
+        self.extra: dict[str, float | _Histogram] = {}  # the probers' own families (store.extra), by name
         self._fragments: list[bytes] | None = None
         self._om_fragments: list[bytes] | None = None
 
@@ -113,7 +117,7 @@ class TargetSeries:
     def _render(self, store: SeriesStore, om: bool) -> list[bytes]:
         b = self.base
         les = store.le_strings
-        out: list[list[str]] = [[] for _ in _FAMILIES]
+        out: list[list[str]] = [[] for _ in range(len(_FAMILIES) + len(store.extra))]
         out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
         out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
         out[_INDEX[m.OBSERVED_SECONDS]].append(f"{m.OBSERVED_SECONDS}{{{b}}} {fmt(self.observed)}")
@@ -145,7 +149,48 @@ class TargetSeries:
             out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
         if self.retransmits is not None:
             out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
+        # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
+        out[_INDEX[m.TCP_SYN_RETRANSMITS]].append(f"{m.TCP_SYN_RETRANSMITS}{{{b}}} {self.syn_retransmits}")
+        ka = self.keepalive
+        if ka is not None:
+            out[_INDEX[m.KEEPALIVE_REUSED]].append(f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}")
+            out[_INDEX[m.KEEPALIVE_CLIENT_IDLE]].append(f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}")
+            if ka.server_idle_seconds is not None:
+                out[_INDEX[m.KEEPALIVE_SERVER_IDLE]].append(f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}")
+        r = self.resumption
+        if r is not None:
+            out[_INDEX[m.TLS_SESSION_RESUMED]].append(f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}")
+            lines = out[_INDEX[m.TLS_HANDSHAKE]]
+            lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}')
+            if r.resumed_seconds is not None:
+                lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}')
+        for i, spec in enumerate(store.extra, len(_FAMILIES)):
+            value = self.extra.get(spec.name)
+            if isinstance(value, _Histogram):
+                out[i].extend(value.lines(spec.name, b, store.extra_les[spec.name], om))
+            elif value is not None:
+                out[i].append(f"{spec.name}{{{b}}} {fmt(value)}")
         return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
+
+    def observe_extra(self, result: ProbeResult, store: SeriesStore) -> None:
+        prober = PROBERS.get(result.prober)
+        if prober is None:
+            return
+        for name, value in prober.observations(result):
+            spec = store.extra_specs.get(name)
+            if spec is None:
+                continue
+            if spec.type == "histogram":
+                bounds = spec.buckets or store.bounds
+                hist = self.extra.get(name)
+                if not isinstance(hist, _Histogram):
+                    hist = self.extra[name] = _Histogram(len(bounds) + 1)
+                hist.observe(bounds, value, None)
+            elif spec.type == "counter":
+                previous = self.extra.get(name, 0.0)
+                self.extra[name] = (previous if isinstance(previous, float) else 0.0) + value
+            else:
+                self.extra[name] = value
 
     def observe(self, result: ProbeResult, bounds: tuple[float, ...], seconds: float = 0.0, up_seconds: float = 0.0) -> None:
         """Count ``result``; it stands for ``seconds`` of wall time, ``up_seconds`` of them up (scheduler.Coverage)."""
@@ -182,20 +227,33 @@ class TargetSeries:
         if result.tcp is not None:
             self.rtt = result.tcp.rtt_seconds
             self.retransmits = result.tcp.retransmits
+            self.syn_retransmits += result.tcp.retransmits
+        if result.keepalive is not None:
+            self.keepalive = result.keepalive
+        if result.resumption is not None:
+            self.resumption = result.resumption
         self.invalidate()
+
+
+def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in bounds) + ("+Inf",)
 
 
 class SeriesStore:
     def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS) -> None:
         self.bounds = tuple(buckets)
-        self.le_strings = tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in self.bounds) + ("+Inf",)
+        self.le_strings = _le_strings(self.bounds)
         self.label_names = tuple(sorted(label_names))
+        # The probers' own families, after the shared ones (a name declared by two probers is one family).
+        self.extra_specs = {spec.name: spec for p in PROBERS.values() for spec in p.metrics}
+        self.extra = tuple(self.extra_specs.values())
+        self.extra_les = {spec.name: _le_strings(spec.buckets or self.bounds) for spec in self.extra}
         self.series: dict[Key, TargetSeries] = {}
-        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES]
+        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES + self.extra]
         # OpenMetrics names a counter family without its _total suffix.
         self._om_headers = [
             f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n".encode()
-            for s in _FAMILIES
+            for s in _FAMILIES + self.extra
             for n in [s.name.removesuffix("_total") if s.type == "counter" else s.name]
         ]
 
@@ -214,26 +272,38 @@ class SeriesStore:
         pairs = [("target", target), ("module", module)] + [(n, given.get(n, "")) for n in self.label_names]
         return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
-    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], phases: Iterable[str] = ()) -> TargetSeries:
+    def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], phases: Iterable[str] = (),
+            families: Iterable[str] = ()) -> TargetSeries:
+        """The target's series; a new one has ``phases``' histograms and the counters and histograms among the
+        prober's own ``families`` (MetricSpec names) at 0 (a gauge has no value before a probe sets it)."""
         key = (target, module, labels)
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1, phases)
+            for name in families:
+                spec = self.extra_specs.get(name)
+                if spec is not None and spec.type == "histogram":
+                    series.extra[name] = _Histogram(len(spec.buckets or self.bounds) + 1)
+                elif spec is not None and spec.type == "counter":
+                    series.extra[name] = 0.0
         return series
 
     def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult,
                 seconds: float = 0.0, up_seconds: float = 0.0) -> None:
-        self.get(target, module, labels).observe(result, self.bounds, seconds, up_seconds)
+        series = self.get(target, module, labels)
+        series.observe_extra(result, self)
+        series.observe(result, self.bounds, seconds, up_seconds)
 
-    def sync(self, targets: Mapping[Key, Iterable[str]]) -> None:
+    def sync(self, targets: Mapping[Key, Iterable[str]], families: Mapping[Key, Iterable[str]] | None = None) -> None:
         """Exactly the scheduled targets have series: a new one gets its counters and the histograms
         of the phases its probes go through (``targets[key]``, Prober.expected_phases) at 0 now,
-        before its first probe; a target no longer scheduled loses its series.
+        before its first probe, and so do its prober's own counters and histograms (``families[key]``,
+        Prober.metrics); a target no longer scheduled loses its series.
         """
         for key in [k for k in self.series if k not in targets]:
             del self.series[key]
         for key, phases in targets.items():
-            self.get(*key, phases=phases)
+            self.get(*key, phases=phases, families=families.get(key, ()) if families else ())
 
     def render_chunks(self, chunk_targets: int = 512, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``chunk_targets`` targets per family.

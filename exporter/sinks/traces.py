@@ -26,7 +26,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from .. import __version__
-from ..result import ProbeResult
+from ..result import Hop, Phase, ProbeResult
 
 log = logging.getLogger("connhealth.traces")
 
@@ -139,7 +139,7 @@ def spans(result: ProbeResult, resource: Resource) -> list[ReadableSpan]:
         out.append(make(hop.method, hop_ids[i], probe_id, SpanKind.CLIENT, hop.start, hop.start + hop.duration, attributes, status))
     ok = Status(StatusCode.UNSET)
     for phase in result.timeline:
-        parent = hop_ids[phase.hop] if hop_ids else probe_id
+        parent = hop_ids[phase.hop] if hop_ids and _within(phase, result.hops[phase.hop]) else probe_id
         out.append(make(phase.name, new_span_id(), parent, SpanKind.INTERNAL, phase.start, phase.end, {}, ok))
     if failure is not None and result.failed_phase_start is not None:
         parent = hop_ids[-1] if hop_ids else probe_id
@@ -165,3 +165,8 @@ def spans(result: ProbeResult, resource: Resource) -> list[ReadableSpan]:
     out.append(make(f"probe {result.module}", probe_id, parent_id, SpanKind.INTERNAL, 0.0, result.duration_seconds,
                      attributes, status))
     return out
+
+
+def _within(phase: Phase, hop: Hop) -> bool:
+    """A phase between or after the hops (a keep-alive idle, a resumption check) belongs to the probe, not a hop."""
+    return hop.start - 1e-6 <= phase.start and phase.end <= hop.start + hop.duration + 1e-6
