@@ -11,7 +11,8 @@ from typing import Any
 
 from grafanalib import core as g
 
-from alerts.rules import DASHBOARD_UIDS, WINDOWS
+from alerts.rules import DASHBOARD_UIDS
+WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 from exporter import metrics as m
 from exporter.slo import PERIODS
 

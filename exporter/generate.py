@@ -27,7 +27,8 @@ DASHBOARD_DIR = "/var/lib/grafana/dashboards/connhealth"
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:  # a shared labels dict is written out, not as &id001 / *id001
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -82,15 +83,15 @@ def provisioning() -> dict[str, str]:
     return {"datasources/connhealth.yml": dump_yaml(datasources), "dashboards/connhealth.yml": dump_yaml(providers)}
 
 
-def outputs(config: Config, policy: Any = None) -> dict[str, str]:
+def outputs(config: Config) -> dict[str, str]:
     """Relative path -> file content, everything ``generate`` writes."""
-    from alerts.rules import DEFAULT_POLICY, rule_files
+    from alerts.rules import rule_files
     from dashboards.build import dashboards
 
     spec: SLOSpec = config.slos or SLOSpec()
     source = Path(config.source).name if config.source else "the built-in defaults"
     out: dict[str, str] = {}
-    for name, content in rule_files(spec, policy or DEFAULT_POLICY).items():
+    for name, content in rule_files(spec).items():
         out[f"alerts/generated/{name}"] = HEADER.format(source=source) + dump_yaml(content)
     for name, dash in dashboards().items():
         data = dashboard_json(dash)

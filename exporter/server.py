@@ -182,7 +182,7 @@ class Exporter:
             self.self_metrics.loop_lag.observe(max(0.0, loop.time() - planned))
 
     def _on_result(self, spec: TargetSpec, result: ProbeResult) -> None:
-        self.store.observe(spec.target, spec.module, spec.labels, result)
+        self.store.observe(spec.target, spec.module, spec.labels, result, spec.interval)
         self.history.add("scheduled", result)
 
     # --- handlers -----------------------------------------------------------

@@ -6,12 +6,19 @@ Grafana dashboards (``dashboards/``)::
     slos:
       grafana_url: https://grafana.example.com   # base of dashboard links in alerts ("" = relative)
       runbook_url: https://runbooks.example.com/connhealth   # base; "#<alert>" is appended
-      stale_after: 10m                            # a target whose last probe is older than this is stale
+      exporter_job: connhealth                    # Prometheus job scraping the exporter (ConnhealthExporterDown)
+      stale_intervals: 3                          # a target is stale after this many of its intervals without a probe ...
+      stale_after: 1m                             # ... and never sooner than this
       objectives:
         - service: api                  # value of the `service` label on every recorded series
           selector: {service: api}      # label equalities picking the probe series (default {service: <service>})
           period: 30d                   # 30d, 28d or 7d
-          min_probes: 20                # burn alerts stay silent below this many probes in their long window
+          min_probes: 20                # burn alerts stay silent below this many probes in either of their windows
+          windows:                      # optional, for low-rate SLOs: the four (long, short) window pairs of the
+            - {long: 1d, short: 6h}     # burn factors 14.4, 6, 3, 1 (default: 1h/5m, 6h/30m, 1d/2h, 3d/6h
+            - {long: 2d, short: 12h}    # scaled to the period)
+            - {long: 3d, short: 1d}
+            - {long: 7d, short: 2d}
           availability:
             objective: 99.9             # percent of probes that succeed
           latency:
@@ -32,6 +39,9 @@ from .probers import all_phases
 from .schema import ConfigError, Fields, parse_duration
 
 PERIODS = {"7d": 7 * 86400.0, "28d": 28 * 86400.0, "30d": 30 * 86400.0}
+# Burn windows are built from 5-minute increases: a window is a whole number of them.
+WINDOW_STEP = 300.0
+N_BURN_WINDOWS = 4
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Labels the selector may not use: they are connhealth's own dimensions or are set by the rules.
@@ -63,6 +73,8 @@ class Objective:
     availability: Availability | None = None
     latency: Latency | None = None
     runbook_url: str | None = None  # overrides the spec-wide base for this SLO's alerts
+    # (long, short) seconds for the four burn factors; empty: the defaults scaled to the period
+    windows: tuple[tuple[float, float], ...] = ()
 
     @property
     def period_seconds(self) -> float:
@@ -79,7 +91,9 @@ class SLOSpec:
     objectives: tuple[Objective, ...] = ()
     grafana_url: str = ""
     runbook_url: str = "https://github.com/connhealth/connhealth/blob/main/alerts/RUNBOOKS.md"
-    stale_after: float = 600.0
+    stale_after: float = 60.0  # floor of the stale threshold
+    stale_intervals: float = 3.0  # a target is stale after this many of its own intervals without a probe
+    exporter_job: str = "connhealth"
     buckets: tuple[float, ...] = field(default=m.DEFAULT_BUCKETS)
 
 
@@ -100,6 +114,35 @@ def _percent(f: Fields, key: str) -> float:
     if not 0 < value < 100:
         raise ConfigError(f"{f.path}.{key}: must be a percentage strictly between 0 and 100, got {value:g}")
     return round(value / 100.0, 10)
+
+
+def _parse_windows(f: Fields, period: float) -> tuple[tuple[float, float], ...]:
+    raw = f.get("windows", list, None)
+    if raw is None:
+        return ()
+    path = f"{f.path}.windows"
+    if len(raw) != N_BURN_WINDOWS:
+        raise ConfigError(f"{path}: needs exactly {N_BURN_WINDOWS} {{long, short}} pairs, one per burn factor "
+                          f"(14.4, 6, 3, 1), got {len(raw)}")
+    out = []
+    for i, item in enumerate(raw):
+        wf = Fields(item, f"{path}[{i}]")
+        pair = []
+        for key in ("long", "short"):
+            if key not in wf.raw:
+                raise ConfigError(f"{wf.path}.{key}: required (a duration, e.g. 6h)")
+            value = parse_duration(wf.raw.pop(key), f"{wf.path}.{key}")
+            if value < WINDOW_STEP or value % WINDOW_STEP:
+                raise ConfigError(f"{wf.path}.{key}: must be a multiple of 5m (the burn rates are built from "
+                                  f"5-minute increases), got {value:g}s")
+            if value > period:
+                raise ConfigError(f"{wf.path}.{key}: must not exceed the SLO period ({value:g}s > {period:g}s)")
+            pair.append(value)
+        wf.done()
+        if pair[1] >= pair[0]:
+            raise ConfigError(f"{wf.path}: short ({pair[1]:g}s) must be shorter than long ({pair[0]:g}s)")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
 
 
 def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objective:
@@ -128,6 +171,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
     if min_probes < 0:
         raise ConfigError(f"{path}.min_probes: must not be negative")
     runbook = f.get("runbook_url", str, None)
+    windows = _parse_windows(f, PERIODS[period])
 
     availability = None
     if "availability" in f.raw:
@@ -158,7 +202,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
     if availability is None and latency is None:
         raise ConfigError(f"{path}: needs an availability and/or a latency objective")
     return Objective(service=service, selector=selector, period=period, min_probes=min_probes,
-                     availability=availability, latency=latency, runbook_url=runbook)
+                     availability=availability, latency=latency, runbook_url=runbook, windows=windows)
 
 
 def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") -> SLOSpec | None:
@@ -171,6 +215,12 @@ def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") ->
     grafana_url = f.get("grafana_url", str, "").rstrip("/")
     runbook_url = f.get("runbook_url", str, defaults.runbook_url)
     stale_after = f.duration("stale_after", defaults.stale_after) or defaults.stale_after
+    stale_intervals = f.get("stale_intervals", (int, float), defaults.stale_intervals)
+    if isinstance(stale_intervals, bool) or not 1 <= stale_intervals <= 1000:
+        raise ConfigError(f"{path}.stale_intervals: must be a number from 1 to 1000, got {stale_intervals!r}")
+    exporter_job = f.get("exporter_job", str, defaults.exporter_job)
+    if not exporter_job or "\n" in exporter_job:
+        raise ConfigError(f"{path}.exporter_job: must be a non-empty job name, got {exporter_job!r}")
     objectives = tuple(
         _parse_objective(item, f"{path}.objectives[{i}]", buckets) for i, item in enumerate(f.get("objectives", list, []))
     )
@@ -181,4 +231,5 @@ def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") ->
             raise ConfigError(f"{path}.objectives[{i}].service: duplicate service {o.service!r} (one entry per service)")
         seen.add(o.service)
     return SLOSpec(objectives=objectives, grafana_url=grafana_url, runbook_url=runbook_url,
-                   stale_after=stale_after, buckets=buckets)
+                   stale_after=stale_after, stale_intervals=float(stale_intervals), exporter_job=exporter_job,
+                   buckets=buckets)

@@ -63,7 +63,7 @@ class TargetSeries:
     __slots__ = (
         "base", "attempts", "successes", "failures", "duration", "phases", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
-        "last_failure", "failure_exemplars",
+        "last_failure", "failure_exemplars", "interval",
     )
 
     def __init__(self, base: str, n_buckets: int) -> None:
@@ -75,6 +75,7 @@ class TargetSeries:
         self.phases: dict[str, _Histogram] = {}
         self.last_success: float | None = None
         self.last_probe: float | None = None
+        self.interval: float | None = None
         self.success: bool | None = None
         self.cert_expiry: float | None = None
         self.tls_version: str | None = None
@@ -122,6 +123,8 @@ class TargetSeries:
             out[_INDEX[m.LAST_SUCCESS]].append(f"{m.LAST_SUCCESS}{{{b}}} {fmt(self.last_success)}")
         if self.last_probe is not None:
             out[_INDEX[m.LAST_PROBE]].append(f"{m.LAST_PROBE}{{{b}}} {fmt(self.last_probe)}")
+        if self.interval is not None:
+            out[_INDEX[m.PROBE_INTERVAL]].append(f"{m.PROBE_INTERVAL}{{{b}}} {fmt(self.interval)}")
         if self.cert_expiry is not None:
             out[_INDEX[m.CERT_EXPIRY]].append(f"{m.CERT_EXPIRY}{{{b}}} {fmt(self.cert_expiry)}")
         if self.tls_version is not None:
@@ -203,8 +206,11 @@ class SeriesStore:
             series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1)
         return series
 
-    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult) -> None:
-        self.get(target, module, labels).observe(result, self.bounds)
+    def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult,
+                interval: float | None = None) -> None:
+        series = self.get(target, module, labels)
+        series.interval = interval
+        series.observe(result, self.bounds)
 
     def retain(self, keys: set[tuple[str, str, tuple[tuple[str, str], ...]]]) -> None:
         """Forget targets that are no longer configured (their series vanish, like blackbox's)."""
