@@ -158,8 +158,11 @@ def _runbook(spec: SLOSpec, alert: str, o: Objective | None = None) -> str:
 
 
 def _fact(expr: str, fmt: str) -> str:
-    """Alert template text showing the value of ``expr`` when the alert is sent."""
+    """Alert template text showing the value of ``expr`` when the alert is sent ("no data" without one)."""
     return f"{{{{ with query `{expr}` }}}}{{{{ . | first | value | {fmt} }}}}{{{{ else }}}}no data{{{{ end }}}}"
+
+
+BURN = 'printf "%.2fx"'  # burn rates: 0.40x, 14.40x, 1000.00x (humanize would write 1kx)
 
 
 def recorded_windows(o: Objective, windows: tuple[BurnWindow, ...], resolution: str = RESOLUTION) -> list[str]:
@@ -185,9 +188,9 @@ def _records(o: Objective, slo: str, total_t: str, good_t: str, windows: list[st
                 {"record": "connhealth_slo:errors:increase", "expr": f"clamp_min({total} - {good}, 0)", "labels": wl},
             ]
         else:
-            # Whole 5m increases tiled over the window: no raw samples beyond 5 minutes are read. The range is
-            # 1s short of the window so that it holds window/5m steps whether the subquery range is left-closed
-            # (Prometheus 2) or left-open (3).
+            # Whole 5m increases tiled over the window: no raw sample older than 5 minutes is read, and a 30d
+            # window takes 8640 samples of one series. The range is 1s short of the window so it holds window/5m
+            # steps whether subquery ranges are left-closed (Prometheus 2) or left-open (3).
             rules += [{"record": f"connhealth_slo:{q}:increase",
                        "expr": f'sum_over_time(connhealth_slo:{q}:increase{{{sel},window="{resolution}"}}'
                                f'[{duration(seconds(w) - 1)}:{resolution}])',
@@ -227,11 +230,11 @@ def _burn_alert(spec: SLOSpec, o: Objective, slo: str, objective: float, b: Burn
         w = f',window="{window}"' if window else ""
         return _fact(f"connhealth_slo:{metric}{{{sel}{w}}}", fmt)
 
-    burn_long = fact("burn_rate", b.long, "humanize")
+    burn_long = fact("burn_rate", b.long, BURN)
     share = b.budget_share(o.period_seconds)
     description = (
         f"The {what} of {o.service} ({o.matchers()}) burns the error budget of its {num(objective * 100)}% / "
-        f"{o.period} objective at {burn_long}x over the last {b.long} and {fact('burn_rate', b.short, 'humanize')}x "
+        f"{o.period} objective at {burn_long} over the last {b.long} and {fact('burn_rate', b.short, BURN)} "
         f"over the last {b.short} (threshold {num(b.factor)}x). Error ratio over {b.long}: "
         f"{fact('error_ratio', b.long, 'humanizePercentage')}. Error budget left for the {o.period}: "
         f"{fact('error_budget_remaining', None, 'humanizePercentage')}. At the threshold, "
@@ -247,7 +250,7 @@ def _burn_alert(spec: SLOSpec, o: Objective, slo: str, objective: float, b: Burn
         "labels": {"service": o.service, "slo": slo, "severity": b.severity, "long_window": b.long,
                    "short_window": b.short},
         "annotations": {
-            "summary": f"{o.service} {slo} SLO burns its {o.period} error budget at {burn_long}x "
+            "summary": f"{o.service} {slo} SLO burns its {o.period} error budget at {burn_long} "
                        f"(above {num(b.factor)}x over {b.long} and {b.short})",
             "description": description,
             "runbook_url": _runbook(spec, BURN_ALERT, o),
