@@ -46,7 +46,9 @@ def dump_yaml(data: Any) -> str:
 def dashboard_json(dashboard: Any) -> dict[str, Any]:
     from grafanalib._gen import DashboardEncoder
 
-    return json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder))
+    from dashboards.lib import grafana11
+
+    return grafana11(json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder)))
 
 
 def importable(data: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def importable(data: dict[str, Any]) -> dict[str, Any]:
     out["__inputs"] = [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "Prometheus that scrapes connhealth",
                         "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
     out["__requires"] = [{"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
-                         {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "9.0.0"}]
+                         {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "11.0.0"}]
     for var in out["templating"]["list"]:
         if var["name"] == "datasource":
             var["current"] = {"selected": True, "text": "${DS_PROMETHEUS}", "value": "${DS_PROMETHEUS}"}
@@ -93,7 +95,7 @@ def outputs(config: Config) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, content in rule_files(spec).items():
         out[f"alerts/generated/{name}"] = HEADER.format(source=source) + dump_yaml(content)
-    for name, dash in dashboards().items():
+    for name, dash in dashboards(spec).items():
         data = dashboard_json(dash)
         out[f"dashboards/generated/{name}.json"] = json.dumps(data, indent=2, sort_keys=True) + "\n"
         out[f"dashboards/generated/importable/{name}.json"] = json.dumps(importable(data), indent=2, sort_keys=True) + "\n"
