@@ -161,7 +161,7 @@ def _slo_row(grid: Grid, o: Objective, slo: str, objective: float, heat: bool) -
                               "period; 0 when it is spent).",
                   steps=[("red", None), ("orange", 86400.0), ("green", period / 4)], panelLinks=links,
                   targets=[T(f"clamp(connhealth_slo:error_budget_remaining{{{s}}} * {period:g} / "
-                             f'clamp_min(connhealth_slo:burn_rate{{{s},window="1h"}}, 1e-9), 0, {period:g})',
+                             f'clamp_min(max without (window) (connhealth_slo:burn_rate{{{s},window="1h"}}), 1e-9), 0, {period:g})',
                              "time left")]), 4, 5)
     consumed = [T(f'connhealth_slo:burn_rate{{{s},window="{w}"}} * {seconds(w) / period:.10g}', w, chr(65 + i),
                   instant=True) for i, w in enumerate(("1h", "6h", "1d", "3d"))]
