@@ -113,7 +113,7 @@ def failing_targets(sel: str, title: str, description: str) -> Any:
                          {"id": "sortBy", "options": {"sort": [{"field": "failed probes", "desc": True}]}}])
 
 
-def sli_by(label: str, o: Objective, slo: str) -> Any:
+def sli_by(label: str, o: Objective, slo: str, objective: float) -> Any:
     """SLI over the time on screen, per ``label`` (region, cluster), from the raw counters."""
     sel = o.matchers() + "," + JI
     if slo == "availability":
@@ -125,8 +125,6 @@ def sli_by(label: str, o: Objective, slo: str) -> Any:
         good = (f"sum by ({label}) (increase({m.PHASE_DURATION}_bucket"
                 f"{{{o.matchers(phase=o.latency.phase, le=o.latency.le)},{JI}}}[{RANGE}]))")
         total = f"sum by ({label}) (increase({m.PHASE_DURATION}_count{{{lsel}}}[{RANGE}]))"
-    objective = o.availability.objective if slo == "availability" and o.availability else (
-        o.latency.objective if o.latency else 0.0)
     return BarGauge(
         title=f"SLI by {label}", unitId="percentunit", fmin=0.0, fmax=1.0, orientation="horizontal",
         description=f"The {slo} SLI of {o.service} over the time on screen, per {label} (from the probe counters): "
@@ -189,8 +187,8 @@ def _slo_row(grid: Grid, o: Objective, slo: str, objective: float, heat: bool) -
                                     f"({', '.join(f'{b.factor:g}x over {b.long}/{b.short}' for b in windows)}); an alert "
                                     "fires when both of its windows are above its line.",
                         targets=burn), 8, 8)
-    grid.add(sli_by("region", o, slo), 6, 7)
-    grid.add(sli_by("cluster", o, slo), 6, 7)
+    grid.add(sli_by("region", o, slo, objective), 6, 7)
+    grid.add(sli_by("cluster", o, slo, objective), 6, 7)
     grid.add(failing_targets(f"{o.matchers()},{JI}", "Failing targets and their dominant reason",
                              f"Targets of {o.service} by failed probes over the time on screen, with the reason each "
                              "failed with most. Click a target for its detail."), 12, 7)
