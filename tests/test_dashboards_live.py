@@ -188,6 +188,9 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
                     assert {"0.005", "+Inf"} <= les, (dash, les)
                 versions = await instant(session, prom.base_url, substitute(fa["TLS versions"], values))
                 assert {r["metric"]["version"] for r in versions} & {"TLS 1.3", "TLS 1.2", "TLSv1.3", "TLSv1.2"}, versions
+                # each target's own interval is exported: ConnhealthTargetStale judges staleness against it
+                intervals = await instant(session, prom.base_url, 'connhealth_probe_interval_seconds{service="db"}')
+                assert [float(r["value"][1]) for r in intervals] == [1.0, 1.0], intervals
                 # no NaN anywhere in the recorded SLO series
                 for r in await instant(session, prom.base_url, '{__name__=~"connhealth_slo:.*"}'):
                     assert r["value"][1] not in ("NaN", "+Inf", "-Inf"), r
