@@ -309,3 +309,34 @@ def test_drill_down_chain_carries_datasource_service_and_time() -> None:
     for path in DASHBOARDS:
         ann = load(path)["annotations"]["list"]
         assert any(a.get("expr", "").startswith('ALERTS{alertname=~"Connhealth.*",alertstate="firing"') for a in ann), path
+
+
+def test_grafana11_rewrites_what_grafanalib_writes() -> None:
+    """The post-processing step on grafanalib's own output: string thresholds, legacy bar gauge options, rows."""
+    from grafanalib import core as g
+    from grafanalib._gen import DashboardEncoder
+
+    from dashboards.lib import grafana11
+    from exporter.generate import dashboard_json
+
+    raw = g.Dashboard(title="t", sharedCrosshair=True, panels=[
+        g.RowPanel(title="r", gridPos=g.GridPos(h=1, w=24, x=0, y=0)),
+        g.Stat(title="s", gridPos=g.GridPos(h=4, w=6, x=0, y=1)),
+        g.BarGauge(title="b", gridPos=g.GridPos(h=4, w=6, x=6, y=1),
+                   thresholds=[g.Threshold("green", 0, 0.0), g.Threshold("red", 1, 14.4)]),
+    ]).auto_panel_ids()
+    legacy = json.loads(json.dumps(raw.to_json_data(), cls=DashboardEncoder))
+    assert legacy["schemaVersion"] < 39 and legacy["panels"][1]["fieldConfig"]["defaults"]["thresholds"]["steps"] == ""
+    assert "fieldOptions" in legacy["panels"][2]["options"] and legacy["panels"][2]["maxDataPoints"] == 100
+    out = grafana11(legacy)
+    row, stat, bar = out["panels"]
+    assert out["schemaVersion"] == 39 and out["editable"] is False and out["graphTooltip"] == 1
+    assert not {"rows", "style", "hideControls", "sharedCrosshair"} & set(out)
+    assert row == {"type": "row", "title": "r", "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}, "id": 1,
+                   "collapsed": False, "panels": []}
+    assert stat["fieldConfig"]["defaults"]["thresholds"] == {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    assert bar["fieldConfig"]["defaults"]["thresholds"]["steps"] == [{"color": "green", "value": None},
+                                                                     {"color": "red", "value": 14.4}]
+    assert "fieldOptions" not in bar["options"] and bar["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
+    assert "maxDataPoints" not in bar and bar["pluginVersion"] == stat["pluginVersion"] == "11.0.0"
+    assert dashboard_json(raw) == out  # generate uses exactly this step
