@@ -188,7 +188,9 @@ async def test_exporter_down_pages_and_inhibits_targets_absent(tmp_path: Path) -
         content = files[name]
         for group in content["groups"]:
             for rule in group["rules"]:
-                rule["for"] = "0s"  # test-sized: the generated 2m / 10m would outlast the test
+                # Test-sized (the generated 2m / 10m would outlast the test); TargetsAbsent waits 5s so that it
+                # cannot fire in the moment before Prometheus' first scrape.
+                rule["for"] = "5s" if rule["alert"] == "ConnhealthTargetsAbsent" else "0s"
         (tmp_path / name).write_text(dump_yaml(content))
         rules.append(tmp_path / name)
     am = exporter = prom = None
