@@ -11,63 +11,116 @@ Conventions (sloth/pyrra-like, one name per quantity, the window as a label):
     connhealth_slo:burn_rate{service, slo, window}            error_ratio / error_budget
     connhealth_slo:objective{service, slo}                    e.g. 0.999
     connhealth_slo:error_budget{service, slo}                 1 - objective
+    connhealth_slo:period_seconds{service, slo}               the SLO period, e.g. 2592000 for 30d
     connhealth_slo:error_budget_remaining{service, slo}       1 - error_ratio{window=<period>} / error_budget
     connhealth_slo:burn_rate_threshold{service, slo, severity, long_window, short_window}
     connhealth_slo:latency_threshold_seconds{service, slo}    the latency SLO's bucket bound
 
-``slo`` is ``availability`` or ``latency``; ``window`` is one of 5m, 30m, 1h,
-2h, 6h, 1d, 3d and the SLO period (7d, 28d or 30d). Burn-rate alerts follow
-the SRE Workbook's multi-window, multi-burn-rate policy; each factor is the
-share of the budget the long window may consume times period / long window
-(2 % in 1h of 30d = 14.4), so 28d and 7d SLOs get factors of their own.
+``slo`` is ``availability`` or ``latency``. Only the 5m window reads the raw
+counters; every longer window (up to the 30-day period) is a
+``sum_over_time`` of the recorded 5m increases at a 5m step, so no rule reads
+more than 5 minutes of raw samples per target.
+
+Burn policy (SRE Workbook multi-window, multi-burn-rate; windows scaled as in
+pyrra): the factors stay 14.4 / 6 / 3 / 1 (2 % / 5 % / 10 % / 10 % of a 30d
+budget in 1h / 6h / 1d / 3d) for every period, and the windows scale with it::
+
+    long  = round5m(base_long  * period / 30d)      base: 1h, 6h, 1d, 3d
+    short = round5m(base_short * period / 30d)      base: 5m, 30m, 2h, 6h   (at least 5m)
+    share of the budget the long window spends at the threshold = factor * long / period
+
+An alert fires when both windows burn faster than the factor and both hold at
+least ``min_probes`` probes. A spec may set longer windows for low-rate SLOs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.alerts (pyproject's package-dir)
     from ..exporter import metrics as m
-    from ..exporter.slo import Availability, Latency, Objective, SLOSpec
+    from ..exporter.slo import WINDOW_STEP, Availability, Latency, Objective, SLOSpec
 else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
     from exporter import metrics as m
-    from exporter.slo import Availability, Latency, Objective, SLOSpec
+    from exporter.slo import WINDOW_STEP, Availability, Latency, Objective, SLOSpec
 
-WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-# The failure reason of a probe that failed before a phase histogram could
-# observe it does not count against the latency SLO: that is the availability SLO's job.
 TINY = "1e-12"  # denominators are clamped to this: 0 probes -> 0 errors / TINY = 0, never NaN
+BASE_PERIOD = 30 * 86400.0
+RESOLUTION = "5m"  # the only window read from raw counters
+# Windows recorded for every SLO besides its burn windows and its period: the dashboards' "budget consumed in ...".
+DISPLAY_WINDOWS: tuple[str, ...] = ("1h", "6h", "1d", "3d")
+PROMETHEUS_DS = "prometheus"  # uid of the provisioned Prometheus data source (exporter/generate.py)
+BURN_ALERT = "ConnhealthErrorBudgetBurn"
 
 
 def seconds(window: str) -> float:
-    return float(window[:-1]) * _SECONDS[window[-1]]
+    """Seconds of a Prometheus duration made of d/h/m/s parts, e.g. "2d19h10m"."""
+    total, num_ = 0.0, ""
+    for ch in window:
+        if ch.isdigit() or ch == ".":
+            num_ += ch
+        else:
+            total += float(num_) * _SECONDS[ch]
+            num_ = ""
+    return total
+
+
+def duration(value: float) -> str:
+    """The shortest Prometheus duration for whole seconds: 5400 -> "1h30m", 86400 -> "1d"."""
+    rest, out = int(round(value)), ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out or "0s"
 
 
 @dataclass(frozen=True, slots=True)
-class BurnPolicy:
+class BurnWindow:
     """One multi-window burn-rate alert: fire when both windows burn faster than ``factor``."""
 
     severity: str  # page | ticket
     long: str
     short: str
-    budget_share: float  # share of the period's budget the long window may consume
+    factor: float
     for_: str
-    factor: float | None = None  # None: derived from budget_share and the SLO period
 
-    def factor_for(self, period_seconds: float) -> float:
-        if self.factor is not None:
-            return self.factor
-        return round(self.budget_share * period_seconds / seconds(self.long), 6)
+    def budget_share(self, period_seconds: float) -> float:
+        """Share of the period's budget the long window spends when burning at exactly ``factor``."""
+        return self.factor * seconds(self.long) / period_seconds
 
 
-# SRE Workbook, table 5-8 (30d: 14.4, 6, 3, 1).
-DEFAULT_POLICY: tuple[BurnPolicy, ...] = (
-    BurnPolicy("page", "1h", "5m", 0.02, "2m"),
-    BurnPolicy("page", "6h", "30m", 0.05, "15m"),
-    BurnPolicy("ticket", "1d", "2h", 0.10, "1h"),
-    BurnPolicy("ticket", "3d", "6h", 0.10, "3h"),
+# SRE Workbook, table 5-8, for a 30-day period.
+BASE_WINDOWS: tuple[BurnWindow, ...] = (
+    BurnWindow("page", "1h", "5m", 14.4, "2m"),
+    BurnWindow("page", "6h", "30m", 6, "15m"),
+    BurnWindow("ticket", "1d", "2h", 3, "1h"),
+    BurnWindow("ticket", "3d", "6h", 1, "3h"),
 )
+
+
+def _round_step(value: float) -> float:
+    return max(WINDOW_STEP, round(value / WINDOW_STEP) * WINDOW_STEP)
+
+
+def burn_windows(o: Objective) -> tuple[BurnWindow, ...]:
+    """The four burn alerts of ``o``: the spec's windows, or the 30d ones scaled to its period."""
+    scale = o.period_seconds / BASE_PERIOD
+    out = []
+    for i, base in enumerate(BASE_WINDOWS):
+        if o.windows:
+            long, short = o.windows[i]
+        else:
+            long, short = _round_step(seconds(base.long) * scale), _round_step(seconds(base.short) * scale)
+        # `for` keeps its share of the long window (2m of 1h), at least one minute.
+        for_ = max(60.0, round(seconds(base.for_) * long / seconds(base.long) / 60) * 60)
+        out.append(BurnWindow(base.severity, duration(long), duration(short), base.factor, duration(for_)))
+    return tuple(out)
+
+
+WindowsFn = Callable[[Objective], tuple[BurnWindow, ...]]
 
 DASHBOARD_UIDS = {
     "slo": "connhealth-slo",
@@ -104,9 +157,11 @@ def _slo_kinds(o: Objective) -> list[tuple[str, float, str, str, str]]:
     return out
 
 
-def _link(spec: SLOSpec, uid: str, **params: str) -> str:
-    query = "&".join(f"var-{k}={v}" for k, v in params.items())
-    return f"{spec.grafana_url}/d/{uid}/{uid}" + (f"?{query}" if query else "")
+def link(spec: SLOSpec, uid: str, time_from: str, **params: str) -> str:
+    """A Grafana dashboard URL with the data source, the given variables and a time range."""
+    query = "&".join([f"var-datasource={PROMETHEUS_DS}", *(f"var-{k}={v}" for k, v in params.items()),
+                      f"from=now-{time_from}", "to=now"])
+    return f"{spec.grafana_url}/d/{uid}/{uid}?{query}"
 
 
 def _runbook(spec: SLOSpec, alert: str, o: Objective | None = None) -> str:
@@ -124,9 +179,116 @@ def _without_empty_annotations(groups: list[dict[str, Any]]) -> list[dict[str, A
     return groups
 
 
-def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> list[dict[str, Any]]:
+def _fact(expr: str, fmt: str) -> str:
+    """Alert template text showing the value of ``expr`` when the alert is sent ("no data" without one)."""
+    return f"{{{{ with query `{expr}` }}}}{{{{ . | first | value | {fmt} }}}}{{{{ else }}}}no data{{{{ end }}}}"
+
+
+BURN = 'printf "%.2fx"'  # burn rates: 0.40x, 14.40x, 1000.00x (humanize would write 1kx)
+
+
+def recorded_windows(o: Objective, windows: tuple[BurnWindow, ...], resolution: str = RESOLUTION) -> list[str]:
+    """Every window recorded for ``o``, shortest first; ``resolution`` is the one read from raw counters."""
+    names = {resolution, *DISPLAY_WINDOWS, o.period, *(w for b in windows for w in (b.long, b.short))}
+    return sorted(names, key=seconds)
+
+
+def _records(o: Objective, slo: str, total_t: str, good_t: str, probes_t: str, windows: list[str],
+             resolution: str, budget: float) -> list[dict[str, Any]]:
+    labels = {"service": o.service, "slo": slo}
+    sel = f'service="{o.service}",slo="{slo}"'
+    rules: list[dict[str, Any]] = []
+    for w in windows:
+        wl = {**labels, "window": w}
+        wsel = f'{sel},window="{w}"'
+        if w == resolution:
+            total, good = total_t.replace("@W@", w), good_t.replace("@W@", w)
+            rules += [
+                {"record": "connhealth_slo:probes:increase", "expr": probes_t.replace("@W@", w), "labels": wl},
+                {"record": "connhealth_slo:events:increase", "expr": total, "labels": wl},
+                # total - good (not the failures counter): both series exist from the moment a
+                # target is scheduled, so zero failures is 0, not an empty result.
+                {"record": "connhealth_slo:errors:increase", "expr": f"clamp_min({total} - {good}, 0)", "labels": wl},
+            ]
+        else:
+            # Whole 5m increases tiled over the window: no raw sample older than 5 minutes is read, and a 30d
+            # window takes 8640 samples of one series. The range is 1s short of the window so it holds window/5m
+            # steps whether subquery ranges are left-closed (Prometheus 2) or left-open (3).
+            rules += [{"record": f"connhealth_slo:{q}:increase",
+                       "expr": f'sum_over_time(connhealth_slo:{q}:increase{{{sel},window="{resolution}"}}'
+                               f'[{duration(seconds(w) - 1)}:{resolution}])',
+                       "labels": wl} for q in ("probes", "events", "errors")]
+        rules += [
+            {"record": "connhealth_slo:error_ratio",
+             "expr": f"connhealth_slo:errors:increase{{{wsel}}} / clamp_min(connhealth_slo:events:increase{{{wsel}}}, {TINY})",
+             "labels": wl},
+            {"record": "connhealth_slo:sli", "expr": f"1 - connhealth_slo:error_ratio{{{wsel}}}", "labels": wl},
+            {"record": "connhealth_slo:burn_rate", "expr": f"connhealth_slo:error_ratio{{{wsel}}} / {num(budget)}",
+             "labels": wl},
+        ]
+    return rules
+
+
+def _burn_alert(spec: SLOSpec, o: Objective, slo: str, objective: float, b: BurnWindow) -> dict[str, Any]:
+    sel = f'service="{o.service}",slo="{slo}"'
+
+    def over(metric: str, window: str) -> str:
+        # `window` dropped so both windows' series match and the alert carries no stray window label.
+        return f'max without (window) (connhealth_slo:{metric}{{{sel},window="{window}"}})'
+
+    cond = [f"{over('burn_rate', b.long)} > {num(b.factor)}", f"{over('burn_rate', b.short)} > {num(b.factor)}"]
+    if o.min_probes:
+        cond += [f"{over('probes:increase', w)} >= {o.min_probes}" for w in (b.long, b.short)]
+    expr = "(\n  " + "\nand\n  ".join(cond) + "\n)\n"
+    absent = f"absent({m.PROBE_ATTEMPTS}{{{o.matchers()}}})"
+    if b.severity == "page":
+        # The page stays while the SLO's probe series are gone mid-outage (target removed, exporter restarted):
+        # it holds itself through its own ALERTS series until the series are back (or the SLO is silenced).
+        expr += (f'or\n(\n  max without (alertname, alertstate, severity, long_window, short_window) '
+                 f'(ALERTS{{alertname="{BURN_ALERT}",alertstate="firing",{sel},severity="page",long_window="{b.long}"}})\n'
+                 f"  and on () {absent}\n)\n")
+    what = "time-weighted availability (share of the observed time up)" if slo == "availability" else (
+        f"share of {o.latency.phase} phases <= {o.latency.threshold * 1000:g} ms" if o.latency else "")
+    def fact(metric: str, window: str | None, fmt: str) -> str:
+        w = f',window="{window}"' if window else ""
+        return _fact(f"connhealth_slo:{metric}{{{sel}{w}}}", fmt)
+
+    burn_long = fact("burn_rate", b.long, BURN)
+    share = b.budget_share(o.period_seconds)
+    description = (
+        f"The {what} of {o.service} ({o.matchers()}) burns the error budget of its {num(objective * 100)}% / "
+        f"{o.period} objective at {burn_long} over the last {b.long} and {fact('burn_rate', b.short, BURN)} "
+        f"over the last {b.short} (threshold {num(b.factor)}x). Error ratio over {b.long}: "
+        f"{fact('error_ratio', b.long, 'humanizePercentage')}. Error budget left for the {o.period}: "
+        f"{fact('error_budget_remaining', None, 'humanizePercentage')}. At the threshold, "
+        f"{num(round(share * 100, 2))}% of the {o.period} budget is gone within {b.long}."
+    )
+    if b.severity == "page":
+        description += (f"{{{{ with query `{absent}` }}}} The probe series are gone: this page stays until they are "
+                        f"back or the SLO is silenced.{{{{ end }}}}")
+    return {
+        "alert": BURN_ALERT,
+        "expr": expr,
+        "for": b.for_,
+        "labels": {"service": o.service, "slo": slo, "severity": b.severity, "long_window": b.long,
+                   "short_window": b.short},
+        "annotations": {
+            "summary": f"{o.service} {slo} SLO burns its {o.period} error budget at {burn_long} "
+                       f"(above {num(b.factor)}x over {b.long} and {b.short})",
+            "description": description,
+            "runbook_url": _runbook(spec, BURN_ALERT, o),
+            "dashboard": link(spec, DASHBOARD_UIDS["slo"], duration(max(6 * 3600, 2 * seconds(b.long))),
+                              service=o.service, slo=slo),
+        },
+    }
+
+
+def slo_groups(spec: SLOSpec, windows_fn: WindowsFn = burn_windows,
+               resolution: str = RESOLUTION) -> list[dict[str, Any]]:
+    """One group per (service, slo): constants, windowed recordings, then the burn alerts."""
     groups = []
     for o in spec.objectives:
+        windows = windows_fn(o)
         for slo, objective, total_t, good_t, probes_t in _slo_kinds(o):
             labels = {"service": o.service, "slo": slo}
             sel = f'service="{o.service}",slo="{slo}"'
@@ -134,68 +296,24 @@ def slo_groups(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -
             rules: list[dict[str, Any]] = [
                 {"record": "connhealth_slo:objective", "expr": f"vector({num(objective)})", "labels": dict(labels)},
                 {"record": "connhealth_slo:error_budget", "expr": f"vector({num(budget)})", "labels": dict(labels)},
+                {"record": "connhealth_slo:period_seconds", "expr": f"vector({num(o.period_seconds)})",
+                 "labels": dict(labels)},
             ]
             if slo == "latency":
                 assert o.latency is not None
                 rules.append({"record": "connhealth_slo:latency_threshold_seconds",
                               "expr": f"vector({num(o.latency.threshold)})", "labels": dict(labels)})
-            for p in policy:
-                rules.append({"record": "connhealth_slo:burn_rate_threshold",
-                              "expr": f"vector({num(p.factor_for(o.period_seconds))})",
-                              "labels": {**labels, "severity": p.severity, "long_window": p.long, "short_window": p.short}})
-            extra = [w for p in policy for w in (p.long, p.short) if w not in WINDOWS]
-            for w in dict.fromkeys((*WINDOWS, *extra, o.period)):
-                wl = {**labels, "window": w}
-                wsel = f'{sel},window="{w}"'
-                total, good = total_t.replace("@W@", w), good_t.replace("@W@", w)
-                rules += [
-                    {"record": "connhealth_slo:probes:increase", "expr": probes_t.replace("@W@", w), "labels": wl},
-                    {"record": "connhealth_slo:events:increase", "expr": total, "labels": wl},
-                    # total - good (not the failures counter): both series exist from the moment a
-                    # target is scheduled, so zero failures is 0, not an empty result.
-                    {"record": "connhealth_slo:errors:increase", "expr": f"clamp_min({total} - {good}, 0)", "labels": wl},
-                    {"record": "connhealth_slo:error_ratio",
-                     "expr": f"connhealth_slo:errors:increase{{{wsel}}} / clamp_min(connhealth_slo:events:increase{{{wsel}}}, {TINY})",
-                     "labels": wl},
-                    {"record": "connhealth_slo:sli", "expr": f"1 - connhealth_slo:error_ratio{{{wsel}}}", "labels": wl},
-                    {"record": "connhealth_slo:burn_rate", "expr": f"connhealth_slo:error_ratio{{{wsel}}} / {num(budget)}",
-                     "labels": wl},
-                ]
+            for b in windows:
+                rules.append({"record": "connhealth_slo:burn_rate_threshold", "expr": f"vector({num(b.factor)})",
+                              "labels": {**labels, "severity": b.severity, "long_window": b.long,
+                                         "short_window": b.short}})
+            rules += _records(o, slo, total_t, good_t, probes_t, recorded_windows(o, windows, resolution), resolution, budget)
             rules.append({
                 "record": "connhealth_slo:error_budget_remaining",
                 "expr": f'1 - max without (window) (connhealth_slo:error_ratio{{{sel},window="{o.period}"}}) / {num(budget)}',
                 "labels": dict(labels),
             })
-            what = "probe success ratio" if slo == "availability" else (
-                f"share of {o.latency.phase} phases <= {o.latency.threshold * 1000:g} ms" if o.latency else "")
-            for p in policy:
-                factor = p.factor_for(o.period_seconds)
-                cond = (f'connhealth_slo:burn_rate{{{sel},window="{p.long}"}} > {num(factor)}\n'
-                        f'and ignoring (window)\n'
-                        f'connhealth_slo:burn_rate{{{sel},window="{p.short}"}} > {num(factor)}')
-                if o.min_probes:
-                    cond += (f'\nand ignoring (window)\n'
-                             f'connhealth_slo:probes:increase{{{sel},window="{p.long}"}} >= {o.min_probes}')
-                alert = "ConnhealthErrorBudgetBurn"
-                rules.append({
-                    "alert": alert,
-                    "expr": cond + "\n",
-                    "for": p.for_,
-                    "labels": {**labels, "severity": p.severity, "long_window": p.long, "short_window": p.short},
-                    "annotations": {
-                        "summary": f"{o.service} {slo} SLO burning its {o.period} error budget {num(factor)}x too fast "
-                                   f"({p.long}/{p.short} windows)",
-                        # No $value here: the annotations stay stable while the alert fires (and in unit tests);
-                        # the dashboard link shows the burn rate.
-                        "description": (
-                            f"The {what} of {o.service} ({o.matchers()}) burns the error budget of its "
-                            f"{num(objective * 100)}% / {o.period} objective more than {num(factor)}x too fast over "
-                            f"both the last {p.long} and the last {p.short}: at this rate {num(p.budget_share * 100)}% "
-                            f"of the {o.period} budget is gone within {p.long}."),
-                        "runbook_url": _runbook(spec, alert, o),
-                        "dashboard": _link(spec, DASHBOARD_UIDS["slo"], service=o.service),
-                    },
-                })
+            rules += [_burn_alert(spec, o, slo, objective, b) for b in windows]
             groups.append({"name": f"connhealth-slo-{o.service}-{slo}", "rules": rules})
     return groups
 
@@ -231,7 +349,8 @@ def sli_floor_groups(spec: SLOSpec) -> list[dict[str, Any]]:
                         f"{floor.for_} stayed below the floor of {num(floor.objective * 100)}% (the SLO objective is "
                         f"{num(section.objective * 100)}% over {o.period})."),
                     "runbook_url": _runbook(spec, name, o),
-                    "dashboard": _link(spec, DASHBOARD_UIDS["slo"], service=o.service),
+                    "dashboard": link(spec, DASHBOARD_UIDS["slo"], duration(max(6 * 3600, 2 * floor.for_seconds)),
+                                      service=o.service, slo=slo),
                 },
             })
         if rules:
@@ -250,27 +369,29 @@ def _alert(name: str, expr: str, for_: str, severity: str, summary: str, descrip
             "summary": summary,
             "description": description,
             "runbook_url": _runbook(spec, name),
-            "dashboard": _link(spec, DASHBOARD_UIDS[dashboard], **params),
+            "dashboard": link(spec, DASHBOARD_UIDS[dashboard], "6h", **params),
         },
     }
 
 
 TGT_Q = "{{ $labels.target | urlquery }}"
+SVC_Q = "{{ $labels.service | urlquery }}"
 
 
 def probe_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     """Certificates, targets gone absent or stale: independent of any SLO."""
     days = "(%s - time()) / 86400" % m.CERT_EXPIRY
     tgt = "{{ $labels.target }}"
+    target_link = {"service": SVC_Q, "target": TGT_Q}
     cert = [
         _alert("ConnhealthCertificateExpiringSoon", f"{days} < 14 and {days} >= 3", "15m", "warning",
                f"Certificate of {tgt} expires in {{{{ $value | printf \"%.1f\" }}}} days",
                f"The earliest notAfter in the chain presented by {tgt} (module {{{{ $labels.module }}}}) is less than "
-               "14 days away. Renew it.", spec, "failures", target=TGT_Q),
+               "14 days away. Renew it.", spec, "target", **target_link),
         _alert("ConnhealthCertificateExpiringCritical", f"{days} < 3 and {days} >= 0", "5m", "critical",
                f"Certificate of {tgt} expires in {{{{ $value | printf \"%.1f\" }}}} days",
                f"The earliest notAfter in the chain presented by {tgt} is less than 3 days away; clients will fail "
-               "the handshake once it passes.", spec, "failures", target=TGT_Q),
+               "the handshake once it passes.", spec, "target", **target_link),
         _alert("ConnhealthCertificateExpired", f"{days} < 0", "0m", "critical",
                f"Certificate of {tgt} has expired",
                # The expiry also comes from handshakes that failed verification (blackbox #1119), so this fires
@@ -279,13 +400,15 @@ def probe_groups(spec: SLOSpec) -> list[dict[str, Any]]:
                f"The last TLS handshake with {tgt} that received the server's certificates (completed, or failed "
                "verification) presented a chain whose earliest notAfter is in the past; verifying clients reject "
                "it (tls_cert_expired, unless an untrusted chain or a hostname mismatch is reported first).",
-               spec, "failures", target=TGT_Q),
+               spec, "target", **target_link),
     ]
+    limit = f"clamp_min({num(spec.stale_intervals)} * {m.PROBE_INTERVAL}, {num(spec.stale_after)})"
     stale = [
-        _alert("ConnhealthTargetStale", f"time() - {m.LAST_PROBE} > {num(spec.stale_after)}", "5m", "warning",
-               f"No probe of {tgt} finished for over {num(spec.stale_after)}s",
-               f"The exporter still lists {tgt} but its last probe finished {{{{ $value | humanizeDuration }}}} ago: "
-               "the scheduler is stuck or overloaded.", spec, "target", target=TGT_Q),
+        _alert("ConnhealthTargetStale", f"time() - {m.LAST_PROBE} > {limit}", "5m", "warning",
+               f"No probe of {tgt} finished for {{{{ $value | humanizeDuration }}}}",
+               f"The exporter still lists {tgt} but its last probe finished {{{{ $value | humanizeDuration }}}} ago, "
+               f"more than {num(spec.stale_intervals)} of its probe intervals (and at least "
+               f"{duration(spec.stale_after)}): the scheduler is stuck or overloaded.", spec, "target", **target_link),
     ]
     for o in spec.objectives:
         stale.append(_alert(
@@ -323,7 +446,7 @@ def lifecycle_groups(spec: SLOSpec) -> list[dict[str, Any]]:
                f"{by} (increase({m.TCP_SYN_RETRANSMITS}[15m])) / {by} (increase({m.PROBE_ATTEMPTS}[15m])) > 0.1",
                "15m", "warning", f"Connects to {tgt} keep losing SYNs",
                f"More than 1 in 10 probes of {tgt} needed a SYN retransmission over 15 minutes: each costs the client "
-               "1 s or more on connect.", spec, "failures", target=TGT_Q),
+               "1 s or more on connect.", spec, "target", target=TGT_Q),
     ]
     return [{"name": "connhealth-lifecycle", "rules": rules}]
 
@@ -331,7 +454,14 @@ def lifecycle_groups(spec: SLOSpec) -> list[dict[str, Any]]:
 def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     """The exporter's own health."""
     inst = "{{ $labels.instance }}"
+    inst_q = "{{ $labels.instance | urlquery }}"
+    job = spec.exporter_job.replace("\\", "\\\\").replace('"', '\\"')
     rules = [
+        _alert("ConnhealthExporterDown", f'up{{job="{job}"}} == 0', "2m", "critical",
+               f"connhealth exporter {inst} is down",
+               f"Prometheus cannot scrape the connhealth exporter {inst} (job {{{{ $labels.job }}}}): none of its "
+               "targets is probed or measured. ConnhealthTargetsAbsent and ConnhealthTargetStale are inhibited "
+               "while this fires.", spec, "exporter", instance=inst_q),
         _alert("ConnhealthExporterAbsent", f"absent({m.BUILD_INFO})", "5m", "critical",
                "No connhealth exporter is reporting",
                f"{m.BUILD_INFO} is absent: no exporter is scraped, so no probe result (and no SLO) is measured.",
@@ -339,29 +469,31 @@ def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
         _alert("ConnhealthConfigReloadFailed", f"{m.RELOAD_SUCCESS} == 0", "5m", "warning",
                f"connhealth {inst} failed to reload its configuration",
                "The last configuration reload failed; the exporter keeps probing with the previous config. "
-               "Run `connhealth check-config` on the file.", spec, "exporter"),
+               "Run `connhealth check-config` on the file.", spec, "exporter", instance=inst_q),
         _alert("ConnhealthSchedulerLagging",
                f"histogram_quantile(0.99, sum by (job, instance, le) (rate({m.SCHEDULER_LAG}_bucket[10m]))) > 1",
                "15m", "warning", f"connhealth {inst} starts probes late",
                "The 99th percentile of (actual - planned) probe start is {{ $value | humanizeDuration }}: "
                "the scheduler is saturated (raise scheduler.concurrency or intervals) or the event loop is blocked.",
-               spec, "exporter"),
+               spec, "exporter", instance=inst_q),
         _alert("ConnhealthProbesDropped", f"sum by (job, instance, reason) (rate({m.SKIPPED}[10m])) > 0", "15m",
                "warning", f"connhealth {inst} skips scheduled probes ({{{{ $labels.reason }}}})",
                "Scheduled probes are not run (still_running: the previous probe of the target had not finished). "
-               "Probe timeouts longer than intervals, or too little concurrency.", spec, "exporter"),
+               "Probe timeouts longer than intervals, or too little concurrency.", spec, "exporter", instance=inst_q),
         _alert("ConnhealthTraceSpansDropped", f"sum by (job, instance) (rate({m.TRACE_EXPORT_DROPS}[10m])) > 0",
                "15m", "warning", f"connhealth {inst} drops trace spans",
                "Probe traces are dropped before export (collector unreachable or queue full): exemplar links "
-               "from dashboards will lead nowhere.", spec, "exporter"),
+               "from dashboards will lead nowhere.", spec, "exporter", instance=inst_q),
     ]
     return [{"name": "connhealth-exporter", "rules": rules}]
 
 
-def rule_files(spec: SLOSpec, policy: tuple[BurnPolicy, ...] = DEFAULT_POLICY) -> dict[str, dict[str, Any]]:
+def rule_files(spec: SLOSpec, windows_fn: WindowsFn = burn_windows,
+               resolution: str = RESOLUTION) -> dict[str, dict[str, Any]]:
     """File name -> rule file content (``{"groups": [...]}``)."""
     return {
-        "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(slo_groups(spec, policy) + sli_floor_groups(spec))},
+        "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(
+            slo_groups(spec, windows_fn, resolution) + sli_floor_groups(spec))},
         "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec) + lifecycle_groups(spec))},
         "connhealth-exporter.rules.yml": {"groups": _without_empty_annotations(exporter_groups(spec))},
     }

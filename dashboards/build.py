@@ -1,9 +1,14 @@
-"""The four connhealth dashboards, as grafanalib objects.
+"""The four connhealth dashboards, as grafanalib objects, generated from the SLO spec.
 
 Every panel uses the ``datasource`` variable, has a title, a description and a
-unit. Rates of raw counters use ``$__rate_interval``; the SLO panels read the
-recorded ``connhealth_slo:*`` series, whose windows (5m … 30d) are part of the
-SLO definition and deliberately not the dashboard's interval.
+unit. Rates of raw counters use ``$__rate_interval``; tables answering "over the
+time on screen" use ``$__range``. The SLO panels read the recorded
+``connhealth_slo:*`` series, whose windows (5m … 30d) are part of the SLO
+definition and deliberately not the dashboard's interval.
+
+The drill-down chain: an SLO row links to Failure attribution (same service,
+same time range); its failing-targets table links to Target detail; Target
+detail's latency panels carry exemplars that open the probe's trace.
 """
 from __future__ import annotations
 
@@ -14,27 +19,33 @@ from urllib.parse import quote
 from grafanalib import core as g
 
 if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.dashboards (pyproject's package-dir)
-    from ..alerts.rules import DASHBOARD_UIDS, WINDOWS
+    from ..alerts.rules import DASHBOARD_UIDS, burn_windows, duration, seconds
     from ..exporter import metrics as m
     from ..exporter.generate import TRACES_DS_UID
-    from ..exporter.slo import PERIODS
+    from ..exporter.slo import Objective, SLOSpec
 else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
-    from alerts.rules import DASHBOARD_UIDS, WINDOWS
+    from alerts.rules import DASHBOARD_UIDS, burn_windows, duration, seconds
     from exporter import metrics as m
     from exporter.generate import TRACES_DS_UID
-    from exporter.slo import PERIODS
+    from exporter.slo import Objective, SLOSpec
 
-from .lib import BarGauge, PromTarget, Stat, Table, TimeSeries, datasource_variable, link, query_variable
+from .lib import BarGauge, PromTarget, Stat, Table, TimeSeries, datasource_variable, heatmap, link, query_variable
 
 RI = "$__rate_interval"
+RANGE = "$__range"
 TAGS = ["connhealth"]
-PERIOD_RE = "|".join(PERIODS)
-WINDOW_RE = "|".join(WINDOWS)
+# Links keep the data source and the time range on screen.
+KEEP = "var-datasource=${datasource}&${__url_time_range}"
+JI = 'job=~"$job",instance=~"$instance"'
 
 
-def T(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False, exemplar: bool = False) -> PromTarget:
+def T(expr: str, legend: str = "", ref: str = "A", *, instant: bool = False, exemplar: bool = False,
+      fmt: str | None = None) -> PromTarget:
     # grafanalib ships no type information: mypy's attrs plugin sees only our own field.
-    return PromTarget(expr=expr, legendFormat=legend, refId=ref, instant=instant, exemplar=exemplar)  # type: ignore[call-arg]
+    t = PromTarget(expr=expr, legendFormat=legend, refId=ref, instant=instant, exemplar=exemplar)  # type: ignore[call-arg]
+    if fmt:
+        t.format = fmt
+    return t
 
 
 class Grid:
@@ -59,19 +70,78 @@ class Grid:
         self.y += 1
 
 
-def _dashboard(key: str, title: str, description: str, grid: Grid, variables: list[g.Template]) -> g.Dashboard:
+def alerts_annotation(matchers: str) -> dict[str, Any]:
+    """Firing connhealth alerts drawn on every time series of the dashboard."""
+    return {
+        "name": "Alerts", "enable": True, "iconColor": "red", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "expr": f'ALERTS{{alertname=~"Connhealth.*",alertstate="firing"{"," + matchers if matchers else ""}}}',
+        "step": "1m", "titleFormat": "{{alertname}} ({{severity}})",
+        "tagKeys": "alertname,severity,service,slo,long_window,instance,target", "useValueForTime": False,
+    }
+
+
+def _dashboard(key: str, title: str, description: str, grid: Grid, variables: list[g.Template],
+               annotation_matchers: str = "") -> g.Dashboard:
     links = [g.DashboardLink(asDropdown=False, includeVars=True, keepTime=True, tags=TAGS, title="connhealth",
-                             type="dashboards")] if hasattr(g, "DashboardLink") else []
+                             type="dashboards")]
     return g.Dashboard(
         title=title, uid=DASHBOARD_UIDS[key], description=description, tags=TAGS, timezone="utc",
         refresh="30s", panels=grid.panels, templating=g.Templating(list=[datasource_variable(), *variables]),
         time=g.Time("now-6h", "now"), links=links, sharedCrosshair=True,
+        annotations=g.Annotations(list=[alerts_annotation(annotation_matchers)]),
     ).auto_panel_ids()
 
 
-def _target_link(key: str = "target") -> dict[str, Any]:
+def _target_link() -> dict[str, Any]:
+    uid = DASHBOARD_UIDS["target"]
     return link("Target detail for ${__data.fields.target}",
-                f"/d/{DASHBOARD_UIDS[key]}/{DASHBOARD_UIDS[key]}?var-datasource=${{datasource}}&var-target=${{__data.fields.target}}")
+                f"/d/{uid}/{uid}?{KEEP}&var-target=${{__data.fields.target}}")
+
+
+def _failures_link(service: str) -> dict[str, Any]:
+    uid = DASHBOARD_UIDS["failures"]
+    return link(f"Failure attribution for {service}", f"/d/{uid}/{uid}?{KEEP}&var-service={service}")
+
+
+def _job_instance_vars(metric: str) -> list[g.Template]:
+    return [query_variable("job", "Job", f"label_values({metric}, job)"),
+            query_variable("instance", "Instance", f'label_values({metric}{{job=~"$job"}}, instance)')]
+
+
+def failing_targets(sel: str, title: str, description: str, traces: str) -> Any:
+    """Targets by failures over the time on screen, with the reason each failed with most; each links to its
+    detail dashboard and to its failing probes in the trace store (``traces``: jaeger | tempo)."""
+    fail = f"sum by (target, reason) (increase({m.PROBE_FAILURES}{{{sel}}}[{RANGE}]))"
+    return Table(
+        title=title, unitId="none", dataLinks=[_target_link(), _trace_search_link(traces)], description=description,
+        targets=[T(f"topk(10, sum by (target) ({fail}))", instant=True),
+                 T(f"topk by (target) (1, {fail})", "", "B", instant=True)],
+        transformations=[{"id": "joinByField", "options": {"byField": "target", "mode": "inner"}},
+                         {"id": "organize", "options": {
+                             "excludeByName": {"Time 1": True, "Time 2": True, "Value #B": True},
+                             "renameByName": {"Value #A": "failed probes", "reason": "dominant reason"}}},
+                         {"id": "sortBy", "options": {"sort": [{"field": "failed probes", "desc": True}]}}])
+
+
+def sli_by(label: str, o: Objective, slo: str, objective: float) -> Any:
+    """SLI over the time on screen, per ``label`` (region, cluster), from the raw counters."""
+    sel = o.matchers() + "," + JI
+    if slo == "availability":
+        # time-weighted, as the SLI itself (docs/metrics.md)
+        good = f"sum by ({label}) (increase({m.UP_SECONDS}{{{sel}}}[{RANGE}]))"
+        total = f"sum by ({label}) (increase({m.OBSERVED_SECONDS}{{{sel}}}[{RANGE}]))"
+    else:
+        assert o.latency is not None
+        lsel = o.matchers(phase=o.latency.phase) + "," + JI
+        good = (f"sum by ({label}) (increase({m.PHASE_DURATION}_bucket"
+                f"{{{o.matchers(phase=o.latency.phase, le=o.latency.le)},{JI}}}[{RANGE}]))")
+        total = f"sum by ({label}) (increase({m.PHASE_DURATION}_count{{{lsel}}}[{RANGE}]))"
+    return BarGauge(
+        title=f"SLI by {label}", unitId="percentunit", fmin=0.0, fmax=1.0, orientation="horizontal",
+        description=f"The {slo} SLI of {o.service} over the time on screen, per {label} (from the probe counters): "
+                    f"one {label} below the objective points at its network path or deployment.",
+        steps=[("red", None), ("green", objective)],
+        targets=[T(f"{good} / clamp_min({total}, 1e-12)", f"{{{{{label}}}}}", instant=True)])
 
 
 # The trace store's search for one target's failing probes, as Grafana's Explore shows it for the
@@ -99,73 +169,109 @@ def _trace_search_link(traces: str) -> dict[str, Any]:
 # --- SLO overview -----------------------------------------------------------------
 
 
-def slo_overview() -> g.Dashboard:
-    s = 'service=~"$service",slo=~"$slo"'
+def _slo_row(grid: Grid, o: Objective, slo: str, objective: float, heat: bool, traces: str) -> None:
+    s = f'service="{o.service}",slo="{slo}"'
+    period = o.period_seconds
+    windows = burn_windows(o)
+    what = "the observed time the targets were up (time-weighted)" if slo == "availability" else (
+        f"{o.latency.phase} phases <= {o.latency.threshold * 1000:g} ms" if o.latency else "")
+    links = [_failures_link(o.service)]
+    grid.row(f"{o.service} · {slo} · {objective * 100:g}% over {o.period}")
+    grid.add(Stat(title="SLI over the period", unitId="percentunit", reduceCalc="lastNotNull", decimals=3,
+                  description=f"Share of {what} over the SLO's {o.period}, from connhealth_slo:sli. Red below the "
+                              f"{objective * 100:g}% objective.",
+                  steps=[("red", None), ("green", objective)], panelLinks=links,
+                  targets=[T(f'connhealth_slo:sli{{{s},window="{o.period}"}}', "SLI")]), 4, 5)
+    grid.add(Stat(title="Error budget left", unitId="percentunit", reduceCalc="lastNotNull", decimals=1,
+                  description=f"1 - (error ratio over the {o.period} / error budget). Below 0 the SLO is breached "
+                              "for the period.",
+                  steps=[("red", None), ("orange", 0.0), ("green", 0.25)], panelLinks=links,
+                  targets=[T(f"connhealth_slo:error_budget_remaining{{{s}}}", "budget left")]), 4, 5)
+    grid.add(Stat(title="Time to budget exhaustion", unitId="s", reduceCalc="lastNotNull", graphMode="none",
+                  description="At the burn rate of the last hour, how long the budget left lasts (capped at the "
+                              "period; 0 when it is spent).",
+                  steps=[("red", None), ("orange", 86400.0), ("green", period / 4)], panelLinks=links,
+                  targets=[T(f"clamp(connhealth_slo:error_budget_remaining{{{s}}} * {period:g} / "
+                             f'clamp_min(max without (window) (connhealth_slo:burn_rate{{{s},window="1h"}}), 1e-9), 0, {period:g})',
+                             "time left")]), 4, 5)
+    consumed = [T(f'connhealth_slo:burn_rate{{{s},window="{w}"}} * {seconds(w) / period:.10g}', w, chr(65 + i),
+                  instant=True) for i, w in enumerate(("1h", "6h", "1d", "3d"))]
+    grid.add(BarGauge(title="Budget consumed in 1h / 6h / 1d / 3d", unitId="percentunit", fmin=0.0, fmax=0.1,
+                      orientation="horizontal",
+                      description=f"Share of the {o.period} error budget spent in each window (burn rate x window / "
+                                  "period). The Workbook pages at 2 % in 1h and 5 % in 6h.",
+                      steps=[("green", None), ("orange", 0.02), ("red", 0.05)], targets=consumed), 12, 5)
+    grid.add(TimeSeries(title="SLI (1h) vs objective", unitId="percentunit", fmax=1.0, panelLinks=links,
+                        description=f"Share of {what} over the last hour against the {objective * 100:g}% objective.",
+                        targets=[T(f'connhealth_slo:sli{{{s},window="1h"}}', "SLI 1h"),
+                                 T(f"connhealth_slo:objective{{{s}}}", "objective", "B")]), 8, 8)
+    grid.add(TimeSeries(title=f"Budget burndown over the {o.period}", unitId="percentunit", timeFrom=o.period,
+                        description=f"Error budget left over the whole {o.period} period (this panel always shows "
+                                    "the period, whatever the time picker says).",
+                        steps=[("red", None), ("green", 0.0)],
+                        targets=[T(f"connhealth_slo:error_budget_remaining{{{s}}}", "budget left")]), 8, 8)
+    burn = [T(f'connhealth_slo:burn_rate{{{s},window=~"{"|".join(sorted({b.long for b in windows}, key=seconds))}"}}',
+              "burn {{window}}"),
+            T(f"connhealth_slo:burn_rate_threshold{{{s}}}", "threshold {{severity}} {{long_window}}/{{short_window}}",
+              "B")]
+    grid.add(TimeSeries(title="Burn rate per alert window vs thresholds", unitId="none", fmin=0.0, panelLinks=links,
+                        description="Error ratio / error budget over each alert's long window (1 = spending the budget "
+                                    "exactly over the period). The thresholds come from connhealth_slo:burn_rate_threshold "
+                                    f"({', '.join(f'{b.factor:g}x over {b.long}/{b.short}' for b in windows)}); an alert "
+                                    "fires when both of its windows are above its line.",
+                        targets=burn), 8, 8)
+    grid.add(sli_by("region", o, slo, objective), 6, 7)
+    grid.add(sli_by("cluster", o, slo, objective), 6, 7)
+    grid.add(failing_targets(f"{o.matchers()},{JI}", "Failing targets and their dominant reason",
+                             f"Targets of {o.service} by failed probes over the time on screen, with the reason each "
+                             "failed with most. Click a target for its detail or for its failing probes' traces.",
+                             traces), 12, 7)
+    if slo == "latency" and o.latency is not None:
+        lat = o.latency
+        bucket = f"rate({m.PHASE_DURATION}_bucket{{{o.matchers(phase=lat.phase)},{JI}}}[{RI}])"
+        grid.add(TimeSeries(title=f"P{lat.objective * 100:g} {lat.phase} latency vs threshold", unitId="s", fmin=0.0,
+                            description=f"The {lat.objective * 100:g}th percentile of the {lat.phase} phase of "
+                                        f"{o.service} against the {lat.threshold * 1000:g} ms threshold of the SLO. "
+                                        "Exemplars link slow samples to their probe's trace.",
+                            targets=[T(f"histogram_quantile({lat.objective:g}, sum by (le) ({bucket}))",
+                                       f"P{lat.objective * 100:g} {lat.phase}", exemplar=True),
+                                     T(f"connhealth_slo:latency_threshold_seconds{{{s}}}", "threshold", "B")]), 12, 8)
+    if heat:
+        phase = o.latency.phase if o.latency else "connect"
+        grid.add(heatmap(title=f"{phase} latency heatmap",
+                         description=f"Distribution of the {phase} phase of {o.service} per interval (histogram "
+                                     "buckets); exemplars (dots) open the probe's trace.",
+                         targets=[T(f"sum by (le) (rate({m.PHASE_DURATION}_bucket{{{o.matchers(phase=phase)},{JI}}}"
+                                    f"[{RI}]))", "{{le}}", exemplar=True, fmt="heatmap")]), 12, 8)
+
+
+def slo_overview(spec: SLOSpec, traces: str = "jaeger") -> g.Dashboard:
     grid = Grid()
-    grid.row("Objectives and error budget")
-    grid.add(Stat(title="SLI over the SLO period", unitId="percentunit", reduceCalc="lastNotNull", decimals=3,
-                  description="Share of good events (time the targets were up, or connects under the latency threshold) over "
-                              "the SLO's whole period (7d, 28d or 30d), from connhealth_slo:sli.",
-                  targets=[T(f'connhealth_slo:sli{{{s},window=~"{PERIOD_RE}"}}', "{{service}} {{slo}} ({{window}})")]), 8, 5)
-    grid.add(Stat(title="Objective", unitId="percentunit", reduceCalc="lastNotNull", decimals=3, graphMode="none",
-                  description="The target share of good events, from the SLO spec (connhealth_slo:objective).",
-                  targets=[T(f"connhealth_slo:objective{{{s}}}", "{{service}} {{slo}}")]), 8, 5)
-    grid.add(Stat(title="Error budget remaining", unitId="percentunit", reduceCalc="lastNotNull", decimals=1, fmax=1.0,
-                  description="1 - (error ratio over the period / error budget). Below 0 the SLO is breached for the period.",
-                  targets=[T(f"connhealth_slo:error_budget_remaining{{{s}}}", "{{service}} {{slo}}")]), 8, 5)
-    grid.add(TimeSeries(title="SLI (1h) vs objective", unitId="percentunit", fmax=1.0,
-                        description="SLI over the last hour against the objective line. Probes that fail (availability) "
-                                    "or connects slower than the threshold (latency) pull it down.",
-                        targets=[T(f'connhealth_slo:sli{{{s},window="1h"}}', "SLI {{service}} {{slo}}"),
-                                 T(f"connhealth_slo:objective{{{s}}}", "objective {{service}} {{slo}}", "B")]), 12, 8)
-    grid.add(TimeSeries(title="Error budget remaining over the period", unitId="percentunit", fmax=1.0,
-                        description="How much of the period's error budget is left, over time.",
-                        targets=[T(f"connhealth_slo:error_budget_remaining{{{s}}}", "{{service}} {{slo}}")]), 12, 8)
-    grid.row("Burn rates")
-    grid.add(TimeSeries(title="Burn rate per window vs alert thresholds", unitId="none", scaleDistributionType="log",
-                        scaleDistributionLog=10,
-                        description="Error ratio / error budget per window (1 = spending the budget exactly over the "
-                                    "period). Dashed: the multi-window alert thresholds (page 1h/5m and 6h/30m, ticket "
-                                    "1d/2h and 3d/6h); an alert fires when both its windows are above its line.",
-                        targets=[T(f'connhealth_slo:burn_rate{{{s},window=~"{WINDOW_RE}"}}', "{{service}} {{slo}} {{window}}"),
-                                 T(f"connhealth_slo:burn_rate_threshold{{{s}}}",
-                                   "threshold {{service}} {{slo}} {{severity}} {{long_window}}/{{short_window}}", "B")]), 16, 9)
-    grid.add(BarGauge(title="Burn rate now", unitId="none", fmin=0.0, orientation="horizontal", format="none",
-                      description="Current burn rate per window; the thresholds are 1 (budget spent exactly over the "
-                                  "period) and 14.4 (the 30d page threshold).",
-                      thresholds=[g.Threshold("green", 0, 0.0), g.Threshold("orange", 1, 1.0), g.Threshold("red", 2, 14.4)],
-                      targets=[T(f'connhealth_slo:burn_rate{{{s},window=~"{WINDOW_RE}"}}', "{{service}} {{slo}} {{window}}",
-                                 instant=True)]), 8, 9)
-    grid.row("Latency")
-    grid.add(TimeSeries(title="P95 connect latency vs threshold", unitId="s", fmin=0.0,
-                        description="95th percentile TCP connect time per service (from the phase histogram) against "
-                                    "the latency SLO threshold. Exemplars link slow samples to their probe's trace.",
-                        targets=[T(f'histogram_quantile(0.95, sum by (le, service) (rate({m.PHASE_DURATION}_bucket'
-                                   f'{{phase="connect",service=~"$service"}}[{RI}])))', "P95 connect {{service}}",
-                                   exemplar=True),
-                                 T('connhealth_slo:latency_threshold_seconds{service=~"$service"}', "threshold {{service}}",
-                                   "B")]), 16, 8)
-    grid.add(Table(title="Firing and pending alerts", unitId="none",
-                   description="connhealth alerts Prometheus currently evaluates as pending or firing for the selected "
-                               "services (ALERTS), with severity and windows.",
-                   targets=[T('sum by (alertname, alertstate, severity, service, slo, long_window, short_window) '
-                              '(ALERTS{alertname=~"Connhealth.*",service=~"$service"})', instant=True)]), 8, 8)
+    for o in spec.objectives:
+        kinds = [(slo, obj) for slo, obj in (("availability", o.availability and o.availability.objective),
+                                              ("latency", o.latency and o.latency.objective)) if obj]
+        for slo, objective in kinds:
+            # one heatmap per service: in its latency row, else in its availability row
+            _slo_row(grid, o, slo, objective, heat=(slo == "latency" or o.latency is None), traces=traces)
     variables = [
+        *_job_instance_vars(m.PROBE_ATTEMPTS),
         query_variable("service", "Service", "label_values(connhealth_slo:objective, service)"),
         query_variable("slo", "SLO", "label_values(connhealth_slo:objective, slo)"),
     ]
-    return _dashboard("slo", "connhealth / SLO overview",
-                      "Availability and latency SLOs: SLI vs objective, error budget, burn rates and alerts.", grid, variables)
+    return _dashboard("slo", "connhealth / SLOs",
+                      "One row per SLO of the spec: SLI vs objective, error budget and its burndown, burn rates against "
+                      "the alert thresholds, SLI by region and cluster, failing targets; links to Failure attribution.",
+                      grid, variables, 'service=~"$service"')
 
 
 # --- Failure attribution ------------------------------------------------------------
 
-F = 'job=~"$job",service=~"$service",region=~"$region",cluster=~"$cluster"'
+F = 'job=~"$job",instance=~"$instance",service=~"$service",region=~"$region",cluster=~"$cluster"'
 
 
 def _common_vars(*extra: g.Template) -> list[g.Template]:
     return [
-        query_variable("job", "Job", f"label_values({m.PROBE_ATTEMPTS}, job)"),
+        *_job_instance_vars(m.PROBE_ATTEMPTS),
         query_variable("service", "Service", f'label_values({m.PROBE_ATTEMPTS}{{job=~"$job"}}, service)'),
         query_variable("region", "Region", f'label_values({m.PROBE_ATTEMPTS}{{job=~"$job",service=~"$service"}}, region)'),
         query_variable("cluster", "Cluster", f'label_values({m.PROBE_ATTEMPTS}{{job=~"$job",service=~"$service"}}, cluster)'),
@@ -185,22 +291,22 @@ def failure_attribution(traces: str = "jaeger") -> g.Dashboard:
                         description="Failed probes per second, by the connection phase the failure happened in. "
                                     "Exemplars link a failure to its probe's trace.",
                         targets=[T(f"sum by (phase) ({fail})", "{{phase}}", exemplar=True)]), 12, 8)
-    grid.add(Table(title="Reason × region", unitId="ops",
-                   description="Failure rate by reason and region: one region failing points at the network path.",
-                   targets=[T(f"sum by (reason, region) ({fail})", instant=True)]), 8, 8)
-    grid.add(Table(title="Reason × service", unitId="ops",
-                   description="Failure rate by reason and service: one service failing points at the service itself.",
-                   targets=[T(f"sum by (reason, service) ({fail})", instant=True)]), 8, 8)
-    grid.add(Table(title="Top failing targets and their last reason", unitId="ops",
-                   dataLinks=[_target_link(), _trace_search_link(traces)],
-                   description="The 10 targets failing most, each with the reason it failed with most in the last "
-                               "rate interval (its recent reason). Click a target for its detail dashboard or for "
-                               "its failing probes' traces in the trace store.",
-                   targets=[T(f"topk(10, sum by (target, phase, reason) ({fail}))", instant=True)]), 8, 8)
+    over = f"increase({m.PROBE_FAILURES}{{{F}}}[{RANGE}])"
+    grid.add(Table(title="Reason × region", unitId="none",
+                   description="Failed probes over the time on screen by reason and region: one region failing "
+                               "points at the network path.",
+                   targets=[T(f"sum by (reason, region) ({over})", instant=True)]), 8, 8)
+    grid.add(Table(title="Reason × service", unitId="none",
+                   description="Failed probes over the time on screen by reason and service: one service failing "
+                               "points at the service itself.",
+                   targets=[T(f"sum by (reason, service) ({over})", instant=True)]), 8, 8)
+    grid.add(failing_targets(F, "Top failing targets and their dominant reason",
+                             "The 10 targets with the most failed probes over the time on screen, each with the "
+                             "reason it failed with most. Click a target for its detail dashboard or for its failing "
+                             "probes' traces in the trace store.", traces), 8, 8)
     grid.row("Latency by phase")
     bucket = f"rate({m.PHASE_DURATION}_bucket{{{F}}}[{RI}])"
-    grid.add(TimeSeries(title="Phase latency P50 / P95", unitId="s", fmin=0.0, scaleDistributionType="log",
-                        scaleDistributionLog=10,
+    grid.add(TimeSeries(title="Phase latency P50 / P95", unitId="s", fmin=0.0,
                         description="Median and 95th percentile of each phase (dns, connect, tls, request, first_byte, "
                                     "transfer). Exemplars (dots) link a sample to the probe's trace.",
                         targets=[T(f"histogram_quantile(0.5, sum by (le, phase) ({bucket}))", "P50 {{phase}}", exemplar=True),
@@ -260,7 +366,7 @@ def lifecycle_row(grid: Grid, sel: str, by: str) -> None:
 
 
 def target_detail() -> g.Dashboard:
-    t = 'job=~"$job",target="$target"'
+    t = 'job=~"$job",instance=~"$instance",target="$target"'
     grid = Grid()
     grid.add(Stat(title="Last probe succeeded", unitId="bool_yes_no", reduceCalc="lastNotNull", graphMode="none",
                   description="connhealth_probe_success of the target's last probe.",
@@ -297,14 +403,18 @@ def target_detail() -> g.Dashboard:
                         targets=[T(f"sum by (phase, reason) (rate({m.PROBE_FAILURES}{{{t}}}[{RI}]))", "{{phase}} / {{reason}}",
                                    exemplar=True)]),
              12, 8)
+    grid.add(heatmap(title="Phase latency heatmap", description="Distribution of every phase of this target per "
+                                                                "interval; exemplars (dots) open the probe's trace.",
+                     targets=[T(f"sum by (le) (rate({m.PHASE_DURATION}_bucket{{{t}}}[{RI}]))", "{{le}}", exemplar=True,
+                                fmt="heatmap")]), 24, 8)
     lifecycle_row(grid, t, "module")
     variables = [
-        query_variable("job", "Job", f"label_values({m.PROBE_ATTEMPTS}, job)"),
+        *_job_instance_vars(m.PROBE_ATTEMPTS),
         query_variable("target", "Target", f'label_values({m.PROBE_ATTEMPTS}{{job=~"$job"}}, target)',
                        multi=False, include_all=False),
     ]
-    return _dashboard("target", "connhealth / Target detail", "One target: phases, success, failures and reasons.",
-                      grid, variables)
+    return _dashboard("target", "connhealth / Target detail", "One target: phases, success, failures and reasons; "
+                      "exemplars on the latency panels open the probe's trace.", grid, variables, 'target="$target"')
 
 
 # --- Exporter ---------------------------------------------------------------------------------
@@ -354,15 +464,11 @@ def exporter_health() -> g.Dashboard:
     grid.add(TimeSeries(title="Probe rate", unitId="ops", fmin=0.0,
                         description="Probes finished per second (all targets).",
                         targets=[T(f"sum by (instance) (rate({m.PROBE_ATTEMPTS}{{{e}}}[{RI}]))", "{{instance}}")]), 6, 6)
-    variables = [
-        query_variable("job", "Job", f"label_values({m.BUILD_INFO}, job)"),
-        query_variable("instance", "Instance", f'label_values({m.BUILD_INFO}{{job=~"$job"}}, instance)'),
-    ]
     return _dashboard("exporter", "connhealth / Exporter", "The exporter's own health: lag, in-flight, drops, reloads.",
-                      grid, variables)
+                      grid, _job_instance_vars(m.BUILD_INFO), 'instance=~"$instance"')
 
 
-def dashboards(traces: str = "jaeger") -> dict[str, g.Dashboard]:
-    """``traces``: the trace store (jaeger | tempo) the failure table's trace-search links are shaped for."""
-    return {"slo-overview": slo_overview(), "failure-attribution": failure_attribution(traces),
+def dashboards(spec: SLOSpec, traces: str = "jaeger") -> dict[str, g.Dashboard]:
+    """``traces``: the trace store (jaeger | tempo) the failing-targets tables' trace-search links are shaped for."""
+    return {"slo-overview": slo_overview(spec, traces), "failure-attribution": failure_attribution(traces),
             "target-detail": target_detail(), "exporter": exporter_health()}

@@ -58,7 +58,8 @@ COMPOSE_LINKS = Links(prometheus_url="http://prometheus:9090", traces_url="http:
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:  # a shared labels dict is written out, not as &id001 / *id001
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
@@ -76,7 +77,12 @@ def dump_yaml(data: Any) -> str:
 def dashboard_json(dashboard: Any) -> dict[str, Any]:
     from grafanalib._gen import DashboardEncoder
 
-    return json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder))
+    if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
+        from ..dashboards.lib import grafana11
+    else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
+        from dashboards.lib import grafana11
+
+    return grafana11(json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder)))
 
 
 def importable(data: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +91,7 @@ def importable(data: dict[str, Any]) -> dict[str, Any]:
     out["__inputs"] = [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "Prometheus that scrapes connhealth",
                         "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
     out["__requires"] = [{"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
-                         {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "9.0.0"}]
+                         {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "11.0.0"}]
     for var in out["templating"]["list"]:
         if var["name"] == "datasource":
             var["current"] = {"selected": True, "text": "${DS_PROMETHEUS}", "value": "${DS_PROMETHEUS}"}
@@ -121,21 +127,21 @@ def provisioning(links: Links = Links()) -> dict[str, str]:
     return {"datasources/connhealth.yml": datasources(links), "dashboards/connhealth.yml": dump_yaml(providers)}
 
 
-def outputs(config: Config, policy: Any = None, links: Links = Links()) -> dict[str, str]:
+def outputs(config: Config, links: Links = Links()) -> dict[str, str]:
     """Relative path -> file content, everything ``generate`` writes."""
     if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
-        from ..alerts.rules import DEFAULT_POLICY, rule_files
+        from ..alerts.rules import rule_files
         from ..dashboards.build import dashboards
     else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
-        from alerts.rules import DEFAULT_POLICY, rule_files
+        from alerts.rules import rule_files
         from dashboards.build import dashboards
 
     spec: SLOSpec = config.slos or SLOSpec()
     source = Path(config.source).name if config.source else "the built-in defaults"
     out: dict[str, str] = {}
-    for name, content in rule_files(spec, policy or DEFAULT_POLICY).items():
+    for name, content in rule_files(spec).items():
         out[f"alerts/generated/{name}"] = HEADER.format(source=source) + dump_yaml(content)
-    for name, dash in dashboards(links.traces).items():
+    for name, dash in dashboards(spec, links.traces).items():
         data = dashboard_json(dash)
         out[f"dashboards/generated/{name}.json"] = json.dumps(data, indent=2, sort_keys=True) + "\n"
         out[f"dashboards/generated/importable/{name}.json"] = json.dumps(importable(data), indent=2, sort_keys=True) + "\n"

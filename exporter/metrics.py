@@ -31,6 +31,7 @@ PHASE_DURATION = "connhealth_probe_phase_duration_seconds"
 PROBE_SUCCESS = "connhealth_probe_success"
 LAST_SUCCESS = "connhealth_probe_last_success_timestamp_seconds"
 LAST_PROBE = "connhealth_probe_last_timestamp_seconds"
+PROBE_INTERVAL = "connhealth_probe_interval_seconds"
 CERT_EXPIRY = "connhealth_tls_cert_earliest_expiry_timestamp_seconds"
 TLS_VERSION = "connhealth_tls_version_info"
 TCP_RTT = "connhealth_tcp_rtt_seconds"
@@ -94,6 +95,7 @@ CONTINUOUS: tuple[MetricSpec, ...] = (
     MetricSpec(PROBE_SUCCESS, "gauge", TARGET_LABELS, "1 if the last probe succeeded, else 0."),
     MetricSpec(LAST_SUCCESS, "gauge", TARGET_LABELS, "Unix time the last successful probe finished."),
     MetricSpec(LAST_PROBE, "gauge", TARGET_LABELS, "Unix time the last probe finished."),
+    MetricSpec(PROBE_INTERVAL, "gauge", TARGET_LABELS, "The target's configured probe interval (staleness is judged against it)."),
     MetricSpec(CERT_EXPIRY, "gauge", TARGET_LABELS, "Earliest notAfter of the presented certificate chain (last TLS handshake that received the server's certificates, including one that failed verification)."),
     MetricSpec(TLS_VERSION, "gauge", TARGET_LABELS + ("version",), "1 for the TLS version of the last completed handshake."),
     MetricSpec(TCP_RTT, "gauge", TARGET_LABELS, "Kernel smoothed RTT (TCP_INFO tcpi_rtt) right after connect, last probe."),

@@ -271,7 +271,8 @@ class Exporter:
         return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
 
     def _on_result(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
-        self.store.observe(result.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds)
+        self.store.observe(result.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds,
+                           spec.interval)
         self.history.add("scheduled", result)
 
     # --- handlers -----------------------------------------------------------

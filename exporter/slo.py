@@ -7,12 +7,19 @@ Grafana dashboards (``dashboards/``)::
       grafana_url: https://grafana.example.com   # base of dashboard links in alerts (unset: relative, check-config says so)
       runbook_url: https://runbooks.example.com/connhealth   # where alerts/RUNBOOKS.md is served; "#<alert>" is appended
                                                             # (unset: alerts carry no runbook_url, check-config says so)
-      stale_after: 10m                            # a target whose last probe is older than this is stale
+      exporter_job: connhealth                    # Prometheus job scraping the exporter (ConnhealthExporterDown)
+      stale_intervals: 3                          # a target is stale after this many of its intervals without a probe ...
+      stale_after: 1m                             # ... and never sooner than this
       objectives:
         - service: api                  # value of the `service` label on every recorded series
           selector: {service: api}      # label equalities picking the probe series (default {service: <service>})
           period: 30d                   # 30d, 28d or 7d
-          min_probes: 20                # burn alerts stay silent below this many probes in their long window
+          min_probes: 20                # burn alerts stay silent below this many probes in either of their windows
+          windows:                      # optional, for low-rate SLOs: the four (long, short) window pairs of the
+            - {long: 1d, short: 6h}     # burn factors 14.4, 6, 3, 1 (default: 1h/5m, 6h/30m, 1d/2h, 3d/6h
+            - {long: 2d, short: 12h}    # scaled to the period)
+            - {long: 3d, short: 1d}
+            - {long: 7d, short: 2d}
           availability:
             objective: 99.9             # percent of the observed time the target was up (time-weighted, docs/metrics.md)
             sli_floor: {objective: 99.5, for: 2h}   # optional: alert when the 5m SLI stays below 99.5 % for 2 h
@@ -35,6 +42,9 @@ from .probers import all_phases
 from .schema import ConfigError, Fields, parse_duration
 
 PERIODS = {"7d": 7 * 86400.0, "28d": 28 * 86400.0, "30d": 30 * 86400.0}
+# Burn windows are built from 5-minute increases: a window is a whole number of them.
+WINDOW_STEP = 300.0
+N_BURN_WINDOWS = 4
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Labels the selector may not use: they are connhealth's own dimensions or are set by the rules.
@@ -84,6 +94,8 @@ class Objective:
     availability: Availability | None = None
     latency: Latency | None = None
     runbook_url: str | None = None  # overrides the spec-wide base for this SLO's alerts
+    # (long, short) seconds for the four burn factors; empty: the defaults scaled to the period
+    windows: tuple[tuple[float, float], ...] = ()
 
     @property
     def period_seconds(self) -> float:
@@ -100,7 +112,9 @@ class SLOSpec:
     objectives: tuple[Objective, ...] = ()
     grafana_url: str = ""
     runbook_url: str = ""  # no default: only the user knows where alerts/RUNBOOKS.md is served
-    stale_after: float = 600.0
+    stale_after: float = 60.0  # floor of the stale threshold
+    stale_intervals: float = 3.0  # a target is stale after this many of its own intervals without a probe
+    exporter_job: str = "connhealth"
     buckets: tuple[float, ...] = field(default=m.DEFAULT_BUCKETS)
 
     def warnings(self) -> list[str]:
@@ -151,6 +165,35 @@ def _parse_floor(f: Fields, objective: float) -> SLIFloor | None:
     return SLIFloor(objective=floor, for_seconds=seconds)
 
 
+def _parse_windows(f: Fields, period: float) -> tuple[tuple[float, float], ...]:
+    raw = f.get("windows", list, None)
+    if raw is None:
+        return ()
+    path = f"{f.path}.windows"
+    if len(raw) != N_BURN_WINDOWS:
+        raise ConfigError(f"{path}: needs exactly {N_BURN_WINDOWS} {{long, short}} pairs, one per burn factor "
+                          f"(14.4, 6, 3, 1), got {len(raw)}")
+    out = []
+    for i, item in enumerate(raw):
+        wf = Fields(item, f"{path}[{i}]")
+        pair = []
+        for key in ("long", "short"):
+            if key not in wf.raw:
+                raise ConfigError(f"{wf.path}.{key}: required (a duration, e.g. 6h)")
+            value = parse_duration(wf.raw.pop(key), f"{wf.path}.{key}")
+            if value < WINDOW_STEP or value % WINDOW_STEP:
+                raise ConfigError(f"{wf.path}.{key}: must be a multiple of 5m (the burn rates are built from "
+                                  f"5-minute increases), got {value:g}s")
+            if value > period:
+                raise ConfigError(f"{wf.path}.{key}: must not exceed the SLO period ({value:g}s > {period:g}s)")
+            pair.append(value)
+        wf.done()
+        if pair[1] >= pair[0]:
+            raise ConfigError(f"{wf.path}: short ({pair[1]:g}s) must be shorter than long ({pair[0]:g}s)")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
 def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objective:
     f = Fields(raw, path)
     service = f.get("service", str, None)
@@ -177,6 +220,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
     if min_probes < 0:
         raise ConfigError(f"{path}.min_probes: must not be negative")
     runbook = f.get("runbook_url", str, None)
+    windows = _parse_windows(f, PERIODS[period])
 
     availability = None
     if "availability" in f.raw:
@@ -209,7 +253,7 @@ def _parse_objective(raw: Any, path: str, buckets: tuple[float, ...]) -> Objecti
     if availability is None and latency is None:
         raise ConfigError(f"{path}: needs an availability and/or a latency objective")
     return Objective(service=service, selector=selector, period=period, min_probes=min_probes,
-                     availability=availability, latency=latency, runbook_url=runbook)
+                     availability=availability, latency=latency, runbook_url=runbook, windows=windows)
 
 
 def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") -> SLOSpec | None:
@@ -222,6 +266,12 @@ def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") ->
     grafana_url = f.get("grafana_url", str, "").rstrip("/")
     runbook_url = f.get("runbook_url", str, defaults.runbook_url)
     stale_after = f.duration("stale_after", defaults.stale_after) or defaults.stale_after
+    stale_intervals = f.get("stale_intervals", (int, float), defaults.stale_intervals)
+    if isinstance(stale_intervals, bool) or not 1 <= stale_intervals <= 1000:
+        raise ConfigError(f"{path}.stale_intervals: must be a number from 1 to 1000, got {stale_intervals!r}")
+    exporter_job = f.get("exporter_job", str, defaults.exporter_job)
+    if not exporter_job or "\n" in exporter_job:
+        raise ConfigError(f"{path}.exporter_job: must be a non-empty job name, got {exporter_job!r}")
     objectives = tuple(
         _parse_objective(item, f"{path}.objectives[{i}]", buckets) for i, item in enumerate(f.get("objectives", list, []))
     )
@@ -232,4 +282,5 @@ def parse_slos(raw: Any, buckets: tuple[float, ...] = (), path: str = "slos") ->
             raise ConfigError(f"{path}.objectives[{i}].service: duplicate service {o.service!r} (one entry per service)")
         seen.add(o.service)
     return SLOSpec(objectives=objectives, grafana_url=grafana_url, runbook_url=runbook_url,
-                   stale_after=stale_after, buckets=buckets)
+                   stale_after=stale_after, stale_intervals=float(stale_intervals), exporter_job=exporter_job,
+                   buckets=buckets)

@@ -1,7 +1,10 @@
 """Checks modelled on Grafana's dashboard-linter, on every generated dashboard.
 
-PromQL validity is decided by Prometheus' own parser (promtool check rules on
-a rule file holding every panel expression), not by regular expressions.
+The grafana/dashboard-linter rules are re-implemented in ``lint()`` (same rule
+names); justified exceptions live in dashboards/.lint. PromQL validity is
+decided by Prometheus' own parser (promtool check rules on a rule file holding
+every panel expression), not by regular expressions. Grafana 11 shape
+(schemaVersion, threshold arrays, no legacy keys) is checked here too.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ COUNTERS = tuple(s.name for s in (*m.CONTINUOUS, *m.SELF) if s.type == "counter"
     f"{s.name}_{suffix}" for s in (*m.CONTINUOUS, *m.SELF) if s.type == "histogram" for suffix in ("bucket", "count", "sum"))
 RATE_FUNCS = ("rate", "irate", "increase")
 # Substitutions used to make a panel query concrete (here and in the live test).
-VARIABLES = {"$__rate_interval": "1m", "$datasource": "prometheus"}
+VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$datasource": "prometheus"}
+LINT = REPO / "dashboards" / ".lint"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -94,12 +98,114 @@ def test_panels_use_datasource_variable_and_have_title_description_unit(path: Pa
         assert p["targets"], f"{where}: no query"
 
 
+def _raw_selectors(expr: str) -> list[str]:
+    """The label matchers of every raw connhealth metric selector in ``expr`` (recorded series have a colon)."""
+    return re.findall(r"\b(?:connhealth|probe)_[a-z_]+(?:_bucket|_count|_sum)?\{([^}]*)\}", expr)
+
+
+def lint(dash: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(rule, dashboard, panel, target refId) for every violation of the dashboard-linter rules we re-implement."""
+    out: list[tuple[str, str, str, str]] = []
+    title = dash["title"]
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    if dash.get("editable") is not False:
+        out.append(("uneditable-dashboard", title, "", ""))
+    ds = variables.get("datasource")
+    if not ds or ds["type"] != "datasource" or ds["query"] != "prometheus":
+        out.append(("template-datasource-rule", title, "", ""))
+    for name in ("job", "instance"):
+        v = variables.get(name)
+        if (not v or v["type"] != "query" or v["datasource"] != {"type": "prometheus", "uid": "${datasource}"}
+                or not v["multi"] or not v["includeAll"] or v.get("allValue") != ".+"):
+            out.append((f"template-{name}-rule", title, "", ""))
+    for v in variables.values():
+        if v["type"] == "query":
+            if v.get("refresh") != 2:
+                out.append(("template-on-time-change-reload-rule", title, v["name"], ""))
+            if v.get("includeAll") and v.get("allValue") != ".+":
+                out.append(("template-label-promql-rule", title, v["name"], ""))
+    for p in panels(dash):
+        pt = p["title"]
+        if p.get("datasource") != {"type": "prometheus", "uid": "${datasource}"}:
+            out.append(("panel-datasource-rule", title, pt, ""))
+        if not pt or not p.get("description"):
+            out.append(("panel-title-description-rule", title, pt, ""))
+        if p["fieldConfig"]["defaults"].get("unit") not in VALID_UNITS:
+            out.append(("panel-units-rule", title, pt, ""))
+        if not p.get("targets"):
+            out.append(("panel-no-targets-rule", title, pt, ""))
+        for t in p.get("targets", []):
+            expr, ref = t["expr"], t["refId"]
+            for fn, rng in re.findall(r"\b(rate|irate|increase)\([^\[]*\[([^\]]*)\]", expr):
+                if rng != "$__rate_interval":
+                    out.append(("target-rate-interval-rule", title, pt, ref))
+            for name, matcher in (("job", 'job=~"$job"'), ("instance", 'instance=~"$instance"')):
+                selectors = _raw_selectors(expr)
+                if not selectors or any(matcher not in sel for sel in selectors):
+                    out.append((f"target-{name}-rule", title, pt, ref))
+    return sorted(set(out))
+
+
+def _excluded(rule: str, dash: str, panel: str, ref: str) -> bool:
+    entries = yaml.safe_load(LINT.read_text())["exclusions"].get(rule, {}).get("entries", [])
+    return any(e["dashboard"] == dash and e.get("panel", panel) == panel and str(e.get("target", ref)) == ref
+               for e in entries)
+
+
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
-def test_rates_use_rate_interval(path: Path) -> None:
-    for title, expr in exprs(load(path)):
-        for rng in re.findall(r"\[([^\]]*)\]", expr):
-            # SLO windows live in the recorded connhealth_slo:* series, never as ranges here.
-            assert rng == "$__rate_interval", f"{title}: range [{rng}] in {expr}"
+def test_dashboard_linter(path: Path) -> None:
+    problems = [v for v in lint(load(path)) if not _excluded(*v)]
+    assert not problems, "\n".join(" | ".join(v) for v in problems)
+
+
+def test_linter_exclusions_are_justified_and_used() -> None:
+    """Every .lint entry has a reason and still matches a violation (stale exceptions are removed)."""
+    exclusions = yaml.safe_load(LINT.read_text())["exclusions"]
+    found = {v for path in DASHBOARDS for v in lint(load(path))}
+    for rule, body in exclusions.items():
+        assert len(body["reason"]) > 40, rule
+        for e in body["entries"]:
+            assert any(v[0] == rule and v[1] == e["dashboard"] and v[2] == e["panel"]
+                       and ("target" not in e or v[3] == e["target"]) for v in found), (rule, e)
+
+
+def test_linter_catches_violations() -> None:
+    """The re-implemented rules fire on a dashboard built to break them."""
+    bad = {"title": "bad", "editable": True, "templating": {"list": [
+        {"name": "job", "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"}, "multi": True,
+         "includeAll": True, "allValue": ".*", "refresh": 1}]},
+        "panels": [{"type": "timeseries", "title": "p", "description": "", "datasource": None,
+                    "fieldConfig": {"defaults": {}}, "targets": [
+                        {"refId": "A", "expr": 'rate(connhealth_probe_attempts_total{job=~"$job"}[5m])'}]}]}
+    assert {v[0] for v in lint(bad)} == {
+        "uneditable-dashboard", "template-datasource-rule", "template-job-rule", "template-instance-rule",
+        "template-on-time-change-reload-rule", "template-label-promql-rule", "panel-datasource-rule",
+        "panel-title-description-rule", "panel-units-rule", "target-rate-interval-rule", "target-instance-rule"}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS + IMPORTABLE, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_grafana11_native_json(path: Path) -> None:
+    """schemaVersion >= 39, thresholds as arrays, current options: nothing for Grafana's migrations to reinterpret."""
+    dash = load(path)
+    assert dash["schemaVersion"] >= 39
+    assert not {"rows", "style", "hideControls", "sharedCrosshair"} & set(dash)
+    assert "time_options" not in dash["timepicker"]
+    with_thresholds = 0
+    for p in panels(dash):
+        where = f"{path.stem}: {p['title']}"
+        assert p["pluginVersion"].startswith("11."), where
+        assert "maxDataPoints" not in p and "fieldOptions" not in p.get("options", {}), where
+        steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        assert isinstance(steps, list) and steps and steps[0]["value"] is None, where
+        assert all(isinstance(s["value"], float) for s in steps[1:]), where
+        with_thresholds += len(steps) > 1
+        if p["type"] == "bargauge":
+            assert p["options"]["reduceOptions"]["calcs"] == ["lastNotNull"], where
+    for p in dash["panels"]:
+        if p["type"] == "row":
+            assert set(p) <= {"type", "title", "gridPos", "id", "collapsed", "panels"}, p
+    if path.stem == "slo-overview":
+        assert with_thresholds >= 30  # every SLO row colours its stats and gauges
 
 
 def _tokens(expr: str) -> list[str]:
@@ -198,7 +304,7 @@ def test_top_failing_targets_link_to_target_detail_and_to_the_trace_search(store
     from exporter.generate import dashboard_json
 
     dash = dashboard_json(failure_attribution(store))
-    table = next(p for p in panels(dash) if p["title"] == "Top failing targets and their last reason")
+    table = next(p for p in panels(dash) if p["title"] == "Top failing targets and their dominant reason")
     detail, traces = table["fieldConfig"]["defaults"]["links"]
     assert detail["url"].startswith(f"/d/{DASHBOARD_UIDS['target']}/") and "var-target=${__data.fields.target}" in detail["url"]
     # What Grafana does with the link: fill in the row's target (percent-encoded) and the time range ...
@@ -211,3 +317,85 @@ def test_top_failing_targets_link_to_target_detail_and_to_the_trace_search(store
     panes = json.loads(parse_qs(split.query)["panes"][0])
     assert panes == {"traces": {"datasource": "traces", "range": {"from": "1700000000000", "to": "1700003600000"},
                                 "queries": [{"refId": "A", "datasource": {"type": store, "uid": "traces"}, **query}]}}
+
+
+def test_every_failing_targets_table_links_to_target_detail_and_to_the_trace_search() -> None:
+    """The SLO rows' failing-targets tables drill down as Failure attribution's does (issue 16 x main's trace links)."""
+    tables = [(path.stem, p) for path in DASHBOARDS for p in panels(load(path)) if "failing targets" in p["title"].lower()]
+    assert sorted({stem for stem, _ in tables}) == ["failure-attribution", "slo-overview"]
+    for stem, p in tables:
+        detail, traces = p["fieldConfig"]["defaults"]["links"]
+        assert detail["url"].startswith(f"/d/{DASHBOARD_UIDS['target']}/"), (stem, p["title"])
+        assert traces["title"] == "Failing probes of ${__data.fields.target} in Jaeger", (stem, p["title"])
+        assert traces["url"].startswith("/explore?") and "${__data.fields.target:percentencode}" in traces["url"]
+
+
+def test_slo_dashboard_has_one_row_per_slo_of_the_spec() -> None:
+    from exporter.config import load_config
+
+    spec = load_config(REPO / "examples" / "connhealth.yml").slos
+    dash = load(GENERATED / "slo-overview.json")
+    rows = [p["title"] for p in dash["panels"] if p["type"] == "row"]
+    want = [f"{o.service} · {slo} · {obj * 100:g}% over {o.period}" for o in spec.objectives
+            for slo, obj in (("availability", o.availability and o.availability.objective),
+                             ("latency", o.latency and o.latency.objective)) if obj]
+    assert rows == want
+    checkout_latency = [p for p in dash["panels"] if p["title"] == "P99 connect latency vs threshold"]
+    assert len(checkout_latency) == 1  # checkout's 99 % / 1s latency SLO: its own quantile, phase and selector
+    assert 'histogram_quantile(0.99, sum by (le) (rate(connhealth_probe_phase_duration_seconds_bucket{service="checkout",phase="connect",' \
+        in checkout_latency[0]["targets"][0]["expr"]
+    burn = [p for p in dash["panels"] if p["title"] == "Burn rate per alert window vs thresholds"]
+    assert all('connhealth_slo:burn_rate_threshold{' in p["targets"][1]["expr"] for p in burn) and len(burn) == len(rows)
+
+
+def test_drill_down_chain_carries_datasource_service_and_time() -> None:
+    """SLO row -> Failure attribution (same service, same time) -> Target detail -> the probe's trace (exemplars)."""
+    slo = load(GENERATED / "slo-overview.json")
+    failures_uid, target_uid = DASHBOARD_UIDS["failures"], DASHBOARD_UIDS["target"]
+    for p in panels(slo):
+        if p["title"] == "SLI over the period":
+            url = p["links"][0]["url"]
+            assert url.startswith(f"/d/{failures_uid}/") and "var-datasource=${datasource}" in url
+            assert "${__url_time_range}" in url and "var-service=" in url
+    fa = load(GENERATED / "failure-attribution.json")
+    top = next(p for p in panels(fa) if p["title"] == "Top failing targets and their dominant reason")
+    url = top["fieldConfig"]["defaults"]["links"][0]["url"]
+    assert url.startswith(f"/d/{target_uid}/") and "var-target=${__data.fields.target}" in url
+    assert "var-datasource=${datasource}" in url and "${__url_time_range}" in url
+    target = load(GENERATED / "target-detail.json")
+    assert {p["title"] for p in panels(target) if any(t["exemplar"] for t in p["targets"])} == {
+        "Phase P95", "Phase latency heatmap", "Failures by phase and reason (last reason over time)"}
+    for path in DASHBOARDS:
+        ann = load(path)["annotations"]["list"]
+        assert any(a.get("expr", "").startswith('ALERTS{alertname=~"Connhealth.*",alertstate="firing"') for a in ann), path
+
+
+def test_grafana11_rewrites_what_grafanalib_writes() -> None:
+    """The post-processing step on grafanalib's own output: string thresholds, legacy bar gauge options, rows."""
+    from grafanalib import core as g
+    from grafanalib._gen import DashboardEncoder
+
+    from dashboards.lib import grafana11
+    from exporter.generate import dashboard_json
+
+    raw = g.Dashboard(title="t", sharedCrosshair=True, panels=[
+        g.RowPanel(title="r", gridPos=g.GridPos(h=1, w=24, x=0, y=0)),
+        g.Stat(title="s", gridPos=g.GridPos(h=4, w=6, x=0, y=1)),
+        g.BarGauge(title="b", gridPos=g.GridPos(h=4, w=6, x=6, y=1),
+                   thresholds=[g.Threshold("green", 0, 0.0), g.Threshold("red", 1, 14.4)]),
+    ]).auto_panel_ids()
+    legacy = json.loads(json.dumps(raw.to_json_data(), cls=DashboardEncoder))
+    assert legacy["schemaVersion"] < 39 and legacy["panels"][1]["fieldConfig"]["defaults"]["thresholds"]["steps"] == ""
+    assert "fieldOptions" in legacy["panels"][2]["options"] and legacy["panels"][2]["maxDataPoints"] == 100
+    out = grafana11(legacy)
+    row, stat, bar = out["panels"]
+    assert out["schemaVersion"] == 39 and out["editable"] is False and out["graphTooltip"] == 1
+    assert not {"rows", "style", "hideControls", "sharedCrosshair"} & set(out)
+    assert row == {"type": "row", "title": "r", "gridPos": {"h": 1, "w": 24, "x": 0, "y": 0}, "id": 1,
+                   "collapsed": False, "panels": []}
+    assert stat["fieldConfig"]["defaults"]["thresholds"] == {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    assert bar["fieldConfig"]["defaults"]["thresholds"]["steps"] == [{"color": "green", "value": None},
+                                                                     {"color": "red", "value": 14.4}]
+    assert "fieldOptions" not in bar["options"] and bar["options"]["reduceOptions"]["calcs"] == ["lastNotNull"]
+    assert "maxDataPoints" not in bar and bar["pluginVersion"] == stat["pluginVersion"] == "11.0.0"
+    assert dashboard_json(raw) == out  # generate uses exactly this step

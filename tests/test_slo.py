@@ -19,7 +19,7 @@ slos:
 def test_example_config_parses() -> None:
     cfg = load_config("examples/connhealth.yml")
     spec = cfg.slos
-    assert [o.service for o in spec.objectives] == ["api", "checkout", "batch"]
+    assert [o.service for o in spec.objectives] == ["api", "checkout", "login", "batch"]
     api = spec.objectives[0]
     assert api.period == "30d" and api.min_probes == 20
     assert api.availability.objective == pytest.approx(0.999)
@@ -74,12 +74,26 @@ def test_threshold_checked_against_configured_buckets() -> None:
     ("availability: {objective: 99.9, sli_floor: {objective: 99.5, for: 10s}}", "must be whole seconds between 1m and 7d"),
     ("availability: {objective: 99.9, sli_floor: {objective: 99.5, for: 2h, window: 1h}}", "window"),
     ("latency: {objective: 95, threshold: 300ms, sli_floor: {for: 2h}}", "latency.sli_floor.objective: required"),
+    ("availability: {objective: 99}\n      windows: [{long: 1h, short: 5m}]", "windows: needs exactly 4 {long, short} pairs"),
+    ("availability: {objective: 99}\n      windows: [{long: 1d, short: 2d}, {long: 2d, short: 12h}, {long: 3d, short: 1d}, {long: 7d, short: 2d}]", "slos.objectives[0].windows[0]: short (172800s) must be shorter than long (86400s)"),
+    ("availability: {objective: 99}\n      windows: [{long: 61m, short: 6h}, {long: 2d, short: 12h}, {long: 3d, short: 1d}, {long: 7d, short: 2d}]", "windows[0].long: must be a multiple of 5m"),
+    ("period: 7d\n      availability: {objective: 99}\n      windows: [{long: 1d, short: 6h}, {long: 2d, short: 12h}, {long: 3d, short: 1d}, {long: 8d, short: 2d}]", "windows[3].long: must not exceed the SLO period"),
+    ("availability: {objective: 99}\n      windows: [{long: 1d}, 1, 2, 3]", "windows[0].short: required"),
 ])
 def test_invalid(bad: str, where: str) -> None:
     text = f"slos:\n  objectives:\n    - service: api\n      {bad}\n"
     with pytest.raises(ConfigError, match=None) as exc:
         parse_config(text)
     assert where in str(exc.value)
+
+
+def test_spec_wide_alert_settings() -> None:
+    spec = parse_config("slos: {stale_intervals: 5, stale_after: 2m, exporter_job: probes}").slos
+    assert (spec.stale_intervals, spec.stale_after, spec.exporter_job) == (5.0, 120.0, "probes")
+    defaults = parse_config("slos: {}").slos
+    assert (defaults.stale_intervals, defaults.stale_after, defaults.exporter_job) == (3.0, 60.0, "connhealth")
+    with pytest.raises(ConfigError, match="slos.stale_intervals: must be a number from 1 to 1000, got 0"):
+        parse_config("slos: {stale_intervals: 0}")
 
 
 def test_unknown_top_level_key_in_slos() -> None:

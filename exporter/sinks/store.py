@@ -73,7 +73,7 @@ class TargetSeries:
     __slots__ = (
         "base", "attempts", "successes", "observed", "up", "failures", "duration", "phases", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
-        "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption",
+        "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption", "interval",
     )
 
     def __init__(self, base: str, n_buckets: int, phases: Iterable[str] = ()) -> None:
@@ -88,6 +88,7 @@ class TargetSeries:
         self.phases: dict[str, _Histogram] = {phase: _Histogram(n_buckets) for phase in phases}
         self.last_success: float | None = None
         self.last_probe: float | None = None
+        self.interval: float | None = None
         self.success: bool | None = None
         self.cert_expiry: float | None = None
         self.tls_version: str | None = None
@@ -141,6 +142,8 @@ class TargetSeries:
             out[_INDEX[m.LAST_SUCCESS]].append(f"{m.LAST_SUCCESS}{{{b}}} {fmt(self.last_success)}")
         if self.last_probe is not None:
             out[_INDEX[m.LAST_PROBE]].append(f"{m.LAST_PROBE}{{{b}}} {fmt(self.last_probe)}")
+        if self.interval is not None:
+            out[_INDEX[m.PROBE_INTERVAL]].append(f"{m.PROBE_INTERVAL}{{{b}}} {fmt(self.interval)}")
         if self.cert_expiry is not None:
             out[_INDEX[m.CERT_EXPIRY]].append(f"{m.CERT_EXPIRY}{{{b}}} {fmt(self.cert_expiry)}")
         if self.tls_version is not None:
@@ -289,8 +292,9 @@ class SeriesStore:
         return series
 
     def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult,
-                seconds: float = 0.0, up_seconds: float = 0.0) -> None:
+                seconds: float = 0.0, up_seconds: float = 0.0, interval: float | None = None) -> None:
         series = self.get(target, module, labels)
+        series.interval = interval
         series.observe_extra(result, self)
         series.observe(result, self.bounds, seconds, up_seconds)
 
