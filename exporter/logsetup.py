@@ -1,8 +1,9 @@
 """Log set-up for every command: ``--log.level`` and ``--log.format logfmt|json`` (blackbox's two formats).
 
 Structured fields travel as ``extra={"kv": {...}}`` and become logfmt pairs or
-JSON members. Callers pass values already fit for a log (URLs through
-``redact_url``); nothing here can tell a secret from a target.
+JSON members. Callers pass values already fit for a log (targets as the
+prober shows them, ``Prober.display_target``); nothing here can tell a secret
+from a target.
 """
 from __future__ import annotations
 
@@ -16,18 +17,6 @@ FORMATS = ("logfmt", "json")
 _HANDLER_NAME = "connhealth"
 _NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error",
           logging.CRITICAL: "error"}
-
-
-def redact_url(text: str) -> str:
-    """A target fit for a log: the password of a URL's userinfo replaced."""
-    if "@" not in text or "://" not in text:
-        return text
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(text)
-    if parts.password is None:
-        return text
-    return parts._replace(netloc=f"{parts.username}:REDACTED@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -7,7 +7,6 @@ import time
 from urllib.parse import urlsplit
 
 from .failures import REASONS
-from .logsetup import redact_url
 from .probers import PROBERS, all_phases, phase_label
 from .result import Phase, ProbeResult
 
@@ -127,7 +126,7 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     status = "OK" if ok else "FAILED"
     if color:
         status = f"\033[32m{status}\033[0m" if ok else f"\033[31m{status}\033[0m"
-    out = [f"{redact_url(result.target)}  (module {result.module}, prober {result.prober})  {status} in {result.duration_seconds * 1000:.2f} ms"]
+    out = [f"{result.target}  (module {result.module}, prober {result.prober})  {status} in {result.duration_seconds * 1000:.2f} ms"]
     if result.peer:
         peer = result.peer
         out.append(f"  peer {peer.ip} port {peer.port} ({peer.family})")

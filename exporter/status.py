@@ -14,7 +14,6 @@ from urllib.parse import quote
 
 from . import __version__
 from .failures import REASONS
-from .logsetup import redact_url
 from .probers import phase_label
 from .result import ProbeResult
 
@@ -173,7 +172,7 @@ def _recent_rows(exporter: Exporter, prefix: str) -> list[str]:
         css = "ok" if r.success else "fail"
         reason, meaning = _failure_text(r)
         finished = r.started_at + r.duration_seconds
-        target = escape(redact_url(r.target))
+        target = escape(r.target)  # already shown: the prober masked its secrets (display_target)
         rows.append(
             f'<tr class="{css}" data-state="{css}" data-module="{escape(r.module)}" data-target="{target}">'
             f'<td data-v="{finished:.3f}">{_ts(finished)}</td><td class="source">{escape(entry.source)}</td>'
@@ -215,10 +214,9 @@ def _target_rows(exporter: Exporter, prefix: str) -> list[str]:
         else:
             last_text = "—"
         label_text = ", ".join(f"{escape(k)}={escape(v)}" for k, v in labels)
-        shown = escape(redact_url(target))
+        shown = escape(target)  # the store's key is the target as shown: its secrets are masked
         probe_link = f'{prefix}/probe?target={quote(target, safe="")}&amp;module={quote(module, safe="")}&amp;debug=true'
-        # A target with a password in its URL gets no link: the page would carry the password.
-        probe_now = "" if shown != escape(target) else f'<a href="{probe_link}">Probe now</a>'
+        probe_now = f'<a href="{probe_link}">Probe now</a>'
         rows.append(
             f'<tr class="{css}" data-state="{css}" data-module="{escape(module)}" data-labels="{label_text}" '
             f'data-target="{shown}"><td class="target">{shown}</td><td>{escape(module)}</td><td>{label_text}</td>'
