@@ -34,7 +34,7 @@ from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, Secret, compile_regex, parse_ip_protocol, reveal
-from . import keepalive, resumption, stream
+from . import httpauth, keepalive, resumption, stream
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, register, tls_section
 from .stream import DEFAULT_SECRET_QUERY_PARAMS, redact_url
 from .connect import open_connection, start_tls
@@ -94,6 +94,7 @@ class HTTPProbeConfig:
     ip_protocol_fallback: bool = True
     tls_config: TLSConfig = field(default_factory=TLSConfig)
     keepalive: keepalive.KeepAliveConfig | None = None  # connhealth: request, idle, request on one connection
+    auth: httpauth.BasicAuth | httpauth.Authorization | None = None  # basic_auth, bearer_token(_file), authorization
 
     @property
     def keeps_body(self) -> bool:
@@ -209,10 +210,10 @@ class HTTPProber(Prober):
         (http2.H2ProtocolError, "protocol_error"),
     )
     unsupported = frozenset({
-        "basic_auth", "bearer_token", "bearer_token_file", "proxy_url", "proxy_connect_header",
+        "proxy_url", "proxy_connect_header",
         "oauth2", "http_client_config", "compression", "body_file",
         "no_proxy", "proxy_from_environment", "skip_resolve_phase_with_proxy",
-        "authorization", "follow_redirects_with_auth", "no_follow_redirects", "ip_protocol_fallback_with_proxy",
+        "follow_redirects_with_auth", "ip_protocol_fallback_with_proxy",
         "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
     })
 
@@ -230,6 +231,8 @@ class HTTPProber(Prober):
         if not re.fullmatch(r"[A-Z]+", method):
             raise ConfigError(f"{f.path}.method: invalid method {method!r}")
         proto, fallback = parse_ip_protocol(f)
+        follow = f.get("follow_redirects", bool, True)
+        no_follow = f.get("no_follow_redirects", bool, None)  # blackbox's older spelling; it wins when set
         cfg = HTTPProbeConfig(
             valid_status_codes=codes,
             valid_http_versions=tuple(versions),
@@ -237,7 +240,7 @@ class HTTPProber(Prober):
             headers=parse_headers(f),
             body=f.secret("body", f.get("secret_body", bool, False)),
             secret_query_params=DEFAULT_SECRET_QUERY_PARAMS | {p.lower() for p in f.list_of("secret_query_params", str)},
-            follow_redirects=f.get("follow_redirects", bool, True),
+            follow_redirects=follow if no_follow is None else not no_follow,
             enable_http2=f.get("enable_http2", bool, True),
             body_size_limit=f.size("body_size_limit", 0),
             fail_if_ssl=f.get("fail_if_ssl", bool, False),
@@ -250,6 +253,7 @@ class HTTPProber(Prober):
             ip_protocol_fallback=fallback,
             tls_config=tls_section(f),
             keepalive=keepalive.parse(f),
+            auth=httpauth.parse(f),
         )
         f.done()
         if cfg.keepalive is not None and cfg.keeps_body:
@@ -278,7 +282,10 @@ class HTTPProber(Prober):
         url, method = target, cfg.method
         body = reveal(cfg.body).encode() if cfg.body is not None else None
         headers = [(k, reveal(v)) for k, v in cfg.headers]  # secrets are typed until they go on the wire
+        # Credentials (files read now, at probe time) go to the target's host and its subdomains only.
+        auth = (first_host, await cfg.auth.header()) if cfg.auth is not None else None
         response: _Response | None = None
+        not_followed = False  # a redirect left unfollowed (follow_redirects: false)
         try:
             for redirects in range(MAX_REDIRECTS + 2):
                 if redirects > MAX_REDIRECTS:
@@ -287,13 +294,16 @@ class HTTPProber(Prober):
                                        phase="first_byte")
                 current = _Response()
                 try:
-                    await _exchange(ctx, url, method, headers, body, cfg, current)
+                    await _exchange(ctx, url, method, headers, body, cfg, current, auth)
                 finally:
                     if current.status is not None:  # a failure mid-body still knows its status
                         response = current
                 assert response is not None
                 location = response.header("Location")
-                if not (cfg.follow_redirects and response.status in _REDIRECT_CODES and location):
+                if not (response.status in _REDIRECT_CODES and location):
+                    break
+                if not cfg.follow_redirects:
+                    not_followed = True
                     break
                 previous, url = url, urljoin(url, location)
                 headers = _with_referer(headers, cfg.headers, previous, url)
@@ -307,9 +317,11 @@ class HTTPProber(Prober):
                 ctx.log(f"redirect {response.status} to {redact_url(url, cfg.secret_query_params)} ({method})")
         finally:
             if response is not None:
+                # As Go's client (so blackbox): a redirect refused by CheckRedirect counts as one, and
+                # its body is closed unread.
                 ctx.details = HTTPDetails(
-                    status=response.status, version=response.version, redirects=len(ctx.hops) - 1,
-                    content_length=response.content_length, body_length=response.body_length,
+                    status=response.status, version=response.version, redirects=len(ctx.hops) - 1 + not_followed,
+                    content_length=response.content_length, body_length=0 if not_followed else response.body_length,
                     final_url=redact_url(url, cfg.secret_query_params),
                 )
         assert response is not None
@@ -373,7 +385,7 @@ def _same_or_subdomain(first: str, host: str) -> bool:
 
 
 async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: list[tuple[str, str]], body: bytes | None,
-                    cfg: HTTPProbeConfig, response: _Response) -> None:
+                    cfg: HTTPProbeConfig, response: _Response, auth: tuple[str, str] | None = None) -> None:
     try:
         parts, host, port, target = _split_url(url)
     except ValueError as exc:
@@ -386,6 +398,8 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
             headers.append(("Authorization", http1.basic_auth(parts.username, parts.password)))
         except ValueError as exc:
             raise ProbeFailure("invalid_target", f"URL userinfo: {exc}", phase="probe") from None
+    if auth is not None and _same_or_subdomain(auth[0], host) and not any(k.lower() == "authorization" for k, _ in headers):
+        headers.append(("Authorization", auth[1]))
     tls = parts.scheme == "https"
     conn: Connection | None = None
     ctx.begin_hop(method, redact_url(url, cfg.secret_query_params))
@@ -533,8 +547,11 @@ def _header_check(ctx: ProbeContext, response: _Response, match: HeaderMatch, *,
 async def _keepalive(ctx: ProbeContext, target: str, cfg: HTTPProbeConfig, ka: keepalive.KeepAliveConfig) -> None:
     """http.keepalive: two requests on one HTTP/1.1 connection with an idle between (probers/keepalive.py)."""
     answers: list[keepalive.Answer] = []
+    headers = [(k, reveal(v)) for k, v in cfg.headers]
+    if cfg.auth is not None and not any(k.lower() == "authorization" for k, _ in headers):
+        headers.append(("Authorization", await cfg.auth.header()))
     try:
-        await keepalive.check(ctx, target, ka, answers, method=cfg.method, headers=[(k, reveal(v)) for k, v in cfg.headers],
+        await keepalive.check(ctx, target, ka, answers, method=cfg.method, headers=headers,
                               body=reveal(cfg.body).encode() if cfg.body is not None else None, user_agent=USER_AGENT,
                               body_limit=cfg.body_size_limit or None, ip_protocol=cfg.preferred_ip_protocol,
                               fallback=cfg.ip_protocol_fallback, tls_config=cfg.tls_config)

@@ -1,0 +1,138 @@
+"""The http prober's blackbox options (issue 10): credentials, redirect values, compression, proxy,
+oauth2, body_file, http_headers and the CEL body checks — each against a real local peer.
+
+Side-by-side comparisons with blackbox_exporter for basic_auth, proxy and compression are in
+tests/test_blackbox_compat_options.py.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from exporter.config import parse_config
+from exporter.engine import run_probe
+from exporter.schema import ConfigError, Secret
+
+try:  # works whether or not tests/ becomes a package later
+    from tests.peers import HTTPServer
+    from tests.probekit import PER_TEST_TIMEOUT, mod, surfaces_showing
+except ImportError:  # pragma: no cover
+    from peers import HTTPServer  # type: ignore[no-redef]
+    from probekit import PER_TEST_TIMEOUT, mod, surfaces_showing  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
+
+CANARY = "s3cr3t-Canary-7f1d"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def received_auth(server: HTTPServer) -> list[str | None]:
+    return [headers.get("Authorization") for _, headers in server.requests]
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+async def test_basic_auth_inline_and_from_file_is_sent_and_never_shown(tmp_path: Path) -> None:
+    pw_file = tmp_path / "pw"
+    pw_file.write_text(f"  {CANARY}-file\n")  # trimmed, as Go's strings.TrimSpace
+    async with HTTPServer() as web_:
+        inline = mod("http", http={"basic_auth": {"username": "alice", "password": CANARY}})
+        from_file = mod("http", http={"basic_auth": {"username": "bob", "password_file": str(pw_file)}})
+        r1 = await run_probe(web_.url("/ok"), inline, 5)
+        r2 = await run_probe(web_.url("/ok"), from_file, 5)
+    assert r1.success and r2.success
+    assert received_auth(web_) == [basic("alice", CANARY), basic("bob", f"{CANARY}-file")]
+    assert isinstance(inline.settings.auth.password.value, Secret)
+    assert surfaces_showing(CANARY, r1, inline) == []
+    assert surfaces_showing(CANARY, r2, from_file) == []
+
+
+async def test_bearer_token_and_authorization_types(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(CANARY + "\n")
+    cases = [
+        ({"bearer_token": CANARY}, f"Bearer {CANARY}"),
+        ({"bearer_token_file": str(token_file)}, f"Bearer {CANARY}"),
+        ({"authorization": {"credentials": CANARY}}, f"Bearer {CANARY}"),
+        ({"authorization": {"type": "Token", "credentials_file": str(token_file)}}, f"Token {CANARY}"),
+    ]
+    async with HTTPServer() as web_:
+        for http, _ in cases:
+            m = mod("http", http=http)
+            result = await run_probe(web_.url("/ok"), m, 5)
+            assert result.success, result.failure
+            assert surfaces_showing(CANARY, result, m) == []
+    assert received_auth(web_) == [want for _, want in cases]
+
+
+async def test_configured_authorization_header_wins_over_basic_auth() -> None:
+    async with HTTPServer() as web_:
+        m = mod("http", http={"basic_auth": {"username": "u", "password": "p"}, "headers": {"Authorization": "Custom x"}})
+        assert (await run_probe(web_.url("/ok"), m, 5)).success
+    assert received_auth(web_) == ["Custom x"]
+
+
+async def test_missing_credential_file_fails_the_probe_with_config_file_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    async with HTTPServer() as web_:
+        for http in ({"basic_auth": {"username": "u", "password_file": str(missing)}},
+                     {"bearer_token_file": str(missing)},
+                     {"authorization": {"credentials_file": str(missing)}}):
+            result = await run_probe(web_.url("/ok"), mod("http", http=http), 5)
+            assert not result.success
+            assert result.failure.reason == "config_file_missing", result.failure
+            assert str(missing) in result.failure.message
+    assert web_.requests == []  # nothing was sent without the credentials
+
+
+@pytest.mark.parametrize("http, message", [
+    ({"basic_auth": {"username": "u"}, "bearer_token": "t"}, "at most one of basic_auth, bearer_token"),
+    ({"bearer_token": "t", "bearer_token_file": "/f"}, "at most one of bearer_token and bearer_token_file"),
+    ({"authorization": {"type": "Basic", "credentials": "x"}}, 'cannot be set to "basic"'),
+    ({"basic_auth": {"username": "u", "password": "p", "password_file": "/f"}}, "at most one of password and password_file"),
+    ({"authorization": {"credentials": "x", "colour": 1}}, "authorization.colour: unknown field"),
+])
+def test_credential_config_errors_name_the_field(http: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mod("http", http=http)
+
+
+async def test_credentials_stay_on_the_target_host_across_redirects() -> None:
+    """Sent to the target's host and its subdomains only: a redirect to another host gets none."""
+    async with HTTPServer() as a, HTTPServer() as b:
+        m = mod("http", http={"bearer_token": CANARY})
+        # 127.0.0.1 -> localhost: another host name.
+        result = await run_probe(a.url(f"/to-http?url={b.url('/ok', host='localhost')}"), m, 5)
+        assert result.success, result.failure
+    assert received_auth(a) == [f"Bearer {CANARY}"]
+    assert received_auth(b) == [None]
+
+
+# --- redirect values --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("http", [{"follow_redirects": False}, {"no_follow_redirects": True}])
+async def test_unfollowed_redirect_reports_one_redirect_and_no_body(http: dict) -> None:
+    """blackbox: a 302 with follow_redirects false gives probe_http_redirects 1 and body length 0."""
+    async with HTTPServer() as web_:
+        result = await run_probe(web_.url("/redirect/0"), mod("http", http={**http, "valid_status_codes": [302]}), 5)
+    assert result.success, result.failure
+    assert (result.details.status, result.details.redirects, result.details.body_length) == (302, 1, 0)
+    assert result.details.content_length == len("redirect")
+    assert [path for path, _ in web_.requests] == ["/redirect/0"]
+
+
+async def test_no_follow_redirects_false_follows_and_redirect_without_location_is_no_redirect() -> None:
+    async with HTTPServer() as web_:
+        followed = await run_probe(web_.url("/redirect/1"), mod("http", http={"no_follow_redirects": False}), 5)
+        bare = await run_probe(web_.url("/status/302"), mod("http", http={"follow_redirects": False,
+                                                                          "valid_status_codes": [302]}), 5)
+    assert followed.success and followed.details.redirects == 2
+    # No Location: Go returns the response as it is (no redirect), its body read.
+    assert bare.success and (bare.details.redirects, bare.details.body_length) == (0, len("status 302"))
