@@ -7,8 +7,14 @@ tests/test_blackbox_compat_options.py.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
+import resource
+import zlib
 from pathlib import Path
+
+import brotli
+import zstandard
 
 import pytest
 from aiohttp import web
@@ -136,3 +142,128 @@ async def test_no_follow_redirects_false_follows_and_redirect_without_location_i
     assert followed.success and followed.details.redirects == 2
     # No Location: Go returns the response as it is (no redirect), its body read.
     assert bare.success and (bare.details.redirects, bare.details.body_length) == (0, len("status 302"))
+
+
+# --- compression ------------------------------------------------------------------------------
+
+PAYLOAD = b"hello compressed connhealth " * 200
+
+
+def encode(coding: str, data: bytes) -> bytes:
+    if coding == "gzip":
+        return gzip.compress(data)
+    if coding == "deflate":
+        c = zlib.compressobj(wbits=-15)  # raw DEFLATE, as Go's flate reader reads it
+        return c.compress(data) + c.flush()
+    if coding == "br":
+        return brotli.compress(data)
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def encoded_app(raw: dict[str, bytes], seen: list[str | None]) -> web.Application:
+    async def enc(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Accept-Encoding"))
+        coding = request.match_info["coding"]
+        return web.Response(body=encode(coding, PAYLOAD), headers={"Content-Encoding": coding})
+
+    async def raw_(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Accept-Encoding"))
+        return web.Response(body=raw[request.match_info["name"]], headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/enc/{coding}", enc)
+    app.router.add_get("/raw/{name}", raw_)
+    return app
+
+
+class AppServer:
+    """A plain aiohttp app on 127.0.0.1, for the routes HTTPServer lacks."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app, self.port, self._runner = app, 0, None
+
+    async def __aenter__(self) -> "AppServer":
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "zstd"])
+async def test_compression_decodes_the_body_and_counts_decoded_bytes(coding: str) -> None:
+    seen: list[str | None] = []
+    async with AppServer(encoded_app({}, seen)) as srv:
+        m = mod("http", http={"compression": coding, "fail_if_body_not_matches_regexp": ["^hello compressed"]})
+        result = await run_probe(srv.url(f"/enc/{coding}"), m, 5)
+        with_header = mod("http", http={"compression": coding, "headers": {"Accept-Encoding": f"{coding}, identity;q=0.5"}})
+        result2 = await run_probe(srv.url(f"/enc/{coding}"), with_header, 5)
+    assert result.success, result.failure
+    assert result.details.body_length == len(PAYLOAD)
+    assert result.details.content_length == len(encode(coding, PAYLOAD))
+    assert result2.success and result2.details.body_length == len(PAYLOAD)
+    # As blackbox: compression alone sends no Accept-Encoding; the header is the user's to set.
+    assert seen == [None, f"{coding}, identity;q=0.5"]
+
+
+async def test_compression_failures_are_attributed() -> None:
+    whole = gzip.compress(PAYLOAD)
+    raw = {"plain": PAYLOAD, "truncated": whole[: len(whole) // 2], "empty": b"",
+           "two-members": whole + whole, "trailing-garbage": whole + b"garbage"}
+    async with AppServer(encoded_app(raw, [])) as srv:
+        m = mod("http", http={"compression": "gzip"})
+        results = {name: await run_probe(srv.url(f"/raw/{name}"), m, 5) for name in raw}
+        zlib_deflate = await run_probe(srv.url("/enc/gzip"), mod("http", http={"compression": "deflate"}), 5)
+    for name in ("plain", "truncated", "empty", "trailing-garbage"):
+        assert not results[name].success, name
+        assert (results[name].failure.phase, results[name].failure.reason) == ("transfer", "http_content_decoding"), name
+    # Go's gzip reader reads concatenated members as one stream.
+    assert results["two-members"].success and results["two-members"].details.body_length == 2 * len(PAYLOAD)
+    assert zlib_deflate.failure.reason == "http_content_decoding"
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@pytest.mark.timeout(60)
+async def test_gzip_bomb_is_bounded_by_the_decoded_body_size_limit() -> None:
+    """256 MiB of zeros in ~256 KiB of gzip: body_size_limit applies to the decoded size, and memory
+    stays bounded with or without a limit (the decoded body is counted, never held)."""
+    c = zlib.compressobj(9, wbits=31)
+    zeros = bytes(1 << 20)
+    bomb = b"".join(c.compress(zeros) for _ in range(256)) + c.flush()
+    assert len(bomb) < 512 << 10
+    async with AppServer(encoded_app({"bomb": bomb}, [])) as srv:
+        rss_before = _max_rss_bytes()
+        limited = await run_probe(srv.url("/raw/bomb"), mod("http", http={"compression": "gzip", "body_size_limit": "10MB"}), 20)
+        unlimited = await run_probe(srv.url("/raw/bomb"), mod("http", http={"compression": "gzip"}), 20)
+        grown = _max_rss_bytes() - rss_before
+    assert not limited.success
+    assert (limited.failure.phase, limited.failure.reason) == ("transfer", "http_body_too_large")
+    assert "decoded response body larger than the limit of 10485760 bytes" in limited.failure.message
+    assert limited.details.body_length == 10 << 20  # as blackbox's MaxBytesReader: the limit was handed out
+    assert unlimited.success and unlimited.details.body_length == 256 << 20
+    assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB decoding a bomb"
+
+
+@pytest.mark.parametrize("http, message", [
+    ({"compression": "lzma"}, "compression: unsupported compression algorithm 'lzma'"),
+    ({"compression": "gzip", "headers": {"Accept-Encoding": "br, identity"}}, "does not accept compression 'gzip'"),
+    ({"compression": "gzip", "headers": {"Accept-Encoding": "br;q=1.0, gzip;q=0"}}, "does not accept compression 'gzip'"),
+])
+def test_compression_config_errors(http: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mod("http", http=http)
+
+
+def test_compression_accepts_blackbox_valid_accept_encodings() -> None:
+    for value in ("gzip", "br, gzip", "br;q=1.0, gzip;q=0.9", "*", "identity, *;q=0.1"):
+        assert mod("http", http={"compression": "gzip", "headers": {"Accept-Encoding": value}}).settings.compression == "gzip"

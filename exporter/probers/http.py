@@ -29,7 +29,7 @@ import regex as timed_re
 from .. import __version__
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
-from ..net import http1, http2, resolve
+from ..net import codings, http1, http2, resolve
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
@@ -61,7 +61,8 @@ REASONS = {
     "http_header_mismatch": Reason("first_byte", "a header failed a fail_if_header_(not_)matches check", "missing security header, wrong content type"),
     "http_ssl_expectation": Reason("first_byte", "fail_if_ssl / fail_if_not_ssl was violated", "redirect from https to http or the other way round"),
     "http_header_too_large": Reason("transfer", "the response headers exceed 1 MiB (Go's limit)", "cookie or header explosion, not an HTTP server"),
-    "http_body_too_large": Reason("transfer", "the body exceeds body_size_limit (or, kept for a body regexp, 8 MiB when no limit is set)", "endless or huge response, streaming endpoint probed as a page"),
+    "http_body_too_large": Reason("transfer", "the body (decoded, with compression) exceeds body_size_limit (or, kept for a body regexp, 8 MiB when no limit is set)", "endless or huge response, streaming endpoint probed as a page, compression bomb"),
+    "http_content_decoding": Reason("transfer", "the body is not valid in the module's compression (gzip, deflate, br, zstd)", "server ignored Accept-Encoding, truncated or corrupt compressed body"),
 }
 
 
@@ -95,6 +96,7 @@ class HTTPProbeConfig:
     tls_config: TLSConfig = field(default_factory=TLSConfig)
     keepalive: keepalive.KeepAliveConfig | None = None  # connhealth: request, idle, request on one connection
     auth: httpauth.BasicAuth | httpauth.Authorization | None = None  # basic_auth, bearer_token(_file), authorization
+    compression: str = ""  # decode the final body so (codings.CODINGS); "" and identity: as sent
 
     @property
     def keeps_body(self) -> bool:
@@ -205,13 +207,14 @@ class HTTPProber(Prober):
         (http2.HeadersTooLarge, "http_header_too_large"),
         (http1.BodyTooLarge, "http_body_too_large"),
         (http2.BodyTooLarge, "http_body_too_large"),
+        (codings.DecodeError, "http_content_decoding"),
         (http1.IncompleteResponse, "connection_reset"),
         (http1.ProtocolError, "protocol_error"),
         (http2.H2ProtocolError, "protocol_error"),
     )
     unsupported = frozenset({
         "proxy_url", "proxy_connect_header",
-        "oauth2", "http_client_config", "compression", "body_file",
+        "oauth2", "http_client_config", "body_file",
         "no_proxy", "proxy_from_environment", "skip_resolve_phase_with_proxy",
         "follow_redirects_with_auth", "ip_protocol_fallback_with_proxy",
         "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
@@ -254,10 +257,15 @@ class HTTPProber(Prober):
             tls_config=tls_section(f),
             keepalive=keepalive.parse(f),
             auth=httpauth.parse(f),
+            compression=_compression(f),
         )
         f.done()
         if cfg.keepalive is not None and cfg.keeps_body:
             raise ConfigError(f"{f.path}.keepalive: the body regexps do not apply to a keep-alive check")
+        for name, value in cfg.headers:
+            if name.lower() == "accept-encoding" and not _accepts(reveal(value), cfg.compression):
+                raise ConfigError(f"{f.path}.headers.{name}: {reveal(value)!r} does not accept compression "
+                                  f"{cfg.compression!r}: the response could not be decoded")
         if cfg.fail_if_ssl and cfg.fail_if_not_ssl:
             raise ConfigError(f"{f.path}: fail_if_ssl and fail_if_not_ssl cannot both be true")
         return cfg
@@ -440,15 +448,19 @@ async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
         head = await http1.read_head(conn, reader)
         response.version, response.status, response.headers = head.version, head.status, head.headers
         response.content_length = head.content_length
+        nonlocal decoder
+        decoder = _decoder(cfg, response)
         response.body_length, response.body = await http1.read_body(
-            conn, reader, limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit)
+            conn, reader, limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit, decoder=decoder)
 
+    decoder: codings.Decoder | None = None
     try:
         await ctx.phase("transfer", receive())
     finally:
         # A body cut short (timeout, reset, limit) still reports what arrived, as blackbox's byte
-        # counter does; its MaxBytesReader hands out at most body_size_limit bytes.
-        response.body_length = max(response.body_length, min(reader.body_bytes, cfg.body_size_limit or reader.body_bytes))
+        # counter does; its MaxBytesReader hands out at most body_size_limit (decoded) bytes.
+        got = decoder.decoded if decoder is not None else reader.body_bytes
+        response.body_length = max(response.body_length, min(got, cfg.body_size_limit or got))
 
 
 async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, target: str, headers: list[tuple[str, str]],
@@ -468,9 +480,42 @@ async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
         cl = response.header("content-length")
         response.content_length = int(cl) if cl is not None and cl.isdigit() else None
         response.body_length, response.body = await exchange.read_body(
-            limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit)
+            limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit, decoder=_decoder(cfg, response))
 
     await ctx.phase("transfer", receive())
+
+
+def _compression(f: Fields) -> str:
+    coding = f.get("compression", str, "").lower()
+    if coding not in ("", *codings.CODINGS):
+        raise ConfigError(f"{f.path}.compression: unsupported compression algorithm {coding!r} ({', '.join(codings.CODINGS)})")
+    return "" if coding == "identity" else coding
+
+
+def _accepts(accept_encoding: str, coding: str) -> bool:
+    """blackbox's rule: with a compression set, a configured Accept-Encoding must accept it (q > 0),
+    by name or by ``*``, judged at the entry of the highest quality that names it."""
+    if not coding or not accept_encoding:
+        return True
+    entries: list[tuple[float, str]] = []
+    for part in accept_encoding.split(","):
+        name, sep, q = part.rpartition(";") if ";" in part else (part, "", "")
+        try:
+            quality = round(float(q.strip().removeprefix("q=")), 3) if sep else 1.0
+        except ValueError:
+            quality = 0.0
+        entries.append((quality, name.strip()))
+    for quality, name in sorted(entries, key=lambda e: -e[0]):  # stable: ties keep their order, as Go's SliceStable
+        if name in (coding, "*"):
+            return quality > 0
+    return False
+
+
+def _decoder(cfg: HTTPProbeConfig, response: _Response) -> codings.Decoder | None:
+    """The final response's decoder; a redirect's body (followed or not) is never decoded, as in blackbox."""
+    if not cfg.compression or response.status in _REDIRECT_CODES and response.header("Location"):
+        return None
+    return codings.Decoder(cfg.compression)
 
 
 def _check(ctx: ProbeContext, cfg: HTTPProbeConfig, url: str, response: _Response) -> None:
