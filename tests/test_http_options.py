@@ -10,6 +10,7 @@ import base64
 import gzip
 import json
 import resource
+import socket
 import zlib
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from exporter.schema import ConfigError, Secret
 
 try:  # works whether or not tests/ becomes a package later
     from tests.peers import HTTPServer
-    from tests.probekit import PER_TEST_TIMEOUT, mod, surfaces_showing
+    from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # noqa: F401
+    from tests.proxypeer import TinyProxy
 except ImportError:  # pragma: no cover
     from peers import HTTPServer  # type: ignore[no-redef]
-    from probekit import PER_TEST_TIMEOUT, mod, surfaces_showing  # type: ignore[no-redef]
+    from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # type: ignore[no-redef]  # noqa: F401
+    from proxypeer import TinyProxy  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
 
@@ -267,3 +270,158 @@ def test_compression_config_errors(http: dict, message: str) -> None:
 def test_compression_accepts_blackbox_valid_accept_encodings() -> None:
     for value in ("gzip", "br, gzip", "br;q=1.0, gzip;q=0.9", "*", "identity, *;q=0.1"):
         assert mod("http", http={"compression": "gzip", "headers": {"Accept-Encoding": value}}).settings.compression == "gzip"
+
+
+# --- proxy ------------------------------------------------------------------------------------
+
+@pytest.fixture
+async def tinyproxy(tmp_path: Path):
+    proxy = await TinyProxy(tmp_path).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.astop()
+
+
+def via_headers(server: HTTPServer) -> list[str | None]:
+    return [headers.get("Via") for _, headers in server.requests]
+
+
+async def test_http_target_goes_through_the_proxy_in_absolute_form(tinyproxy: TinyProxy) -> None:
+    async with HTTPServer() as web_:
+        result = await run_probe(web_.url("/ok"), mod("http", http={"proxy_url": tinyproxy.url}), 10)
+    assert result.success, result.failure
+    assert result.details.status == 200 and result.details.body_length == len("hello connhealth")
+    [via] = via_headers(web_)
+    assert via is not None and "tinyproxy" in via
+    # The peer is the target's address (resolved here, as blackbox), not the proxy's.
+    assert (result.peer.ip, result.peer.port) == ("127.0.0.1", web_.port)
+
+
+async def test_https_target_goes_through_connect_then_tls(tinyproxy: TinyProxy, ca, leaf) -> None:
+    from exporter.certs import server_context
+    async with HTTPServer(server_context(leaf)) as web_:
+        m = mod("http", http={"proxy_url": tinyproxy.url, "tls_config": {"ca_file": ca.cert_file}})
+        result = await run_probe(web_.url("/ok", host="localhost"), m, 10)
+    assert result.success, result.failure
+    phases = [p.name for p in result.timeline]
+    assert phases.index("connect") < phases.index("proxy") < phases.index("tls")
+    assert result.tls is not None and result.tls.completed
+    # Not skip_resolve_phase_with_proxy: resolved here, the proxy is asked for the address.
+    assert tinyproxy.connects() == [f"127.0.0.1:{web_.port}"]
+
+
+async def test_skip_resolve_phase_with_proxy_lets_the_proxy_resolve(tinyproxy: TinyProxy, ca, leaf) -> None:
+    from exporter.certs import server_context
+    async with HTTPServer(server_context(leaf)) as web_:
+        m = mod("http", http={"proxy_url": tinyproxy.url, "skip_resolve_phase_with_proxy": True,
+                              "tls_config": {"ca_file": ca.cert_file}})
+        result = await run_probe(web_.url("/ok", host="localhost"), m, 10)
+    assert result.success, result.failure
+    assert "dns" not in [p.name for p in result.timeline]  # the proxy is an IP, the target is not resolved here
+    assert result.peer is None
+    assert tinyproxy.connects() == [f"localhost:{web_.port}"]
+
+
+async def test_proxy_refusing_connect_is_proxy_connect_failed(tmp_path: Path, ca, leaf) -> None:
+    from exporter.certs import server_context
+    proxy = await TinyProxy(tmp_path, connect_ports=(443,)).start()
+    try:
+        async with HTTPServer(server_context(leaf)) as web_:
+            m = mod("http", http={"proxy_url": proxy.url, "tls_config": {"ca_file": ca.cert_file}})
+            result = await run_probe(web_.url("/ok", host="localhost"), m, 10)
+    finally:
+        await proxy.astop()
+    assert not result.success
+    assert (result.failure.phase, result.failure.reason) == ("proxy", "proxy_connect_failed")
+    assert "proxy answered CONNECT with 403" in result.failure.message
+
+
+async def test_proxy_credentials_from_the_url_and_connect_headers(tmp_path: Path, ca, leaf) -> None:
+    from exporter.certs import server_context
+    proxy = await TinyProxy(tmp_path, basic_auth=("puser", CANARY)).start()
+    try:
+        async with HTTPServer() as plain, HTTPServer(server_context(leaf)) as tls:
+            with_auth = f"http://puser:{CANARY}@127.0.0.1:{proxy.port}"
+            ok_http = mod("http", http={"proxy_url": with_auth})
+            ok_https = mod("http", http={"proxy_url": with_auth, "tls_config": {"ca_file": ca.cert_file}})
+            # proxy_connect_header carries the credentials on the CONNECT only (blackbox's example shape).
+            hdr_https = mod("http", http={"proxy_url": proxy.url, "tls_config": {"ca_file": ca.cert_file},
+                                          "proxy_connect_header": {"Proxy-Authorization": [basic("puser", CANARY)]}})
+            no_auth = mod("http", http={"proxy_url": proxy.url, "tls_config": {"ca_file": ca.cert_file}})
+            results = [await run_probe(plain.url("/ok"), ok_http, 10),
+                       await run_probe(tls.url("/ok", host="localhost"), ok_https, 10),
+                       await run_probe(tls.url("/ok", host="localhost"), hdr_https, 10),
+                       await run_probe(tls.url("/ok", host="localhost"), no_auth, 10)]
+    finally:
+        await proxy.astop()
+    assert [r.success for r in results] == [True, True, True, False]
+    assert "407" in results[3].failure.message
+    assert isinstance(hdr_https.settings.proxy.connect_headers[0][1], Secret)
+    for result, module in zip(results, (ok_http, ok_https, hdr_https, no_auth)):
+        assert surfaces_showing(CANARY, result, module) == []
+    assert plain.requests and all("Proxy-Authorization" not in h for _, h in plain.requests)
+
+
+async def test_no_proxy_and_loopback_go_direct(tinyproxy: TinyProxy) -> None:
+    async with HTTPServer() as web_:
+        # With no_proxy set, httpproxy's rules apply: loopback never goes through a proxy.
+        m = mod("http", http={"proxy_url": tinyproxy.url, "no_proxy": "example.internal"})
+        result = await run_probe(web_.url("/ok"), m, 10)
+    assert result.success and via_headers(web_) == [None]
+
+
+def test_no_proxy_rules_as_go_httpproxy() -> None:
+    from exporter.net.proxy import parse_no_proxy
+    rules = parse_no_proxy("10.0.0.0/8, 192.168.1.5:8080, [2001:db8::1], example.com, .sub.org, *.wild.net:443")
+    direct = [("10.1.2.3", 80), ("192.168.1.5", 8080), ("2001:db8::1", 443), ("example.com", 80), ("a.example.com", 80),
+              ("x.sub.org", 80), ("y.wild.net", 443), ("localhost", 80), ("127.0.0.2", 80), ("::1", 80)]
+    proxied = [("11.0.0.1", 80), ("192.168.1.5", 80), ("notexample.com", 80), ("sub.org", 80), ("y.wild.net", 80)]
+    assert [h for h, p in direct if not rules.bypass(h, p)] == []
+    assert [h for h, p in proxied if rules.bypass(h, p)] == []
+    assert parse_no_proxy("*").bypass("anything", 1)
+
+
+@pytest.mark.parametrize("http, message", [
+    ({"proxy_url": "http://p:3128", "proxy_from_environment": True}, "proxy_url must not be configured"),
+    ({"no_proxy": "x"}, "proxy_url must also be configured"),
+    ({"proxy_connect_header": {"X": ["y"]}}, "proxy_url or proxy_from_environment must also be configured"),
+    ({"proxy_url": "socks5://p:1080"}, "proxy scheme 'socks5' is not supported"),
+])
+def test_proxy_config_errors(http: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mod("http", http=http)
+
+
+async def test_proxy_from_environment(tinyproxy: TinyProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", tinyproxy.url)
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.setenv("NO_PROXY", "")
+    m = mod("http", http={"proxy_from_environment": True, "skip_resolve_phase_with_proxy": True})
+    async with HTTPServer() as web_:
+        direct = await run_probe(web_.url("/ok", host="localhost"), m, 10)
+        # Go's rule is on the name as written: the host's own name is not "localhost", so it is
+        # proxied (and, skip_resolve_phase_with_proxy, resolved by the proxy: /etc/hosts has it on loopback).
+        proxied = await run_probe(web_.url("/ok", host=socket.gethostname()), m, 10)
+    assert direct.success and proxied.success, (direct.failure, proxied.failure)
+    assert [via is not None for via in via_headers(web_)] == [False, True]
+    assert m.settings.proxy.http.port == tinyproxy.port and m.settings.proxy.https is None
+
+
+async def test_guard_holds_through_a_proxy(tinyproxy: TinyProxy) -> None:
+    """The guard checks the target (name, port and address), not only the proxy the socket goes to."""
+    from exporter.net.guard import ProbeGuard, parse_rules
+    guard = ProbeGuard(deny=parse_rules(["127.0.0.0/8"]), allow=parse_rules([]))
+    proxy_only = ProbeGuard(deny=parse_rules([f":{tinyproxy.port + 1}"]))
+    async with HTTPServer() as web_:
+        results = {}
+        for skip in (False, True):
+            m = mod("http", http={"proxy_url": tinyproxy.url, "skip_resolve_phase_with_proxy": skip})
+            results[skip] = await run_probe(web_.url("/ok", host="localhost"), m, 10, guard=guard)
+        denied_port = await run_probe(f"http://localhost:{tinyproxy.port + 1}/",
+                                      mod("http", http={"proxy_url": tinyproxy.url}), 10, guard=proxy_only)
+    for skip, result in results.items():
+        assert (result.failure.phase, result.failure.reason) == ("connect", "target_forbidden"), skip
+        assert f"localhost (127.0.0.1:{web_.port}) is denied by probe_guard rule '127.0.0.0/8'" in result.failure.message
+    assert denied_port.failure.reason == "target_forbidden"
+    assert web_.requests == []

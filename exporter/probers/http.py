@@ -29,15 +29,16 @@ import regex as timed_re
 from .. import __version__
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
-from ..net import codings, http1, http2, resolve
+from ..net import codings, http1, http2, proxy, resolve
 from ..net.connection import Connection
+from ..net.guard import TargetForbidden
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, Secret, compile_regex, parse_ip_protocol, reveal
+from ..schema import ConfigError, Fields, Secret, compile_regex, join_host_port, parse_ip_protocol, reveal
 from . import httpauth, keepalive, resumption, stream
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, register, tls_section
 from .stream import DEFAULT_SECRET_QUERY_PARAMS, redact_url
-from .connect import open_connection, start_tls
+from .connect import open_connection, resolve_target, start_tls
 
 MAX_REDIRECTS = 10
 USER_AGENT = f"connhealth/{__version__}"
@@ -62,6 +63,7 @@ REASONS = {
     "http_ssl_expectation": Reason("first_byte", "fail_if_ssl / fail_if_not_ssl was violated", "redirect from https to http or the other way round"),
     "http_header_too_large": Reason("transfer", "the response headers exceed 1 MiB (Go's limit)", "cookie or header explosion, not an HTTP server"),
     "http_body_too_large": Reason("transfer", "the body (decoded, with compression) exceeds body_size_limit (or, kept for a body regexp, 8 MiB when no limit is set)", "endless or huge response, streaming endpoint probed as a page, compression bomb"),
+    "proxy_connect_failed": Reason("proxy", "the proxy refused the CONNECT (non-2xx), or closed or garbled its answer", "proxy ACL denies the target or port, proxy authentication required (407), target unreachable from the proxy (502)"),
     "http_content_decoding": Reason("transfer", "the body is not valid in the module's compression (gzip, deflate, br, zstd)", "server ignored Accept-Encoding, truncated or corrupt compressed body"),
 }
 
@@ -97,6 +99,7 @@ class HTTPProbeConfig:
     keepalive: keepalive.KeepAliveConfig | None = None  # connhealth: request, idle, request on one connection
     auth: httpauth.BasicAuth | httpauth.Authorization | None = None  # basic_auth, bearer_token(_file), authorization
     compression: str = ""  # decode the final body so (codings.CODINGS); "" and identity: as sent
+    proxy: proxy.ProxyConfig | None = None  # proxy_url / proxy_from_environment and friends
 
     @property
     def keeps_body(self) -> bool:
@@ -193,7 +196,10 @@ def _body_regexes(f: Fields, key: str) -> tuple[Any, ...]:
 class HTTPProber(Prober):
     name = "http"
     phases = (
-        DNS, CONNECT, TLS,
+        DNS, CONNECT,
+        PhaseSpec("proxy", "Proxy CONNECT", "CONNECT sent to the proxy → its 2xx answer (https targets through a proxy)",
+                  limitable=True, optional=True),
+        TLS,
         PhaseSpec("request", "Request sent", "request bytes handed to the socket → written (HTTP/2: preface, SETTINGS, HEADERS, DATA)"),
         PhaseSpec("first_byte", "Server processing", "request written → first byte of the response (1xx included, as Go's GotFirstResponseByte)",
                   timeout_reason="http_timeout_first_byte", limitable=True),
@@ -208,14 +214,13 @@ class HTTPProber(Prober):
         (http1.BodyTooLarge, "http_body_too_large"),
         (http2.BodyTooLarge, "http_body_too_large"),
         (codings.DecodeError, "http_content_decoding"),
+        (proxy.ProxyError, "proxy_connect_failed"),
         (http1.IncompleteResponse, "connection_reset"),
         (http1.ProtocolError, "protocol_error"),
         (http2.H2ProtocolError, "protocol_error"),
     )
     unsupported = frozenset({
-        "proxy_url", "proxy_connect_header",
         "oauth2", "http_client_config", "body_file",
-        "no_proxy", "proxy_from_environment", "skip_resolve_phase_with_proxy",
         "follow_redirects_with_auth", "ip_protocol_fallback_with_proxy",
         "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
     })
@@ -258,6 +263,7 @@ class HTTPProber(Prober):
             keepalive=keepalive.parse(f),
             auth=httpauth.parse(f),
             compression=_compression(f),
+            proxy=_proxy(f),
         )
         f.done()
         if cfg.keepalive is not None and cfg.keeps_body:
@@ -359,7 +365,7 @@ class HTTPProber(Prober):
 # (Go's httptrace GotConn -> GotFirstResponseByte), so it includes writing the
 # request: our request + first_byte.
 _BLACKBOX_HTTP_PHASES = tuple((label_text((("phase", bb),)), ours) for bb, ours in (
-    ("connect", ("connect",)),
+    ("connect", ("connect", "proxy")),
     ("processing", ("request", "first_byte")),
     ("resolve", ("dns",)),
     ("tls", ("tls",)),
@@ -412,7 +418,15 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
     conn: Connection | None = None
     ctx.begin_hop(method, redact_url(url, cfg.secret_query_params))
     try:
-        conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
+        via, address = await _choose_proxy(ctx, cfg, parts.scheme, host, port)
+        if via is None:
+            conn = await open_connection(ctx, address, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
+        else:
+            conn = await _through_proxy(ctx, via, cfg, tls, host, address, port)
+            if not tls:  # absolute form to the proxy; the Host header stays the target's
+                target = f"http://{_authority(address, port, False)}{target}"
+                if via.authorization is not None:
+                    headers.append(("Proxy-Authorization", reveal(via.authorization)))
         if tls:
             await start_tls(ctx, conn, host, cfg.tls_config, ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
         # Per-probe values (traceparent) travel apart from the headers: the request head is built once per URL.
@@ -429,6 +443,116 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
         ctx.end_hop(response.status)
         if conn is not None:
             conn.close()
+
+
+def _proxy(f: Fields) -> proxy.ProxyConfig | None:
+    """prometheus/common's proxy fields and their rules."""
+    url = f.get("proxy_url", str, None)
+    from_env = f.get("proxy_from_environment", bool, False)
+    no_proxy = f.get("no_proxy", str, None)
+    connect_raw = f.get("proxy_connect_header", dict, {})
+    skip_resolve = f.get("skip_resolve_phase_with_proxy", bool, False)
+    if url and from_env:
+        raise ConfigError(f"{f.path}: if proxy_from_environment is configured, proxy_url must not be configured")
+    if no_proxy and not url:
+        raise ConfigError(f"{f.path}.no_proxy: if no_proxy is configured, proxy_url must also be configured")
+    if connect_raw and not (url or from_env):
+        raise ConfigError(f"{f.path}.proxy_connect_header: proxy_url or proxy_from_environment must also be configured")
+    headers: list[tuple[str, Secret]] = []
+    for name, values in connect_raw.items():
+        path = f"{f.p('proxy_connect_header')}.{name}"
+        values = values if isinstance(values, list) else [values]
+        for value in values:
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: expected a list of strings")
+            try:
+                http1.validate_header(str(name), value)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            headers.append((str(name), Secret(value)))  # <secret> in blackbox: credentials for the proxy
+    try:
+        if from_env:
+            http_url, https_url, env_no_proxy = proxy.from_environment()
+            return proxy.ProxyConfig(
+                http=proxy.parse_proxy_url(http_url, Secret) if http_url else None,
+                https=proxy.parse_proxy_url(https_url, Secret) if https_url else None,
+                no_proxy=proxy.parse_no_proxy(env_no_proxy), connect_headers=tuple(headers), skip_resolve=skip_resolve)
+        if not url:
+            return None
+        via = proxy.parse_proxy_url(url, Secret)
+    except ValueError as exc:
+        raise ConfigError(f"{f.p('proxy_url')}: {exc}") from None
+    return proxy.ProxyConfig(http=via, https=via, no_proxy=proxy.parse_no_proxy(no_proxy) if no_proxy else None,
+                             connect_headers=tuple(headers), skip_resolve=skip_resolve)
+
+
+async def _choose_proxy(ctx: ProbeContext, cfg: HTTPProbeConfig, scheme: str, host: str,
+                        port: int) -> tuple[proxy.ProxyURL | None, str]:
+    """(the proxy for this request or None, the target as it is asked for: its address once resolved here).
+
+    As blackbox, with a proxy the target is still resolved here (the dns phase; the proxy is then
+    asked for the address) unless skip_resolve_phase_with_proxy. The SSRF guard still decides where
+    the probe goes: the target's name, port and address (with skip_resolve_phase_with_proxy the name
+    is resolved for the check only, untimed); the proxy's own address passes it as any connection does.
+    """
+    pcfg = cfg.proxy
+    if pcfg is None or pcfg.for_scheme(scheme) is None:
+        return None, host
+    if pcfg.skip_resolve:
+        via = pcfg.for_target(scheme, host, port)
+        if via is not None and ctx.guard is not None:
+            await _guard_unresolved(ctx, host, port, cfg)
+        return via, host
+    address = (await resolve_target(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback))[0]
+    return pcfg.for_target(scheme, host, port, address), address
+
+
+async def _through_proxy(ctx: ProbeContext, via: proxy.ProxyURL, cfg: HTTPProbeConfig, tls: bool, host: str,
+                         address: str, port: int) -> Connection:
+    """The connection to ``via``: for https a tunnel to ``address``:port (CONNECT), TLS still to ``host``."""
+    assert cfg.proxy is not None
+    ctx.log("through proxy %s", via.shown)
+    conn = await open_connection(ctx, via.host, via.port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback, peer=False)
+    if tls:
+        authority = join_host_port(address, port)
+        headers = [(k, reveal(v)) for k, v in cfg.proxy.connect_headers if k.lower() != "proxy-authorization"
+                   or via.authorization is None]
+        if via.authorization is not None:
+            headers.append(("Proxy-Authorization", reveal(via.authorization)))
+        try:
+            conn.write(proxy.connect_request(authority, headers))
+            await ctx.phase("proxy", _tunnel(conn))
+        except BaseException:
+            conn.close()
+            raise
+        ctx.log("CONNECT %s: tunnel established", authority)
+    return conn
+
+
+async def _tunnel(conn: Connection) -> None:
+    await conn.drain()
+    try:
+        head = await conn.readuntil(b"\r\n\r\n", proxy.MAX_CONNECT_RESPONSE)
+    except asyncio.IncompleteReadError:
+        raise proxy.ProxyError("proxy closed the connection before answering CONNECT") from None
+    except asyncio.LimitOverrunError:
+        raise proxy.ProxyError(f"proxy's CONNECT answer is longer than {proxy.MAX_CONNECT_RESPONSE} bytes") from None
+    proxy.parse_connect_response(head)
+
+
+async def _guard_unresolved(ctx: ProbeContext, host: str, port: int, cfg: HTTPProbeConfig) -> None:
+    """skip_resolve_phase_with_proxy under the guard: the address is checked all the same."""
+    assert ctx.guard is not None
+    ctx.guard.check_name(host, port)
+    known = resolve.literal(host)
+    if known is None:
+        try:
+            known = await resolve.resolve(host, resolve.families(cfg.preferred_ip_protocol, cfg.ip_protocol_fallback),
+                                          ctx.resolver.nameservers, ctx.resolver.timeout, max(ctx.remaining(), 0.001))
+        except Exception as exc:
+            raise TargetForbidden(f"{host}: probe_guard needs the address it resolves to, and resolving it here failed "
+                                  f"({type(exc).__name__}); skip_resolve_phase_with_proxy cannot bypass the guard") from None
+    ctx.guard.check_address(host, known[0], port)
 
 
 def _authority(host: str, port: int, tls: bool) -> str:
