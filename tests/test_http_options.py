@@ -6,6 +6,7 @@ tests/test_blackbox_compat_options.py.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -425,3 +426,119 @@ async def test_guard_holds_through_a_proxy(tinyproxy: TinyProxy) -> None:
         assert f"localhost (127.0.0.1:{web_.port}) is denied by probe_guard rule '127.0.0.0/8'" in result.failure.message
     assert denied_port.failure.reason == "target_forbidden"
     assert web_.requests == []
+
+
+# --- oauth2 -----------------------------------------------------------------------------------
+
+class TokenEndpoint:
+    """A real OAuth2 token endpoint (client credentials, RFC 6749 §4.4) on 127.0.0.1."""
+
+    def __init__(self, *, client_id: str = "probe", secret: str = CANARY, token: str = "tok-" + CANARY,
+                 expires_in: int | None = 3600, delay: float = 0.0, header_auth: bool = True) -> None:
+        self.client_id, self.secret, self.token = client_id, secret, token
+        self.expires_in, self.delay, self.header_auth = expires_in, delay, header_auth
+        self.forms: list[dict[str, str]] = []
+        self.auth_headers: list[str | None] = []
+        self.server = AppServer(self._app())
+
+    def _app(self) -> web.Application:
+        async def token(request: web.Request) -> web.StreamResponse:
+            form = dict(await request.post())
+            self.forms.append(form)
+            self.auth_headers.append(request.headers.get("Authorization"))
+            await asyncio.sleep(self.delay)
+            ok = request.headers.get("Authorization") == basic(self.client_id, self.secret) if self.header_auth else \
+                (form.get("client_id"), form.get("client_secret")) == (self.client_id, self.secret)
+            if not ok or form.get("grant_type") != "client_credentials":
+                return web.json_response({"error": "invalid_client"}, status=401)
+            body: dict[str, object] = {"access_token": self.token, "token_type": "bearer"}
+            if self.expires_in is not None:
+                body["expires_in"] = self.expires_in
+            return web.json_response(body)
+
+        app = web.Application()
+        app.router.add_post("/token", token)
+        return app
+
+    async def __aenter__(self) -> "TokenEndpoint":
+        await self.server.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.__aexit__(*exc)
+
+    @property
+    def url(self) -> str:
+        return self.server.url("/token")
+
+
+def oauth2_mod(endpoint: TokenEndpoint, **extra: object) -> object:
+    return mod("http", http={"oauth2": {"client_id": endpoint.client_id, "client_secret": endpoint.secret,
+                                        "token_url": endpoint.url, "scopes": ["read", "probe"],
+                                        "endpoint_params": {"audience": "connhealth"}, **extra}})
+
+
+async def test_oauth2_token_fetched_once_cached_and_sent() -> None:
+    async with TokenEndpoint(expires_in=3600) as tokens, HTTPServer() as web_:
+        m = oauth2_mod(tokens)
+        first = await run_probe(web_.url("/ok"), m, 10)
+        second = await run_probe(web_.url("/ok"), m, 10)
+    assert first.success and second.success, (first.failure, second.failure)
+    assert received_auth(web_) == [f"Bearer tok-{CANARY}"] * 2
+    assert tokens.forms == [{"grant_type": "client_credentials", "scope": "read probe", "audience": "connhealth"}]
+    assert tokens.auth_headers == [basic("probe", CANARY)]
+    assert [p.name for p in first.timeline][:1] == ["oauth2"]
+    assert "oauth2" not in [p.name for p in second.timeline]  # cached: no token request, no phase
+    for result in (first, second):
+        assert surfaces_showing(CANARY, result, m) == []
+
+
+async def test_oauth2_token_time_is_its_own_phase_not_server_processing() -> None:
+    """blackbox counts the token fetch as the target's processing; here it is the oauth2 phase."""
+    from exporter.sinks.exposition import probe_text
+    async with TokenEndpoint(delay=1.0, client_id="slow") as tokens, HTTPServer() as web_:
+        result = await run_probe(web_.url("/ok"), oauth2_mod(tokens), 10)
+    assert result.success, result.failure
+    phases = result.total_phases()
+    assert phases["oauth2"] >= 1.0
+    assert phases["request"] + phases["first_byte"] < 1.0
+    processing = [line for line in probe_text(result).splitlines()
+                  if line.startswith('probe_http_duration_seconds{phase="processing"}')]
+    assert len(processing) == 1 and float(processing[0].split()[-1]) < 1.0
+
+
+async def test_oauth2_expired_token_is_fetched_again_and_form_auth_fallback() -> None:
+    # expires_in 5 is inside the 10 s renewal margin: every probe fetches; the endpoint only takes the
+    # client in the form (x/oauth2's auto-detection falls back to it after a refused Basic header).
+    async with TokenEndpoint(expires_in=5, header_auth=False, client_id="form") as tokens, HTTPServer() as web_:
+        m = oauth2_mod(tokens)
+        results = [await run_probe(web_.url("/ok"), m, 10) for _ in range(2)]
+    assert all(r.success for r in results), [r.failure for r in results]
+    assert len(tokens.forms) == 4 and tokens.auth_headers == [basic("form", CANARY), None] * 2
+    assert tokens.forms[1]["client_secret"] == CANARY
+
+
+async def test_oauth2_refused_client_is_oauth2_token_failed(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("wrong\n")
+    async with TokenEndpoint(client_id="refused") as tokens, HTTPServer() as web_:
+        m = mod("http", http={"oauth2": {"client_id": "refused", "client_secret_file": str(secret_file),
+                                         "token_url": tokens.url}})
+        result = await run_probe(web_.url("/ok"), m, 10)
+        missing = await run_probe(web_.url("/ok"), mod("http", http={"oauth2": {
+            "client_id": "refused", "client_secret_file": str(tmp_path / "nope"), "token_url": tokens.url}}), 10)
+    assert (result.failure.phase, result.failure.reason) == ("oauth2", "oauth2_token_failed")
+    assert "token endpoint answered 401" in result.failure.message
+    assert missing.failure.reason == "config_file_missing"
+    assert web_.requests == []
+
+
+@pytest.mark.parametrize("http, message", [
+    ({"oauth2": {"client_id": "a", "token_url": "http://t/"}, "bearer_token": "x"}, "at most one of basic_auth, authorization"),
+    ({"oauth2": {"client_id": "a"}}, "oauth2.token_url: required"),
+    ({"oauth2": {"client_id": "a", "token_url": "ftp://t/"}}, "is not an http:// or https:// URL"),
+    ({"oauth2": {"client_id": "a", "token_url": "http://t/", "endpoint_params": {"scope": "x"}}}, "cannot overwrite"),
+])
+def test_oauth2_config_errors(http: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mod("http", http=http)

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -24,9 +25,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import http1
+from .connection import Connection
 
 __all__ = ["ProxyConfig", "ProxyError", "ProxyURL", "connect_request", "parse_connect_response", "parse_no_proxy",
-           "parse_proxy_url"]
+           "parse_proxy_url", "tunnel"]
 
 MAX_CONNECT_RESPONSE = 64 << 10
 
@@ -171,6 +173,19 @@ def connect_request(authority: str, headers: list[tuple[str, str]]) -> bytes:
         http1.validate_header(name, value)
         lines.append(f"{name}: {value.strip()}\r\n")
     return ("".join(lines) + "\r\n").encode("utf-8")
+
+
+async def tunnel(conn: Connection, authority: str, headers: list[tuple[str, str]]) -> None:
+    """CONNECT ``authority`` over ``conn`` (to the proxy); returns once the proxy answered 2xx."""
+    conn.write(connect_request(authority, headers))
+    await conn.drain()
+    try:
+        head = await conn.readuntil(b"\r\n\r\n", MAX_CONNECT_RESPONSE)
+    except asyncio.IncompleteReadError:
+        raise ProxyError("proxy closed the connection before answering CONNECT") from None
+    except asyncio.LimitOverrunError:
+        raise ProxyError(f"proxy's CONNECT answer is longer than {MAX_CONNECT_RESPONSE} bytes") from None
+    parse_connect_response(head)
 
 
 def parse_connect_response(head: bytes) -> int:

@@ -100,6 +100,7 @@ class HTTPProbeConfig:
     auth: httpauth.BasicAuth | httpauth.Authorization | None = None  # basic_auth, bearer_token(_file), authorization
     compression: str = ""  # decode the final body so (codings.CODINGS); "" and identity: as sent
     proxy: proxy.ProxyConfig | None = None  # proxy_url / proxy_from_environment and friends
+    oauth2: httpauth.OAuth2 | None = None  # client credentials: a bearer token fetched (and cached) per client
 
     @property
     def keeps_body(self) -> bool:
@@ -196,7 +197,7 @@ def _body_regexes(f: Fields, key: str) -> tuple[Any, ...]:
 class HTTPProber(Prober):
     name = "http"
     phases = (
-        DNS, CONNECT,
+        httpauth.OAUTH2_PHASE, DNS, CONNECT,
         PhaseSpec("proxy", "Proxy CONNECT", "CONNECT sent to the proxy → its 2xx answer (https targets through a proxy)",
                   limitable=True, optional=True),
         TLS,
@@ -206,7 +207,7 @@ class HTTPProber(Prober):
         PhaseSpec("transfer", "Content transfer", "first response byte → last body byte (headers, 1xx skipped, body)"),
         keepalive.IDLE, *resumption.PHASES,
     )
-    reasons = {**REASONS, **keepalive.REASONS, **resumption.REASONS}
+    reasons = {**REASONS, **httpauth.REASONS, **keepalive.REASONS, **resumption.REASONS}
     resumable = True
     errors = (
         (http1.HeaderTooLarge, "http_header_too_large"),
@@ -220,7 +221,7 @@ class HTTPProber(Prober):
         (http2.H2ProtocolError, "protocol_error"),
     )
     unsupported = frozenset({
-        "oauth2", "http_client_config", "body_file",
+        "http_client_config", "body_file",
         "follow_redirects_with_auth", "ip_protocol_fallback_with_proxy",
         "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
     })
@@ -263,7 +264,8 @@ class HTTPProber(Prober):
             keepalive=keepalive.parse(f),
             auth=httpauth.parse(f),
             compression=_compression(f),
-            proxy=_proxy(f),
+            proxy=httpauth.parse_proxy(f),
+            oauth2=httpauth.parse_oauth2(f),
         )
         f.done()
         if cfg.keepalive is not None and cfg.keeps_body:
@@ -272,6 +274,8 @@ class HTTPProber(Prober):
             if name.lower() == "accept-encoding" and not _accepts(reveal(value), cfg.compression):
                 raise ConfigError(f"{f.path}.headers.{name}: {reveal(value)!r} does not accept compression "
                                   f"{cfg.compression!r}: the response could not be decoded")
+        if cfg.oauth2 is not None and cfg.auth is not None:
+            raise ConfigError(f"{f.path}: at most one of basic_auth, authorization, bearer_token and oauth2 may be set")
         if cfg.fail_if_ssl and cfg.fail_if_not_ssl:
             raise ConfigError(f"{f.path}: fail_if_ssl and fail_if_not_ssl cannot both be true")
         return cfg
@@ -283,8 +287,12 @@ class HTTPProber(Prober):
         _split_target(target)
 
     def expected_phases(self, target: str, settings: HTTPProbeConfig) -> tuple[str, ...]:
-        return stream.expected_phases(self.phases, target, stream.HTTP_SCHEMES,
-                                      frozenset({"idle"}) if settings.keepalive is not None else frozenset())
+        opted = {"idle"} if settings.keepalive is not None else set()
+        if settings.oauth2 is not None:
+            opted.add("oauth2")
+        if settings.proxy is not None and target.lower().startswith("https:"):
+            opted.add("proxy")
+        return stream.expected_phases(self.phases, target, stream.HTTP_SCHEMES, frozenset(opted))
 
     async def probe(self, ctx: ProbeContext, target: str, settings: HTTPProbeConfig) -> None:
         cfg = settings
@@ -297,7 +305,7 @@ class HTTPProber(Prober):
         body = reveal(cfg.body).encode() if cfg.body is not None else None
         headers = [(k, reveal(v)) for k, v in cfg.headers]  # secrets are typed until they go on the wire
         # Credentials (files read now, at probe time) go to the target's host and its subdomains only.
-        auth = (first_host, await cfg.auth.header()) if cfg.auth is not None else None
+        auth = (first_host, await _authorization(ctx, cfg)) if cfg.auth is not None or cfg.oauth2 is not None else None
         response: _Response | None = None
         not_followed = False  # a redirect left unfollowed (follow_redirects: false)
         try:
@@ -445,47 +453,6 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
             conn.close()
 
 
-def _proxy(f: Fields) -> proxy.ProxyConfig | None:
-    """prometheus/common's proxy fields and their rules."""
-    url = f.get("proxy_url", str, None)
-    from_env = f.get("proxy_from_environment", bool, False)
-    no_proxy = f.get("no_proxy", str, None)
-    connect_raw = f.get("proxy_connect_header", dict, {})
-    skip_resolve = f.get("skip_resolve_phase_with_proxy", bool, False)
-    if url and from_env:
-        raise ConfigError(f"{f.path}: if proxy_from_environment is configured, proxy_url must not be configured")
-    if no_proxy and not url:
-        raise ConfigError(f"{f.path}.no_proxy: if no_proxy is configured, proxy_url must also be configured")
-    if connect_raw and not (url or from_env):
-        raise ConfigError(f"{f.path}.proxy_connect_header: proxy_url or proxy_from_environment must also be configured")
-    headers: list[tuple[str, Secret]] = []
-    for name, values in connect_raw.items():
-        path = f"{f.p('proxy_connect_header')}.{name}"
-        values = values if isinstance(values, list) else [values]
-        for value in values:
-            if not isinstance(value, str):
-                raise ConfigError(f"{path}: expected a list of strings")
-            try:
-                http1.validate_header(str(name), value)
-            except ValueError as exc:
-                raise ConfigError(f"{path}: {exc}") from None
-            headers.append((str(name), Secret(value)))  # <secret> in blackbox: credentials for the proxy
-    try:
-        if from_env:
-            http_url, https_url, env_no_proxy = proxy.from_environment()
-            return proxy.ProxyConfig(
-                http=proxy.parse_proxy_url(http_url, Secret) if http_url else None,
-                https=proxy.parse_proxy_url(https_url, Secret) if https_url else None,
-                no_proxy=proxy.parse_no_proxy(env_no_proxy), connect_headers=tuple(headers), skip_resolve=skip_resolve)
-        if not url:
-            return None
-        via = proxy.parse_proxy_url(url, Secret)
-    except ValueError as exc:
-        raise ConfigError(f"{f.p('proxy_url')}: {exc}") from None
-    return proxy.ProxyConfig(http=via, https=via, no_proxy=proxy.parse_no_proxy(no_proxy) if no_proxy else None,
-                             connect_headers=tuple(headers), skip_resolve=skip_resolve)
-
-
 async def _choose_proxy(ctx: ProbeContext, cfg: HTTPProbeConfig, scheme: str, host: str,
                         port: int) -> tuple[proxy.ProxyURL | None, str]:
     """(the proxy for this request or None, the target as it is asked for: its address once resolved here).
@@ -520,24 +487,12 @@ async def _through_proxy(ctx: ProbeContext, via: proxy.ProxyURL, cfg: HTTPProbeC
         if via.authorization is not None:
             headers.append(("Proxy-Authorization", reveal(via.authorization)))
         try:
-            conn.write(proxy.connect_request(authority, headers))
-            await ctx.phase("proxy", _tunnel(conn))
+            await ctx.phase("proxy", proxy.tunnel(conn, authority, headers))
         except BaseException:
             conn.close()
             raise
         ctx.log("CONNECT %s: tunnel established", authority)
     return conn
-
-
-async def _tunnel(conn: Connection) -> None:
-    await conn.drain()
-    try:
-        head = await conn.readuntil(b"\r\n\r\n", proxy.MAX_CONNECT_RESPONSE)
-    except asyncio.IncompleteReadError:
-        raise proxy.ProxyError("proxy closed the connection before answering CONNECT") from None
-    except asyncio.LimitOverrunError:
-        raise proxy.ProxyError(f"proxy's CONNECT answer is longer than {proxy.MAX_CONNECT_RESPONSE} bytes") from None
-    proxy.parse_connect_response(head)
 
 
 async def _guard_unresolved(ctx: ProbeContext, host: str, port: int, cfg: HTTPProbeConfig) -> None:
@@ -553,6 +508,13 @@ async def _guard_unresolved(ctx: ProbeContext, host: str, port: int, cfg: HTTPPr
             raise TargetForbidden(f"{host}: probe_guard needs the address it resolves to, and resolving it here failed "
                                   f"({type(exc).__name__}); skip_resolve_phase_with_proxy cannot bypass the guard") from None
     ctx.guard.check_address(host, known[0], port)
+
+
+async def _authorization(ctx: ProbeContext, cfg: HTTPProbeConfig) -> str:
+    if cfg.oauth2 is not None:
+        return await httpauth.oauth2_header(ctx, cfg.oauth2)
+    assert cfg.auth is not None
+    return await cfg.auth.header()
 
 
 def _authority(host: str, port: int, tls: bool) -> str:
@@ -717,8 +679,8 @@ async def _keepalive(ctx: ProbeContext, target: str, cfg: HTTPProbeConfig, ka: k
     """http.keepalive: two requests on one HTTP/1.1 connection with an idle between (probers/keepalive.py)."""
     answers: list[keepalive.Answer] = []
     headers = [(k, reveal(v)) for k, v in cfg.headers]
-    if cfg.auth is not None and not any(k.lower() == "authorization" for k, _ in headers):
-        headers.append(("Authorization", await cfg.auth.header()))
+    if (cfg.auth is not None or cfg.oauth2 is not None) and not any(k.lower() == "authorization" for k, _ in headers):
+        headers.append(("Authorization", await _authorization(ctx, cfg)))
     try:
         await keepalive.check(ctx, target, ka, answers, method=cfg.method, headers=headers,
                               body=reveal(cfg.body).encode() if cfg.body is not None else None, user_agent=USER_AGENT,
