@@ -542,3 +542,103 @@ async def test_oauth2_refused_client_is_oauth2_token_failed(tmp_path: Path) -> N
 def test_oauth2_config_errors(http: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         mod("http", http=http)
+
+
+# --- body_file, http_headers, CEL -------------------------------------------------------------
+
+async def test_body_file_is_sent_and_read_at_probe_time(tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    m = mod("http", http={"method": "POST", "body_file": str(body)})
+    async with HTTPServer() as web_:
+        missing = await run_probe(web_.url("/echo-body"), m, 5)  # loads without the file; the probe fails
+        body.write_text('{"probe": 1}')
+        sent = await run_probe(web_.url("/echo-body"), mod("http", http={
+            "method": "POST", "body_file": str(body), "fail_if_body_not_matches_regexp": ['"body": "\\{\\\\"probe\\\\": 1\\}"']}), 5)
+    assert missing.failure.reason == "config_file_missing" and str(body) in missing.failure.message
+    assert sent.success, sent.failure
+    with pytest.raises(ConfigError, match="setting body and body_file both are not allowed"):
+        mod("http", http={"body": "x", "body_file": str(body)})
+
+
+async def test_http_headers_values_secrets_and_files(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(f" {CANARY}-file \n")
+    m = mod("http", http={"headers": {"X-Multi": "plain"}, "http_headers": {
+        "X-Multi": {"values": ["v1", "v2"]},
+        "X-Api-Key": {"secrets": [CANARY]},
+        "X-From-File": {"files": [str(token)]},
+        "Accept-Language": {"values": ["en-US"]},
+    }})
+    seen: list[dict[str, list[str]]] = []
+    async with AppServer(echo_app(seen)) as srv:
+        result = await run_probe(srv.url("/"), m, 5)
+    assert result.success, result.failure
+    [got] = seen
+    assert got["X-Multi"] == ["plain", "v1", "v2"]  # Header.Add: every value, after `headers`
+    assert got["X-Api-Key"] == [CANARY] and got["X-From-File"] == [f"{CANARY}-file"]
+    assert got["Accept-Language"] == ["en-US"]
+    assert surfaces_showing(CANARY, result, m) == []
+    assert [type(v).__name__ for n, v, _ in m.settings.http_headers if n == "X-Api-Key"] == ["Secret"]
+
+
+def echo_app(seen: list[dict[str, list[str]]]) -> web.Application:
+    """Records every request's headers (repeated names kept) in ``seen``."""
+    app = web.Application()
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        headers: dict[str, list[str]] = {}
+        for k, v in request.headers.items():
+            headers.setdefault(k, []).append(v)
+        seen.append(headers)
+        return web.Response(text="ok")
+
+    app.router.add_get("/", echo)
+    return app
+
+
+@pytest.mark.parametrize("http, message", [
+    ({"http_headers": {"Authorization": {"values": ["x"]}}}, "setting header 'Authorization' is not allowed"),
+    ({"http_headers": {"X": {"value": ["x"]}}}, "http_headers.X.value: unknown field"),
+    ({"http_headers": {"X": {"values": ["a\nb"]}}}, r"http_headers.X.values\[0\]"),
+])
+def test_http_headers_config_errors(http: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mod("http", http=http)
+
+
+def json_app(payloads: dict[str, bytes]) -> web.Application:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=payloads[request.match_info["name"]], content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/j/{name}", serve)
+    return app
+
+
+async def test_cel_body_checks_as_blackbox() -> None:
+    from exporter.sinks.exposition import probe_text
+    payloads = {"good": b'{"foo": "bar", "baz": "qux"}', "bad": b'{"foo": "bar", "baz": "zap"}',
+                "missing": b'{"foo": "bar"}', "notjson": b"<html>", "number": b'{"foo": 1}'}
+    not_matches = mod("http", http={"fail_if_body_json_not_matches_cel": "body.foo == 'bar' && body.baz.startsWith('q')"})
+    matches = mod("http", http={"fail_if_body_json_matches_cel": "body.foo == 'bar'"})
+    not_bool = mod("http", http={"fail_if_body_json_matches_cel": "body.foo + 1"})
+    async with AppServer(json_app(payloads)) as srv:
+        r = {name: await run_probe(srv.url(f"/j/{name}"), not_matches, 5) for name in payloads}
+        matched = await run_probe(srv.url("/j/good"), matches, 5)
+        non_bool = await run_probe(srv.url("/j/number"), not_bool, 5)
+        plain_module = await run_probe(srv.url("/j/good"), mod("http"), 5)
+    assert r["good"].success, r["good"].failure
+    for name in ("bad", "missing", "notjson"):
+        assert (r[name].failure.phase, r[name].failure.reason) == ("transfer", "http_body_cel"), name
+    assert "did not match fail_if_body_json_not_matches_cel" in r["bad"].failure.message
+    assert "body is not JSON" in r["notjson"].failure.message
+    assert "matched fail_if_body_json_matches_cel" in matched.failure.message
+    assert "not a bool" in non_bool.failure.message
+    assert "probe_failed_due_to_cel 0" in probe_text(r["good"])
+    assert "probe_failed_due_to_cel 1" in probe_text(r["bad"])
+    assert "probe_failed_due_to_cel" not in probe_text(plain_module)  # as blackbox: only with a CEL check
+
+
+def test_cel_syntax_error_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="fail_if_body_json_matches_cel: invalid CEL expression"):
+        mod("http", http={"fail_if_body_json_matches_cel": "body.foo =="})

@@ -15,7 +15,9 @@ headers dropped on a redirect to another domain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,9 +26,10 @@ from urllib.parse import SplitResult, urljoin, urlsplit
 
 # mrab's regex: its search() takes a timeout and can release the GIL; stdlib re can be neither
 # interrupted nor run beside the loop. Until RE2 (linear time) replaces it (issue 10).
+import cel
 import regex as timed_re
 
-from .. import __version__
+from .. import __version__, filerefs
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..net import codings, http1, http2, proxy, resolve
@@ -59,6 +62,7 @@ REASONS = {
     "http_status_unexpected": Reason("first_byte", "the status (1xx/2xx/3xx) is not in valid_status_codes, or the HTTP version is not in valid_http_versions", "redirect not followed, unexpected success code"),
     "http_too_many_redirects": Reason("first_byte", "more than the allowed number of redirects (10)", "redirect loop"),
     "http_body_mismatch": Reason("transfer", "the body failed a fail_if_body_(not_)matches_regexp check", "error page served with 200, wrong content"),
+    "http_body_cel": Reason("transfer", "the body is not JSON, or failed a fail_if_body_json_(not_)matches_cel expression (or it did not evaluate to a bool)", "error payload served with 200, wrong API version, health field false"),
     "http_header_mismatch": Reason("first_byte", "a header failed a fail_if_header_(not_)matches check", "missing security header, wrong content type"),
     "http_ssl_expectation": Reason("first_byte", "fail_if_ssl / fail_if_not_ssl was violated", "redirect from https to http or the other way round"),
     "http_header_too_large": Reason("transfer", "the response headers exceed 1 MiB (Go's limit)", "cookie or header explosion, not an HTTP server"),
@@ -101,10 +105,19 @@ class HTTPProbeConfig:
     compression: str = ""  # decode the final body so (codings.CODINGS); "" and identity: as sent
     proxy: proxy.ProxyConfig | None = None  # proxy_url / proxy_from_environment and friends
     oauth2: httpauth.OAuth2 | None = None  # client credentials: a bearer token fetched (and cached) per client
+    body_file: str | None = None  # the request body, read from this file when a probe uses it
+    # http_headers (prometheus/common's format): (name, value); a str, a Secret, or a file path (is_file).
+    http_headers: tuple[tuple[str, str | Secret, bool], ...] = ()
+    fail_if_body_json_matches_cel: Any = None  # cel.Program
+    fail_if_body_json_not_matches_cel: Any = None
 
     @property
     def keeps_body(self) -> bool:
-        return bool(self.fail_if_body_matches_regexp or self.fail_if_body_not_matches_regexp)
+        return bool(self.fail_if_body_matches_regexp or self.fail_if_body_not_matches_regexp or self.has_cel)
+
+    @property
+    def has_cel(self) -> bool:
+        return self.fail_if_body_json_matches_cel is not None or self.fail_if_body_json_not_matches_cel is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +128,7 @@ class HTTPDetails(Details):
     content_length: int | None  # the Content-Length header, when sent
     body_length: int | None  # bytes of the (decoded-transfer) body actually read
     final_url: str
+    failed_due_to_cel: bool | None = None  # None: the module has no CEL check (blackbox then has no such series)
 
     def summary(self) -> str:
         length = self.content_length if self.content_length is not None else "-"
@@ -221,9 +235,8 @@ class HTTPProber(Prober):
         (http2.H2ProtocolError, "protocol_error"),
     )
     unsupported = frozenset({
-        "http_client_config", "body_file",
+        "http_client_config",
         "follow_redirects_with_auth", "ip_protocol_fallback_with_proxy",
-        "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
     })
 
     def parse(self, f: Fields, module: str) -> HTTPProbeConfig:
@@ -266,6 +279,10 @@ class HTTPProber(Prober):
             compression=_compression(f),
             proxy=httpauth.parse_proxy(f),
             oauth2=httpauth.parse_oauth2(f),
+            body_file=f.get("body_file", str, None),
+            http_headers=_http_headers(f),
+            fail_if_body_json_matches_cel=_cel(f, "fail_if_body_json_matches_cel"),
+            fail_if_body_json_not_matches_cel=_cel(f, "fail_if_body_json_not_matches_cel"),
         )
         f.done()
         if cfg.keepalive is not None and cfg.keeps_body:
@@ -274,6 +291,8 @@ class HTTPProber(Prober):
             if name.lower() == "accept-encoding" and not _accepts(reveal(value), cfg.compression):
                 raise ConfigError(f"{f.path}.headers.{name}: {reveal(value)!r} does not accept compression "
                                   f"{cfg.compression!r}: the response could not be decoded")
+        if cfg.body is not None and cfg.body_file is not None:
+            raise ConfigError(f"{f.path}: setting body and body_file both are not allowed")
         if cfg.oauth2 is not None and cfg.auth is not None:
             raise ConfigError(f"{f.path}: at most one of basic_auth, authorization, bearer_token and oauth2 may be set")
         if cfg.fail_if_ssl and cfg.fail_if_not_ssl:
@@ -302,8 +321,8 @@ class HTTPProber(Prober):
             return
         first_host = _split_target(target)[1]
         url, method = target, cfg.method
-        body = reveal(cfg.body).encode() if cfg.body is not None else None
-        headers = [(k, reveal(v)) for k, v in cfg.headers]  # secrets are typed until they go on the wire
+        body = await _request_body(cfg)
+        headers = await _request_headers(cfg)  # secrets are typed until they go on the wire
         # Credentials (files read now, at probe time) go to the target's host and its subdomains only.
         auth = (first_host, await _authorization(ctx, cfg)) if cfg.auth is not None or cfg.oauth2 is not None else None
         response: _Response | None = None
@@ -344,12 +363,14 @@ class HTTPProber(Prober):
                 ctx.details = HTTPDetails(
                     status=response.status, version=response.version, redirects=len(ctx.hops) - 1 + not_followed,
                     content_length=response.content_length, body_length=0 if not_followed else response.body_length,
-                    final_url=redact_url(url, cfg.secret_query_params),
+                    final_url=redact_url(url, cfg.secret_query_params), failed_due_to_cel=False if cfg.has_cel else None,
                 )
         assert response is not None
         _check(ctx, cfg, url, response)
         if cfg.keeps_body:
             await _check_body(ctx, cfg, response)
+        if cfg.has_cel:
+            await _check_cel(ctx, cfg, response)
         await _resumption(ctx, url, cfg)
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:
@@ -366,6 +387,8 @@ class HTTPProber(Prober):
         yield _HTTP_STATUS_CODE, float(http.status or 0)
         yield _HTTP_BODY_LENGTH, float(http.body_length or 0)
         yield _HTTP_VERSION, float(http.version.split("/", 1)[1]) if http.version else 0.0
+        if http.failed_due_to_cel is not None:
+            yield _FAILED_DUE_TO_CEL, 1.0 if http.failed_due_to_cel else 0.0
 
 
 # blackbox phase names for probe_http_duration_seconds, mapped from ours. Its
@@ -386,6 +409,7 @@ _HTTP_SSL = ProbeFamily("probe_http_ssl", "Indicates if SSL was used for the fin
 _HTTP_STATUS_CODE = ProbeFamily("probe_http_status_code", "Response HTTP status code")
 _HTTP_BODY_LENGTH = ProbeFamily("probe_http_uncompressed_body_length", "Length of uncompressed response body")
 _HTTP_VERSION = ProbeFamily("probe_http_version", "Returns the version of HTTP of the probe response")
+_FAILED_DUE_TO_CEL = ProbeFamily("probe_failed_due_to_cel", "Indicates if probe failed due to CEL expression not matching")
 _HTTP_GAUGES = (_HTTP_CONTENT_LENGTH, _HTTP_REDIRECTS, _HTTP_SSL, _HTTP_STATUS_CODE, _HTTP_BODY_LENGTH, _HTTP_VERSION)
 
 
@@ -571,6 +595,110 @@ async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
     await ctx.phase("transfer", receive())
 
 
+# prometheus/common refuses these in http_headers: the client sets them itself.
+_RESERVED_HEADERS = frozenset(h.lower() for h in (
+    "Authorization", "Host", "Content-Encoding", "Content-Length", "Content-Type", "User-Agent", "Connection",
+    "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Www-Authenticate", "Accept-Encoding",
+    "X-Prometheus-Remote-Write-Version", "X-Prometheus-Remote-Read-Version", "X-Prometheus-Scrape-Timeout-Seconds",
+    "X-Amz-Date", "X-Amz-Security-Token", "X-Amz-Content-Sha256"))
+
+
+def _http_headers(f: Fields) -> tuple[tuple[str, str | Secret, bool], ...]:
+    """http_headers: {name: {values: [...], secrets: [...], files: [...]}}, added in that order (Header.Add)."""
+    out: list[tuple[str, str | Secret, bool]] = []
+    for name, raw in f.get("http_headers", dict, {}).items():
+        hf = Fields(raw, f"{f.p('http_headers')}.{name}")
+        name = str(name)
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"{hf.path}: setting header {name!r} is not allowed (the client sets it)")
+        for key, kind in (("values", "value"), ("secrets", "secret"), ("files", "file")):
+            for i, value in enumerate(hf.list_of(key, str)):
+                if kind != "file":
+                    try:
+                        http1.validate_header(name, value)
+                    except ValueError as exc:
+                        raise ConfigError(f"{hf.path}.{key}[{i}]: {exc}") from None
+                out.append((name, Secret(value) if kind == "secret" else value, kind == "file"))
+        hf.done()
+    return tuple(out)
+
+
+async def _request_headers(cfg: HTTPProbeConfig) -> list[tuple[str, str]]:
+    """headers, then http_headers (their files read now, trimmed as Go's strings.TrimSpace)."""
+    headers = [(k, reveal(v)) for k, v in cfg.headers]
+    for name, value, is_file in cfg.http_headers:
+        if is_file:
+            text = (await filerefs.read(str(value), f"http_headers.{name} file", httpauth.MAX_CREDENTIAL_FILE)).decode(
+                "utf-8", "replace").strip()
+            try:
+                http1.validate_header(name, text)
+            except ValueError as exc:
+                raise ProbeFailure("config_file_missing", f"http_headers.{name} file {value}: {exc}", phase="probe") from None
+            headers.append((name, text))
+        else:
+            headers.append((name, reveal(value)))
+    return headers
+
+
+async def _request_body(cfg: HTTPProbeConfig) -> bytes | None:
+    if cfg.body_file is not None:
+        return await filerefs.read(cfg.body_file, "body_file")
+    return reveal(cfg.body).encode() if cfg.body is not None else None
+
+
+def _cel(f: Fields, key: str) -> Any:
+    expression = f.get(key, str, None)
+    if expression is None:
+        return None
+    if len(expression) > 64 << 10:
+        raise ConfigError(f"{f.p(key)}: CEL expression longer than 64 KiB")
+    try:
+        return cel.compile(expression)
+    except Exception as exc:  # the binding raises ValueError with the parser's message
+        raise ConfigError(f"{f.p(key)}: invalid CEL expression: {exc}") from None
+
+
+def _eval_cel(program: Any, body: bytes) -> tuple[bool | None, str]:
+    """(result, problem) in a thread: JSON decoding and evaluation of a body of up to the keep limit."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"body is not JSON: {exc}"
+    try:
+        result = program.execute({"body": data})
+    except Exception as exc:  # a missing key, a type error: blackbox fails the probe
+        return None, f"error evaluating CEL expression: {type(exc).__name__}: {exc}"
+    if not isinstance(result, bool):
+        return None, f"CEL expression evaluated to {type(result).__name__}, not a bool"
+    return result, ""
+
+
+async def _check_cel(ctx: ProbeContext, cfg: HTTPProbeConfig, response: _Response) -> None:
+    """blackbox's CEL checks, after the regexps: the body as JSON, bound to ``body``. Off the loop, bounded by the deadline."""
+    failed = True
+    try:
+        for program, fail_when in ((cfg.fail_if_body_json_matches_cel, True), (cfg.fail_if_body_json_not_matches_cel, False)):
+            if program is None:
+                continue
+            budget = ctx.remaining()
+            if budget <= 0:
+                raise ProbeFailure("probe_timeout", "no time left for the CEL checks", phase="transfer")
+            try:
+                result, problem = await asyncio.wait_for(asyncio.to_thread(_eval_cel, program, response.body), budget)
+            except TimeoutError:
+                raise ProbeFailure("probe_timeout", "CEL check did not finish before the deadline", phase="transfer") from None
+            if result is None:
+                raise ProbeFailure("http_body_cel", problem, phase="transfer")
+            if result == fail_when:
+                key = "fail_if_body_json_matches_cel" if fail_when else "fail_if_body_json_not_matches_cel"
+                verb = "matched" if fail_when else "did not match"
+                raise ProbeFailure("http_body_cel", f"body {verb} {key} {program.source!r}", phase="transfer")
+        failed = False
+    finally:
+        if isinstance(ctx.details, HTTPDetails):
+            ctx.details = dataclasses.replace(ctx.details, failed_due_to_cel=failed)
+
+
 def _compression(f: Fields) -> str:
     coding = f.get("compression", str, "").lower()
     if coding not in ("", *codings.CODINGS):
@@ -678,12 +806,12 @@ def _header_check(ctx: ProbeContext, response: _Response, match: HeaderMatch, *,
 async def _keepalive(ctx: ProbeContext, target: str, cfg: HTTPProbeConfig, ka: keepalive.KeepAliveConfig) -> None:
     """http.keepalive: two requests on one HTTP/1.1 connection with an idle between (probers/keepalive.py)."""
     answers: list[keepalive.Answer] = []
-    headers = [(k, reveal(v)) for k, v in cfg.headers]
+    headers = await _request_headers(cfg)
     if (cfg.auth is not None or cfg.oauth2 is not None) and not any(k.lower() == "authorization" for k, _ in headers):
         headers.append(("Authorization", await _authorization(ctx, cfg)))
     try:
         await keepalive.check(ctx, target, ka, answers, method=cfg.method, headers=headers,
-                              body=reveal(cfg.body).encode() if cfg.body is not None else None, user_agent=USER_AGENT,
+                              body=await _request_body(cfg), user_agent=USER_AGENT,
                               body_limit=cfg.body_size_limit or None, ip_protocol=cfg.preferred_ip_protocol,
                               fallback=cfg.ip_protocol_fallback, tls_config=cfg.tls_config)
     finally:
