@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import brotli
 import zstandard
@@ -50,7 +51,7 @@ class Decoder:
         self._d = self._new()
         self._done = False
 
-    def _new(self):  # type: ignore[no-untyped-def]
+    def _new(self) -> Any:
         if self.coding == "gzip":
             return zlib.decompressobj(wbits=31)
         if self.coding == "deflate":

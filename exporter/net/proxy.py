@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ..schema import Secret
 from . import http1
 from .connection import Connection
 
@@ -41,7 +42,7 @@ class ProxyError(Exception):
 class ProxyURL:
     host: str
     port: int
-    authorization: object = None  # schema.Secret with "Basic ..." from the URL's userinfo, or None
+    authorization: Secret | None = None  # "Basic ..." from the URL's userinfo
     shown: str = ""  # the URL without its userinfo, for logs
 
 
@@ -84,7 +85,7 @@ class ProxyConfig:
     http: ProxyURL | None = None  # for http:// targets
     https: ProxyURL | None = None  # for https:// targets
     no_proxy: NoProxy | None = None  # None: every request is proxied (proxy_url alone)
-    connect_headers: tuple[tuple[str, object], ...] = ()  # values schema.Secret
+    connect_headers: tuple[tuple[str, Secret], ...] = ()
     skip_resolve: bool = False  # skip_resolve_phase_with_proxy: the proxy resolves the target's name
 
     def for_scheme(self, scheme: str) -> ProxyURL | None:
@@ -97,7 +98,7 @@ class ProxyConfig:
         return proxy
 
 
-def parse_proxy_url(text: str, secret: type) -> ProxyURL:
+def parse_proxy_url(text: str) -> ProxyURL:
     """ValueError naming what is wrong; a scheme-less ``host:port`` is http:// (as httpproxy reads the environment)."""
     if "://" not in text:
         text = "http://" + text
@@ -112,7 +113,7 @@ def parse_proxy_url(text: str, secret: type) -> ProxyURL:
         raise ValueError(f"proxy URL: {exc}") from None
     auth = None
     if parts.username is not None:
-        auth = secret(http1.basic_auth(parts.username, parts.password))
+        auth = Secret(http1.basic_auth(parts.username, parts.password))
     netloc = parts.netloc.rpartition("@")[2]
     return ProxyURL(parts.hostname, port, auth, f"http://{netloc}")
 

@@ -286,7 +286,10 @@ class HTTPProber(Prober):
         )
         f.done()
         if cfg.keepalive is not None and cfg.keeps_body:
-            raise ConfigError(f"{f.path}.keepalive: the body regexps do not apply to a keep-alive check")
+            raise ConfigError(f"{f.path}.keepalive: the body regexps do not apply to a keep-alive check, nor the CEL checks")
+        if cfg.keepalive is not None and (cfg.proxy is not None or cfg.compression):
+            raise ConfigError(f"{f.path}.keepalive: a keep-alive check measures the target's own connection: "
+                              f"not through a proxy, and without compression")
         for name, value in cfg.headers:
             if name.lower() == "accept-encoding" and not _accepts(reveal(value), cfg.compression):
                 raise ConfigError(f"{f.path}.headers.{name}: {reveal(value)!r} does not accept compression "
@@ -454,7 +457,7 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
         if via is None:
             conn = await open_connection(ctx, address, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
         else:
-            conn = await _through_proxy(ctx, via, cfg, tls, host, address, port)
+            conn = await _through_proxy(ctx, via, cfg, tls, address, port)
             if not tls:  # absolute form to the proxy; the Host header stays the target's
                 target = f"http://{_authority(address, port, False)}{target}"
                 if via.authorization is not None:
@@ -498,20 +501,16 @@ async def _choose_proxy(ctx: ProbeContext, cfg: HTTPProbeConfig, scheme: str, ho
     return pcfg.for_target(scheme, host, port, address), address
 
 
-async def _through_proxy(ctx: ProbeContext, via: proxy.ProxyURL, cfg: HTTPProbeConfig, tls: bool, host: str,
-                         address: str, port: int) -> Connection:
-    """The connection to ``via``: for https a tunnel to ``address``:port (CONNECT), TLS still to ``host``."""
+async def _through_proxy(ctx: ProbeContext, via: proxy.ProxyURL, cfg: HTTPProbeConfig, tls: bool, address: str,
+                         port: int) -> Connection:
+    """The connection to ``via``: for https a tunnel to ``address``:port (CONNECT); TLS is the caller's."""
     assert cfg.proxy is not None
     ctx.log("through proxy %s", via.shown)
     conn = await open_connection(ctx, via.host, via.port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback, peer=False)
     if tls:
         authority = join_host_port(address, port)
-        headers = [(k, reveal(v)) for k, v in cfg.proxy.connect_headers if k.lower() != "proxy-authorization"
-                   or via.authorization is None]
-        if via.authorization is not None:
-            headers.append(("Proxy-Authorization", reveal(via.authorization)))
         try:
-            await ctx.phase("proxy", proxy.tunnel(conn, authority, headers))
+            await ctx.phase("proxy", proxy.tunnel(conn, authority, httpauth.connect_headers(cfg.proxy, via)))
         except BaseException:
             conn.close()
             raise
@@ -553,6 +552,7 @@ async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
     await ctx.phase("request", conn.drain())
     reader = http1.ResponseReader(method, max_header_bytes=MAX_HEADER_BYTES)
     await ctx.phase("first_byte", http1.wait_first_byte(conn, reader))
+    decoder: codings.Decoder | None = None
 
     async def receive() -> None:
         head = await http1.read_head(conn, reader)
@@ -563,7 +563,6 @@ async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
         response.body_length, response.body = await http1.read_body(
             conn, reader, limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit, decoder=decoder)
 
-    decoder: codings.Decoder | None = None
     try:
         await ctx.phase("transfer", receive())
     finally:
@@ -828,6 +827,10 @@ async def _keepalive(ctx: ProbeContext, target: str, cfg: HTTPProbeConfig, ka: k
 async def _resumption(ctx: ProbeContext, url: str, cfg: HTTPProbeConfig) -> None:
     """The module's tls_resumption check, against the (final) https URL's peer."""
     if ctx.tls is not None and url.lower().startswith("https://"):
+        if cfg.proxy is not None and cfg.proxy.for_scheme("https") is not None and ctx.tls_resumption.check:
+            # Its handshakes would go around the proxy, to a target the proxy may be the only way to.
+            ctx.log("tls_resumption: not checked through a proxy")
+            return
         await resumption.check(ctx, _split_url(url)[1], cfg.tls_config,
                                ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
 

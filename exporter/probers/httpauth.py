@@ -154,12 +154,12 @@ def parse_proxy(f: Fields) -> proxy.ProxyConfig | None:
         if from_env:
             http_url, https_url, env_no_proxy = proxy.from_environment()
             return proxy.ProxyConfig(
-                http=proxy.parse_proxy_url(http_url, Secret) if http_url else None,
-                https=proxy.parse_proxy_url(https_url, Secret) if https_url else None,
+                http=proxy.parse_proxy_url(http_url) if http_url else None,
+                https=proxy.parse_proxy_url(https_url) if https_url else None,
                 no_proxy=proxy.parse_no_proxy(env_no_proxy), connect_headers=tuple(headers), skip_resolve=skip_resolve)
         if not url:
             return None
-        via = proxy.parse_proxy_url(url, Secret)
+        via = proxy.parse_proxy_url(url)
     except ValueError as exc:
         raise ConfigError(f"{f.p('proxy_url')}: {exc}") from None
     return proxy.ProxyConfig(http=via, https=via, no_proxy=proxy.parse_no_proxy(no_proxy) if no_proxy else None,
@@ -314,10 +314,8 @@ async def _post(ctx: ProbeContext, cfg: OAuth2, body: bytes,
     try:
         conn = await connection.connect(ip, dest_port, family)
         if via is not None and tls:
-            extra = [(k, reveal(v)) for k, v in cfg.proxy.connect_headers] if cfg.proxy else []
-            if via.authorization is not None:
-                extra.append(("Proxy-Authorization", reveal(via.authorization)))
-            await proxy.tunnel(conn, join_host_port(host, port), extra)
+            assert cfg.proxy is not None
+            await proxy.tunnel(conn, join_host_port(host, port), connect_headers(cfg.proxy, via))
         elif via is not None:
             target = f"http://{parts.netloc.rpartition('@')[2]}{target}"
             if via.authorization is not None:
@@ -338,3 +336,12 @@ async def _post(ctx: ProbeContext, cfg: OAuth2, body: bytes,
     finally:
         if conn is not None:
             conn.close()
+
+
+def connect_headers(pcfg: proxy.ProxyConfig, via: proxy.ProxyURL) -> list[tuple[str, str]]:
+    """The CONNECT's headers: proxy_connect_header, and the proxy URL's credentials (which win, as in Go)."""
+    headers = [(k, reveal(v)) for k, v in pcfg.connect_headers
+               if via.authorization is None or k.lower() != "proxy-authorization"]
+    if via.authorization is not None:
+        headers.append(("Proxy-Authorization", reveal(via.authorization)))
+    return headers
