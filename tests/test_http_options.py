@@ -21,16 +21,19 @@ import zstandard
 import pytest
 from aiohttp import web
 
-from exporter.config import parse_config
+from exporter.certs import server_context
 from exporter.engine import run_probe
+from exporter.net.guard import ProbeGuard, parse_rules
+from exporter.net.proxy import parse_no_proxy
+from exporter.sinks.exposition import probe_text
 from exporter.schema import ConfigError, Secret
 
 try:  # works whether or not tests/ becomes a package later
-    from tests.peers import HTTPServer
+    from tests.peers import HTTPServer, TLSTerminator
     from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # noqa: F401
     from tests.proxypeer import TinyProxy
 except ImportError:  # pragma: no cover
-    from peers import HTTPServer  # type: ignore[no-redef]
+    from peers import HTTPServer, TLSTerminator  # type: ignore[no-redef]
     from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # type: ignore[no-redef]  # noqa: F401
     from proxypeer import TinyProxy  # type: ignore[no-redef]
 
@@ -300,7 +303,6 @@ async def test_http_target_goes_through_the_proxy_in_absolute_form(tinyproxy: Ti
 
 
 async def test_https_target_goes_through_connect_then_tls(tinyproxy: TinyProxy, ca, leaf) -> None:
-    from exporter.certs import server_context
     async with HTTPServer(server_context(leaf)) as web_:
         m = mod("http", http={"proxy_url": tinyproxy.url, "tls_config": {"ca_file": ca.cert_file}})
         result = await run_probe(web_.url("/ok", host="localhost"), m, 10)
@@ -313,7 +315,6 @@ async def test_https_target_goes_through_connect_then_tls(tinyproxy: TinyProxy, 
 
 
 async def test_skip_resolve_phase_with_proxy_lets_the_proxy_resolve(tinyproxy: TinyProxy, ca, leaf) -> None:
-    from exporter.certs import server_context
     async with HTTPServer(server_context(leaf)) as web_:
         m = mod("http", http={"proxy_url": tinyproxy.url, "skip_resolve_phase_with_proxy": True,
                               "tls_config": {"ca_file": ca.cert_file}})
@@ -325,7 +326,6 @@ async def test_skip_resolve_phase_with_proxy_lets_the_proxy_resolve(tinyproxy: T
 
 
 async def test_proxy_refusing_connect_is_proxy_connect_failed(tmp_path: Path, ca, leaf) -> None:
-    from exporter.certs import server_context
     proxy = await TinyProxy(tmp_path, connect_ports=(443,)).start()
     try:
         async with HTTPServer(server_context(leaf)) as web_:
@@ -339,7 +339,6 @@ async def test_proxy_refusing_connect_is_proxy_connect_failed(tmp_path: Path, ca
 
 
 async def test_proxy_credentials_from_the_url_and_connect_headers(tmp_path: Path, ca, leaf) -> None:
-    from exporter.certs import server_context
     proxy = await TinyProxy(tmp_path, basic_auth=("puser", CANARY)).start()
     try:
         async with HTTPServer() as plain, HTTPServer(server_context(leaf)) as tls:
@@ -373,7 +372,6 @@ async def test_no_proxy_and_loopback_go_direct(tinyproxy: TinyProxy) -> None:
 
 
 def test_no_proxy_rules_as_go_httpproxy() -> None:
-    from exporter.net.proxy import parse_no_proxy
     rules = parse_no_proxy("10.0.0.0/8, 192.168.1.5:8080, [2001:db8::1], example.com, .sub.org, *.wild.net:443")
     direct = [("10.1.2.3", 80), ("192.168.1.5", 8080), ("2001:db8::1", 443), ("example.com", 80), ("a.example.com", 80),
               ("x.sub.org", 80), ("y.wild.net", 443), ("localhost", 80), ("127.0.0.2", 80), ("::1", 80)]
@@ -411,7 +409,6 @@ async def test_proxy_from_environment(tinyproxy: TinyProxy, monkeypatch: pytest.
 
 async def test_guard_holds_through_a_proxy(tinyproxy: TinyProxy) -> None:
     """The guard checks the target (name, port and address), not only the proxy the socket goes to."""
-    from exporter.net.guard import ProbeGuard, parse_rules
     guard = ProbeGuard(deny=parse_rules(["127.0.0.0/8"]), allow=parse_rules([]))
     proxy_only = ProbeGuard(deny=parse_rules([f":{tinyproxy.port + 1}"]))
     async with HTTPServer() as web_:
@@ -495,7 +492,6 @@ async def test_oauth2_token_fetched_once_cached_and_sent() -> None:
 
 async def test_oauth2_token_time_is_its_own_phase_not_server_processing() -> None:
     """blackbox counts the token fetch as the target's processing; here it is the oauth2 phase."""
-    from exporter.sinks.exposition import probe_text
     async with TokenEndpoint(delay=1.0, client_id="slow") as tokens, HTTPServer() as web_:
         result = await run_probe(web_.url("/ok"), oauth2_mod(tokens), 10)
     assert result.success, result.failure
@@ -616,7 +612,6 @@ def json_app(payloads: dict[str, bytes]) -> web.Application:
 
 
 async def test_cel_body_checks_as_blackbox() -> None:
-    from exporter.sinks.exposition import probe_text
     payloads = {"good": b'{"foo": "bar", "baz": "qux"}', "bad": b'{"foo": "bar", "baz": "zap"}',
                 "missing": b'{"foo": "bar"}', "notjson": b"<html>", "number": b'{"foo": 1}'}
     not_matches = mod("http", http={"fail_if_body_json_not_matches_cel": "body.foo == 'bar' && body.baz.startsWith('q')"})
@@ -642,3 +637,28 @@ async def test_cel_body_checks_as_blackbox() -> None:
 def test_cel_syntax_error_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="fail_if_body_json_matches_cel: invalid CEL expression"):
         mod("http", http={"fail_if_body_json_matches_cel": "body.foo =="})
+
+
+async def test_oauth2_https_token_endpoint_through_a_proxy(tinyproxy: TinyProxy, ca, leaf) -> None:
+    async with TokenEndpoint(client_id="tls-proxied") as tokens, HTTPServer() as web_:
+        front = TLSTerminator(server_context(leaf), ("127.0.0.1", tokens.server.port), host="127.0.0.1")
+        await front.start()
+        try:
+            m = mod("http", http={"oauth2": {
+                "client_id": "tls-proxied", "client_secret": CANARY, "token_url": f"https://localhost:{front.port}/token",
+                "tls_config": {"ca_file": ca.cert_file}, "proxy_url": tinyproxy.url}})
+            result = await run_probe(web_.url("/ok"), m, 10)
+        finally:
+            await front.stop()
+    assert result.success, result.failure
+    assert received_auth(web_) == [f"Bearer tok-{CANARY}"]
+    assert tinyproxy.connects() == [f"localhost:{front.port}"]  # the token request went through the proxy
+    assert via_headers(web_) == [None]  # the target itself: no proxy configured for it
+
+
+async def test_oauth2_token_endpoint_passes_the_guard() -> None:
+    async with TokenEndpoint(client_id="guarded") as tokens, HTTPServer() as web_:
+        guard = ProbeGuard(deny=parse_rules([f":{tokens.server.port}"]))
+        result = await run_probe(web_.url("/ok"), oauth2_mod(tokens), 10, guard=guard)
+    assert (result.failure.reason, tokens.forms, web_.requests) == ("target_forbidden", [], [])
+    assert f":{tokens.server.port}" in result.failure.message
