@@ -41,7 +41,7 @@ class DecodeError(Exception):
 
 
 class Decoder:
-    """One body's decoder: ``feed`` each received chunk, then ``finish``; both yield slices <= STEP."""
+    """One body's decoder: ``feed`` each received chunk (it yields slices of at most STEP bytes), then ``finish``."""
 
     def __init__(self, coding: str) -> None:
         if coding not in CODINGS or coding == "identity":
