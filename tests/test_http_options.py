@@ -162,7 +162,7 @@ def encode(coding: str, data: bytes) -> bytes:
         c = zlib.compressobj(wbits=-15)  # raw DEFLATE, as Go's flate reader reads it
         return c.compress(data) + c.flush()
     if coding == "br":
-        return brotli.compress(data)
+        return brotli.compress(data, quality=5)
     return zstandard.ZstdCompressor().compress(data)
 
 
@@ -258,6 +258,16 @@ async def test_gzip_bomb_is_bounded_by_the_decoded_body_size_limit() -> None:
     assert limited.details.body_length == 10 << 20  # as blackbox's MaxBytesReader: the limit was handed out
     assert unlimited.success and unlimited.details.body_length == 256 << 20
     assert grown < 64 << 20, f"RSS grew by {grown >> 20} MiB decoding a bomb"
+
+
+@pytest.mark.parametrize("coding", ["deflate", "br", "zstd"])
+async def test_bombs_in_every_coding_stop_at_the_decoded_limit(coding: str) -> None:
+    bomb = encode(coding, bytes(64 << 20))  # 64 MiB of zeros: a few KiB to a few dozen KiB
+    assert len(bomb) < 128 << 10
+    async with AppServer(encoded_app({"bomb": bomb}, [])) as srv:
+        result = await run_probe(srv.url("/raw/bomb"), mod("http", http={"compression": coding, "body_size_limit": "1MB"}), 20)
+    assert (result.failure.phase, result.failure.reason) == ("transfer", "http_body_too_large"), result.failure
+    assert result.details.body_length == 1 << 20
 
 
 @pytest.mark.parametrize("http, message", [
