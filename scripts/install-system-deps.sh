@@ -3,7 +3,7 @@
 # real peers (Prometheus, blackbox_exporter, Alertmanager + amtool, promtool),
 # headless Chromium for the status page, iproute2 for test network namespaces,
 # docker-compose to validate docker-compose.yml (no Docker engine runs here),
-# curl as a real TLS client of the exporter's --web.config.file, nginx.
+# curl as a real TLS client of the exporter's --web.config.file, nginx, tinyproxy.
 set -eu
 need=""
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -17,6 +17,8 @@ have docker-compose || need="$need docker-compose"
 have curl || need="$need curl"
 # nginx: a real server for the keep-alive idle timeout and TLS session resumption tests.
 [ -x /usr/sbin/nginx ] || have nginx || need="$need nginx-light"
+# tinyproxy: a real forward proxy (plain and CONNECT) for the http prober's proxy_url tests.
+have tinyproxy || need="$need tinyproxy-bin"
 if [ -n "$need" ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "missing Debian packages:$need (run as root or install them)" >&2

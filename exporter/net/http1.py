@@ -26,6 +26,8 @@ from typing import Protocol
 
 import httptools
 
+from . import codings
+
 __all__ = [
     "DEFAULT_MAX_HEADER_BYTES", "MAX_INFORMATIONAL", "READ_SIZE",
     "ProtocolError", "HeaderTooLarge", "IncompleteResponse", "IncompleteHead", "IncompleteBody", "BodyTooLarge",
@@ -788,29 +790,23 @@ async def read_head(conn: ByteStream, reader: ResponseReader) -> Head:
 
 
 async def read_body(conn: ByteStream, reader: ResponseReader, *, limit: int | None, keep: bool,
-                    keep_limit: int) -> tuple[int, bytes]:
+                    keep_limit: int, decoder: codings.Decoder | None = None) -> tuple[int, bytes]:
     """Read the body to its end: (body bytes read, the body if ``keep`` else b"").
 
     BodyTooLarge as soon as more than ``limit`` bytes arrived (None: no limit),
     and when ``keep`` and the kept body would pass ``keep_limit``: memory stays
-    bounded whatever the peer sends.
+    bounded whatever the peer sends. With a ``decoder`` (the module's
+    ``compression``) the limits and the count apply to the decoded bytes.
     """
-    total = 0
-    kept: list[bytes] = []
+    body = codings.BodyReader(limit=limit, keep=keep, keep_limit=keep_limit, too_large=BodyTooLarge, decoder=decoder)
     while True:
         event = reader.next_event()
         if event is None:
             await _fill(conn, reader)
             continue
         if type(event) is Body:
-            total += len(event.data)
-            if limit is not None and total > limit:
-                raise BodyTooLarge(limit, f"response body larger than the limit of {limit} bytes")
-            if keep:
-                if total > keep_limit:
-                    raise BodyTooLarge(keep_limit, f"response body larger than the {keep_limit} bytes kept for matching")
-                kept.append(event.data)
+            await body.add(event.data)
         elif type(event) is End:
-            return total, b"".join(kept)
+            return body.end()
         else:
             raise RuntimeError(f"read_body: {type(event).__name__} in the body")  # pragma: no cover

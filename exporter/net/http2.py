@@ -41,6 +41,8 @@ import h2.exceptions
 import h2.settings
 from hpack.exceptions import OversizedHeaderListError
 
+from . import codings
+
 __all__ = [
     "ByteConnection",
     "H2Exchange",
@@ -257,7 +259,8 @@ class H2Exchange:
         finally:
             self.informational = tuple(informational)
 
-    async def read_body(self, *, limit: int | None, keep: bool, keep_limit: int) -> tuple[int, bytes]:
+    async def read_body(self, *, limit: int | None, keep: bool, keep_limit: int,
+                        decoder: codings.Decoder | None = None) -> tuple[int, bytes]:
         """Read DATA to the end of the stream: (body length, the body if ``keep`` else b"").
 
         Every DATA frame is acknowledged as soon as it is counted, so the
@@ -266,26 +269,18 @@ class H2Exchange:
         past ``keep_limit`` bytes while keeping the body, BodyTooLarge is
         raised and nothing more is read. Trailers are read and ignored.
         """
-        total = 0
-        chunks: list[bytes] = []
+        body = codings.BodyReader(limit=limit, keep=keep, keep_limit=keep_limit, too_large=BodyTooLarge, decoder=decoder)
         while True:
             event = await self._next_event()
             if isinstance(event, h2.events.DataReceived):
-                data = event.data
-                total += len(data)
-                if limit is not None and total > limit:
-                    raise BodyTooLarge(limit, f"response body larger than the limit of {limit} bytes")
-                if keep:
-                    if total > keep_limit:
-                        raise BodyTooLarge(keep_limit, f"response body kept for matching is larger than {keep_limit} bytes")
-                    chunks.append(data)
+                await body.add(event.data)
                 if event.flow_controlled_length:
                     self._h2.acknowledge_received_data(event.flow_controlled_length, self._stream_id)
                     self._flush()
             elif isinstance(event, h2.events.StreamEnded):
-                return total, b"".join(chunks)
+                return body.end()
             elif not isinstance(event, h2.events.TrailersReceived):
-                self._raise_for(event, f"after {total} body bytes")
+                self._raise_for(event, f"after {body.total} body bytes")
 
     # --- internals ------------------------------------------------------------------------
     async def _send_body(self, body: bytes) -> None:

@@ -23,13 +23,13 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
     return ip, family
 
 
-async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
-    """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
-    if ctx.resolver.overrides:
-        to = ctx.resolver.connect_address(host, port)
-        if to != (host, port):
-            ctx.log("connecting to %s instead of %s (--resolve / --connect-to)", join_host_port(*to), join_host_port(host, port))
-            host, port = to
+async def resolve_target(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
+                         fallback: bool) -> tuple[str, int]:
+    """The guard's checks and the dns phase (absent for an IP literal): the (ip, family) to reach host:port.
+
+    Sets ctx.peer: blackbox sets probe_ip_protocol / probe_ip_addr_hash right after resolution,
+    even when the connect then fails.
+    """
     guard = ctx.guard
     if guard is not None:
         guard.check_name(host, port)
@@ -38,9 +38,25 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     if guard is not None:
         # The address connected to, whatever the target's spelling: every hop, every address tried.
         guard.check_address(host, ip, port)
-    # Known even when the connect then fails: blackbox sets probe_ip_protocol /
-    # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
+    return ip, family
+
+
+async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool,
+                   *, peer: bool = True) -> socket.socket:
+    """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket.
+
+    ``peer=False`` (a proxy): the connection is not the target's, ctx.peer stays as it is.
+    """
+    if ctx.resolver.overrides:
+        to = ctx.resolver.connect_address(host, port)
+        if to != (host, port):
+            ctx.log("connecting to %s instead of %s (--resolve / --connect-to)", join_host_port(*to), join_host_port(host, port))
+            host, port = to
+    saved = ctx.peer
+    ip, family = await resolve_target(ctx, host, port, preferred_ip_protocol, fallback)
+    if not peer:
+        ctx.peer = saved
     ctx.log("connecting to %s", join_host_port(ip, port))
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
     ctx.tcp = connection.tcp_info_of(sock)
@@ -49,9 +65,9 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
 
 
 async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
-                          ip_protocol_fallback: bool) -> connection.Connection:
-    """dns + connect phases; ctx.peer and ctx.tcp filled."""
-    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback))
+                          ip_protocol_fallback: bool, *, peer: bool = True) -> connection.Connection:
+    """dns + connect phases; ctx.peer (unless ``peer=False``: a proxy) and ctx.tcp filled."""
+    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, peer=peer))
 
 
 async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool) -> None:
