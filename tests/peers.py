@@ -142,7 +142,7 @@ _RCODE_BEHAVIOURS = {
     "SERVFAIL": dns.rcode.SERVFAIL,
     "REFUSED": dns.rcode.REFUSED,
 }
-_RECORD_TYPES = {"A", "AAAA", "CNAME", "TXT"}
+_RECORD_TYPES = {"A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA"}
 _MAX_CNAME_HOPS = 8  # enough for any sane test; stops a CNAME loop in a zone
 
 

@@ -23,8 +23,11 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
     return ip, family
 
 
-async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
-    """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
+async def peer_address(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int, int]:
+    """(ip, family, port) to send to: the dns phase (absent for an IP literal), the guard's checks, ctx.peer set.
+
+    For probers that open sockets of their own kind (UDP, ICMP) or hand the address to a library (gRPC).
+    """
     if ctx.resolver.overrides:
         to = ctx.resolver.connect_address(host, port)
         if to != (host, port):
@@ -41,17 +44,24 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
+    return ip, family, port
+
+
+async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool,
+                   source: str | None = None) -> socket.socket:
+    """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
+    ip, family, port = await peer_address(ctx, host, port, preferred_ip_protocol, fallback)
     ctx.log("connecting to %s", join_host_port(ip, port))
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
+    sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source))
     ctx.tcp = connection.tcp_info_of(sock)
     ctx.log("connected to %s", join_host_port(ip, port))
     return sock
 
 
 async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
-                          ip_protocol_fallback: bool) -> connection.Connection:
-    """dns + connect phases; ctx.peer and ctx.tcp filled."""
-    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback))
+                          ip_protocol_fallback: bool, source: str | None = None) -> connection.Connection:
+    """dns + connect phases; ctx.peer and ctx.tcp filled; ``source``: the local address to bind first."""
+    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source))
 
 
 async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool) -> None:
