@@ -155,7 +155,7 @@ class Prober(abc.ABC):
 
 PROBERS: dict[str, Prober] = {}
 # blackbox_exporter probers that connhealth does not implement (yet): named in errors as such.
-BLACKBOX_ONLY = ("unix",)
+BLACKBOX_ONLY: tuple[str, ...] = ()
 
 
 def register(prober: Prober) -> Prober:
