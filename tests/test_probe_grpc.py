@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
-
-import grpc
 import pytest
 from cryptography import x509
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from exporter.certs import CertFactory, Issued
 from exporter.config import ConfigError
@@ -16,42 +12,14 @@ from exporter.sinks.exposition import probe_text
 
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
+    from tests.grpcpeer import HealthServer
     from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod  # noqa: F401
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
+    from grpcpeer import HealthServer  # type: ignore[no-redef]
     from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
-
-
-class HealthServer:
-    """grpcio's reference health service: "" and "up" SERVING, "down" NOT_SERVING; others unknown (NOT_FOUND)."""
-
-    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
-        self.metadata: list[dict[str, str]] = []
-        interceptor = _RecordMetadata(self.metadata)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
-        servicer = health.HealthServicer()
-        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        servicer.set("up", health_pb2.HealthCheckResponse.SERVING)
-        servicer.set("down", health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, self.server)
-        address = "127.0.0.1:0"
-        self.port = (self.server.add_secure_port(address, credentials) if credentials
-                     else self.server.add_insecure_port(address))
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop(grace=None).wait(5)
-
-
-class _RecordMetadata(grpc.ServerInterceptor):
-    def __init__(self, seen: list[dict[str, str]]) -> None:
-        self.seen = seen
-
-    def intercept_service(self, continuation, handler_call_details):
-        self.seen.append(dict(handler_call_details.invocation_metadata))
-        return continuation(handler_call_details)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +31,7 @@ def plain() -> Iterator[HealthServer]:
 
 @pytest.fixture(scope="module")
 def secure(leaf: Issued) -> Iterator[HealthServer]:
-    server = HealthServer(grpc.ssl_server_credentials([(leaf.key_pem, leaf.cert_pem)]))
+    server = HealthServer(leaf)
     yield server
     server.stop()
 

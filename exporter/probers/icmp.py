@@ -22,8 +22,9 @@ import itertools
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
@@ -143,6 +144,29 @@ def _host(target: str) -> str:
     return host
 
 
+async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any, remove: Any,
+                attempt: Callable[[], object] | None) -> None:
+    """Run ``attempt`` once the socket is ready for it (at once if it does not block); None: wait for readability.
+
+    By hand, not loop.sock_sendto: uvloop (the exporter's loop) does not implement it.
+    """
+    while True:
+        if attempt is not None:
+            try:
+                attempt()
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+        ready = loop.create_future()
+        add(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            remove(sock.fileno())
+        if attempt is None:
+            return
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -208,19 +232,14 @@ class _Ping:
         assert sock is not None
         loop = asyncio.get_running_loop()
         try:
-            await loop.sock_sendto(sock, self._request(), (self.ip, 0))
+            await _wait(loop, sock, loop.add_writer, loop.remove_writer, lambda: sock.sendto(self._request(), (self.ip, 0)))
         except OSError as exc:
             if exc.errno == errno.EMSGSIZE:
                 raise ProbeFailure("icmp_message_too_big", f"{self.size}-byte echo with dont_fragment: {exc.strerror}") from None
             raise
         seen = 0
         while True:
-            ready = loop.create_future()
-            loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
-            try:
-                await ready
-            finally:
-                loop.remove_reader(sock.fileno())
+            await _wait(loop, sock, loop.add_reader, loop.remove_reader, None)
             while True:
                 try:
                     packet, ancdata, _flags, sender = sock.recvmsg(MAX_PAYLOAD + 128, socket.CMSG_SPACE(4))
