@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import pytest
 
+from exporter.certs import Issued, server_context
 from exporter.config import ConfigError
 from exporter.engine import run_probe
 from exporter.sinks.exposition import probe_text
 
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
-    from tests.peers import DNSServer
-    from tests.probekit import PER_TEST_TIMEOUT, mod, resolver_for
+    from tests.peers import DNSServer, TLSTerminator
+    from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, resolver_for  # noqa: F401
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
-    from peers import DNSServer  # type: ignore[no-redef]
-    from probekit import PER_TEST_TIMEOUT, mod, resolver_for  # type: ignore[no-redef]
+    from peers import DNSServer, TLSTerminator  # type: ignore[no-redef]
+    from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, resolver_for  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
 
@@ -67,6 +68,19 @@ async def test_tcp_transport_times_connect_and_query(server: DNSServer) -> None:
     assert server.transports == ["tcp"]
     assert [p.name for p in result.timeline] == ["connect", "query"]
     assert result.details.answer_rrs == 2
+
+
+async def test_dns_over_tls(server: DNSServer, ca: Issued, leaf: Issued) -> None:
+    async with TLSTerminator(server_context(leaf), server.address) as dot:
+        m = dns_mod(query_name="www.example.test", query_type="A", transport_protocol="tcp", dns_over_tls=True,
+                    tls_config={"ca_file": ca.cert_file, "server_name": "localhost"})
+        result = await run_probe(f"127.0.0.1:{dot.port}", m, 5)
+        assert result.success, result.failure
+        assert [p.name for p in result.timeline] == ["connect", "tls", "query"]
+        assert server.transports == ["tcp"] and result.tls.version is not None
+        result = await run_probe(f"127.0.0.1:{dot.port}", dns_mod(query_name="www.example.test", transport_protocol="tcp",
+                                                                  dns_over_tls=True), 5)
+        assert (result.failure.phase, result.failure.reason) == ("tls", "tls_cert_untrusted")
 
 
 async def test_server_name_is_resolved_in_the_dns_phase(server: DNSServer) -> None:

@@ -16,8 +16,9 @@ import ipaddress
 import re
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import dns.exception
 import dns.flags
@@ -37,6 +38,7 @@ from ..schema import ConfigError, Fields, brief, join_host_port, parse_ip_protoc
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from .connect import open_connection, peer_address, start_tls
 
+T = TypeVar("T")
 MAX_UDP_RESPONSE = 65535
 MAX_STRAY_DATAGRAMS = 64  # datagrams that are not our answer, before the probe gives up on the socket
 
@@ -86,8 +88,8 @@ class RRValidator:
 @dataclass(frozen=True, slots=True)
 class DNSProbeConfig:
     query_name: str = "."
-    query_type: int = dns.rdatatype.ANY
-    query_class: int = dns.rdataclass.IN
+    query_type: dns.rdatatype.RdataType = dns.rdatatype.ANY
+    query_class: dns.rdataclass.RdataClass = dns.rdataclass.IN
     transport_protocol: str = "udp"
     recursion_desired: bool = True
     valid_rcodes: tuple[int, ...] = (dns.rcode.NOERROR,)
@@ -121,12 +123,12 @@ def _validator(f: Fields) -> RRValidator:
     return v
 
 
-def _enum(f: Fields, key: str, from_text, default: int) -> int:
+def _enum(f: Fields, key: str, from_text: Callable[[str], T], default: T) -> T:
     text = f.get(key, str, None)
     if text is None or text == "":
         return default
     try:
-        return int(from_text(text))
+        return from_text(text)
     except (dns.exception.DNSException, ValueError):
         raise ConfigError(f"{f.p(key)}: {key.replace('_', ' ')} {brief(text)} is not valid") from None
 
@@ -231,11 +233,12 @@ class DNSProber(Prober):
                     (length,) = struct.unpack("!H", await conn.readexactly(2))
                     return await conn.readexactly(length)
 
-                response = _parse_response(query, await ctx.phase("query", exchange()))
+                parsed = _parse_response(query, await ctx.phase("query", exchange()))
             finally:
                 conn.close()
-            if response is None:
+            if parsed is None:
                 raise ProbeFailure("protocol_error", "the server's answer over TCP is not a response to the query", phase="query")
+            response = parsed
         _check(ctx, cfg, response)
 
     def exposition(self, result: ProbeResult) -> Iterable[tuple[ProbeFamily, ProbeSamples]]:

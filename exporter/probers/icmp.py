@@ -157,8 +157,13 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any, 
                 return
             except (BlockingIOError, InterruptedError):
                 pass
-        ready = loop.create_future()
-        add(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        add(sock.fileno(), wake)
         try:
             await ready
         finally:
