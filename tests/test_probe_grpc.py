@@ -13,11 +13,11 @@ from exporter.sinks.exposition import probe_text
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
     from tests.grpcpeer import HealthServer
-    from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod  # noqa: F401
+    from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # noqa: F401
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
     from grpcpeer import HealthServer  # type: ignore[no-redef]
-    from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod  # type: ignore[no-redef]  # noqa: F401
+    from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
 
@@ -70,6 +70,14 @@ async def test_metadata_reaches_the_server(plain: HealthServer) -> None:
     seen = plain.metadata[-1]
     assert (seen.get("x-probe"), seen.get("x-team")) == ("one", "sre")
     assert seen["traceparent"].startswith("00-")
+
+
+async def test_credential_metadata_is_a_secret(plain: HealthServer) -> None:
+    m = grpc_mod(metadata={"authorization": "Bearer s3cr3t-token"})
+    result = await run_probe(f"127.0.0.1:{plain.port}", m, 5)
+    assert result.success, result.failure
+    assert plain.metadata[-1]["authorization"] == "Bearer s3cr3t-token"  # revealed on the wire only
+    assert surfaces_showing("s3cr3t-token", result, m) == []
 
 
 async def test_tls_reports_the_certificate(secure: HealthServer, ca: Issued, leaf: Issued) -> None:

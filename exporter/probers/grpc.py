@@ -32,8 +32,8 @@ from ..net.http2 import H2Exchange
 from ..net.resolve import check_host, is_ip
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, join_host_port, parse_ip_protocol, split_host_port
-from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
+from ..schema import ConfigError, Fields, Secret, join_host_port, parse_ip_protocol, reveal, split_host_port
+from .base import CONNECT, CREDENTIAL_HEADERS, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from .connect import open_connection, start_tls
 from .http import USER_AGENT
 
@@ -61,7 +61,7 @@ class GRPCProbeConfig:
     service: str = ""
     tls: bool = False
     tls_config: TLSConfig = field(default_factory=TLSConfig)
-    metadata: tuple[tuple[str, str], ...] = ()
+    metadata: tuple[tuple[str, str | Secret], ...] = ()  # credentials (authorization, ...) typed Secret
     preferred_ip_protocol: str = "ip6"
     ip_protocol_fallback: bool = True
 
@@ -81,9 +81,12 @@ def _code_name(code: int) -> str:
     return _CODE_NAMES[code] if 0 <= code < len(_CODE_NAMES) else str(code)
 
 
-def _metadata(f: Fields) -> tuple[tuple[str, str], ...]:
-    """blackbox's metadata (Go's metadata.MD: a name → a list of values; a single string is taken too)."""
-    out: list[tuple[str, str]] = []
+def _metadata(f: Fields) -> tuple[tuple[str, str | Secret], ...]:
+    """blackbox's metadata (Go's metadata.MD: a name → a list of values; a single string is taken too).
+
+    gRPC metadata travels as HTTP/2 headers: a credential header's value (authorization, cookie) is a Secret.
+    """
+    out: list[tuple[str, str | Secret]] = []
     for name, raw in f.get("metadata", dict, {}).items():
         path = f"{f.p('metadata')}.{name}"
         values = raw if isinstance(raw, list) else [raw]
@@ -97,7 +100,7 @@ def _metadata(f: Fields) -> tuple[tuple[str, str], ...]:
                 http1.validate_header(key, str(value))
             except ValueError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
-            out.append((key, str(value)))
+            out.append((key, Secret(str(value)) if key in CREDENTIAL_HEADERS else str(value)))
     return tuple(out)
 
 
@@ -191,7 +194,8 @@ class _Call:
         message = health_pb2.HealthCheckRequest(service=cfg.service).SerializeToString()
         timeout_ms = max(int(ctx.remaining() * 1000), 1)
         headers = [("content-type", "application/grpc"), ("te", "trailers"), ("user-agent", USER_AGENT),
-                   ("grpc-timeout", f"{timeout_ms}m"), *cfg.metadata, *ctx.propagation_headers()]
+                   ("grpc-timeout", f"{timeout_ms}m"), *((k, reveal(v)) for k, v in cfg.metadata),
+                   *ctx.propagation_headers()]
         body = struct.pack("!BI", 0, len(message)) + message
         await ctx.phase("request", exchange.send_request("POST", authority, _PATH, "https" if cfg.tls else "http",
                                                          headers, body))

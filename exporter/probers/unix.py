@@ -44,7 +44,8 @@ class UnixProbeConfig:
 
 class UnixProber(Prober):
     name = "unix"
-    phases = (CONNECT, TLS, *(p for p in TCPProber.phases if p.name in ("request", "first_byte")))
+    phases = (PhaseSpec("connect", CONNECT.label, "`connect()` on the socket → accepted by the server", limitable=True), TLS,
+              *(p for p in TCPProber.phases if p.name in ("request", "first_byte")))
     reasons = REASONS
 
     def parse(self, f: Fields, module: str) -> UnixProbeConfig:
