@@ -4,13 +4,31 @@ from __future__ import annotations
 import socket
 import ssl
 
+from ..failures import ProbeFailure
 from ..net import connection, resolve
 from ..net.tls import TLSConfig, client_context, tls_info_of
 from ..result import Peer
-from ..schema import join_host_port
+from ..schema import join_host_port, split_host_port
 from .base import ProbeContext
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+
+
+def target_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` target, or ProbeFailure("invalid_target") saying what is wrong."""
+    try:
+        host, port = split_host_port(target, default_port)
+        resolve.check_host(host)
+        return host, port
+    except ValueError as exc:
+        raise ProbeFailure("invalid_target", f"target {exc}") from None
+
+
+def check_source_family(source: str | None, family: int) -> None:
+    """A source_ip_address must be of the family of the address it sends to."""
+    if source is not None and (":" in source) != (family == socket.AF_INET6):
+        raise ProbeFailure("invalid_target", f"source_ip_address {source} is not of the target address's family "
+                           f"({'IPv6' if family == socket.AF_INET6 else 'IPv4'})", phase="probe")
 
 
 async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int]:

@@ -12,7 +12,6 @@ class<TAB>type<TAB>rdata``, miekg/dns's ``RR.String()``), so a blackbox
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import socket
 import struct
@@ -31,12 +30,12 @@ import dns.rrset
 
 from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
-from ..net.resolve import check_host
+from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, brief, join_host_port, parse_ip_protocol, split_host_port
-from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
-from .connect import open_connection, peer_address, start_tls
+from ..schema import ConfigError, Fields, brief, join_host_port, parse_ip_protocol
+from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, source_ip_address, tls_section
+from .connect import check_source_family, open_connection, peer_address, start_tls, target_host_port
 
 T = TypeVar("T")
 MAX_UDP_RESPONSE = 65535
@@ -133,16 +132,6 @@ def _enum(f: Fields, key: str, from_text: Callable[[str], T], default: T) -> T:
         raise ConfigError(f"{f.p(key)}: {key.replace('_', ' ')} {brief(text)} is not valid") from None
 
 
-def _source(f: Fields) -> str | None:
-    text = f.get("source_ip_address", str, None)
-    if not text:
-        return None
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise ConfigError(f"{f.p('source_ip_address')}: {brief(text)} is not an IP address") from None
-
-
 def go_text(rrset: dns.rrset.RRset) -> list[str]:
     """Each record as miekg/dns prints it (blackbox matches its regexps against that)."""
     head = f"{rrset.name.to_text()}\t{rrset.ttl}\t{dns.rdataclass.to_text(rrset.rdclass)}\t{dns.rdatatype.to_text(rrset.rdtype)}\t"
@@ -185,7 +174,7 @@ class DNSProber(Prober):
             valid_rcodes=tuple(rcodes) or (dns.rcode.NOERROR,),
             validators=validators,  # type: ignore[arg-type]
             preferred_ip_protocol=proto, ip_protocol_fallback=fallback,
-            source_ip_address=_source(f),
+            source_ip_address=source_ip_address(f),
             dns_over_tls=f.get("dns_over_tls", bool, False),
             tls_config=tls_section(f),
         )
@@ -195,27 +184,27 @@ class DNSProber(Prober):
         return cfg
 
     def check_target(self, target: str) -> None:
-        _host_port(target, 53)
+        target_host_port(target, 53)
 
     def expected_phases(self, target: str, settings: DNSProbeConfig) -> tuple[str, ...]:
         try:
-            host, _ = _host_port(target, 53)
+            host, _ = target_host_port(target, 53)
         except ProbeFailure:
             return ()
-        reached = {"dns": ipaddress_or_none(host) is None, "connect": settings.transport_protocol == "tcp",
+        reached = {"dns": not is_ip(host), "connect": settings.transport_protocol == "tcp",
                    "tls": settings.dns_over_tls}
         return tuple(p.name for p in self.phases if reached.get(p.name, True))
 
     async def probe(self, ctx: ProbeContext, target: str, settings: DNSProbeConfig) -> None:
         cfg = settings
-        host, port = _host_port(target, 853 if cfg.dns_over_tls else 53)
+        host, port = target_host_port(target, 853 if cfg.dns_over_tls else 53)
         query = dns.message.make_query(cfg.query_name, cfg.query_type, cfg.query_class)
         if not cfg.recursion_desired:
             query.flags &= ~dns.flags.RD
         ctx.details = DNSDetails()
         if cfg.transport_protocol == "udp":
             ip, family, port = await peer_address(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
-            _check_source(cfg.source_ip_address, family)
+            check_source_family(cfg.source_ip_address, family)
             ctx.log("querying %s over udp: %s %s %s", join_host_port(ip, port), cfg.query_name,
                     dns.rdataclass.to_text(cfg.query_class), dns.rdatatype.to_text(cfg.query_type))
             response = await ctx.phase("query", _udp_exchange(query, ip, port, family, cfg.source_ip_address))
@@ -251,28 +240,6 @@ class DNSProber(Prober):
         yield _SUCCEEDED, 1.0 if d.query_succeeded else 0.0
         if d.serial is not None:
             yield _SERIAL, float(d.serial)
-
-
-def ipaddress_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _host_port(target: str, default_port: int) -> tuple[str, int]:
-    try:
-        host, port = split_host_port(target, default_port)
-        check_host(host)
-        return host, port
-    except ValueError as exc:
-        raise ProbeFailure("invalid_target", f"target {exc}") from None
-
-
-def _check_source(source: str | None, family: int) -> None:
-    if source is not None and (":" in source) != (family == socket.AF_INET6):
-        raise ProbeFailure("invalid_target", f"source_ip_address {source} is not of the target address's family "
-                           f"({'IPv6' if family == socket.AF_INET6 else 'IPv4'})", phase="probe")
 
 
 def _parse_response(query: dns.message.Message, wire: bytes) -> dns.message.Message | None:

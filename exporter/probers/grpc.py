@@ -29,12 +29,12 @@ from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..net import http1
 from ..net.http2 import H2Exchange
-from ..net.resolve import check_host, is_ip
+from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, Secret, join_host_port, parse_ip_protocol, reveal, split_host_port
+from ..schema import ConfigError, Fields, Secret, join_host_port, parse_ip_protocol, reveal
 from .base import CONNECT, CREDENTIAL_HEADERS, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
-from .connect import open_connection, start_tls
+from .connect import open_connection, start_tls, target_host_port
 from .http import USER_AGENT
 
 MAX_RESPONSE = 64 << 10  # a HealthCheckResponse is a few bytes
@@ -170,12 +170,7 @@ def _host_port(target: str, tls: bool) -> tuple[str, int]:
     for scheme in ("http://", "https://"):
         if address.lower().startswith(scheme):
             address = address[len(scheme):].rstrip("/")
-    try:
-        host, port = split_host_port(address, 443 if tls else 80)
-        check_host(host)
-        return host, port
-    except ValueError as exc:
-        raise ProbeFailure("invalid_target", f"target {exc}") from None
+    return target_host_port(address, 443 if tls else 80)
 
 
 class _Call:

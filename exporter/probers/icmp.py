@@ -30,9 +30,9 @@ from ..failures import ProbeFailure, Reason
 from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..net.resolve import check_host, is_ip
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, brief, parse_ip_protocol
-from .base import DNS, PhaseSpec, ProbeContext, Prober, register
-from .connect import peer_address
+from ..schema import Fields, parse_ip_protocol
+from .base import DNS, PhaseSpec, ProbeContext, Prober, register, source_ip_address
+from .connect import check_source_family, peer_address
 
 MAX_PAYLOAD = 65_507  # the largest echo payload an IPv4 packet can carry
 DEFAULT_PAYLOAD = 28  # blackbox's default payload is its 28-byte name
@@ -92,13 +92,7 @@ class ICMPProber(Prober):
 
     def parse(self, f: Fields, module: str) -> ICMPProbeConfig:
         proto, fallback = parse_ip_protocol(f)
-        source = f.get("source_ip_address", str, None) or None
-        if source is not None:
-            try:
-                source = str(ipaddress.ip_address(source))
-            except ValueError:
-                raise ConfigError(f"{f.p('source_ip_address')}: {brief(source)} is not an IP address") from None
-        cfg = ICMPProbeConfig(preferred_ip_protocol=proto, ip_protocol_fallback=fallback, source_ip_address=source,
+        cfg = ICMPProbeConfig(preferred_ip_protocol=proto, ip_protocol_fallback=fallback, source_ip_address=source_ip_address(f),
                               payload_size=f.integer("payload_size", 0, 0, MAX_PAYLOAD),
                               dont_fragment=f.get("dont_fragment", bool, False), ttl=f.integer("ttl", 64, 0, 255))
         f.done()
@@ -113,9 +107,7 @@ class ICMPProber(Prober):
     async def probe(self, ctx: ProbeContext, target: str, settings: ICMPProbeConfig) -> None:
         cfg = settings
         ip, family, _ = await peer_address(ctx, _host(target), 0, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
-        if cfg.source_ip_address is not None and (":" in cfg.source_ip_address) != (family == socket.AF_INET6):
-            raise ProbeFailure("invalid_target", f"source_ip_address {cfg.source_ip_address} is not of the target "
-                               f"address's family", phase="probe")
+        check_source_family(cfg.source_ip_address, family)
         size = cfg.payload_size or DEFAULT_PAYLOAD
         ping = _Ping(family, ip, size)
         try:
