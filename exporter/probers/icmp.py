@@ -36,7 +36,7 @@ from .connect import check_source_family, peer_address
 
 MAX_PAYLOAD = 65_507  # the largest echo payload an IPv4 packet can carry
 DEFAULT_PAYLOAD = 28  # blackbox's default payload is its 28-byte name
-MAX_FOREIGN_PACKETS = 10_000  # a raw socket sees every ICMP packet of the host: the probe's bound on skipping them
+READ_BATCH = 64  # packets read per wake-up of the socket
 _FILLER = b"connhealth icmp probe "
 # Linux constants the socket module does not export everywhere.
 IP_PMTUDISC_DO = 2
@@ -164,6 +164,24 @@ async def _wait(loop: asyncio.AbstractEventLoop, sock: socket.socket, add: Any, 
             return
 
 
+# Linux raw-socket filters: a set bit blocks that ICMP type (SOL_RAW/ICMP_FILTER for IPv4: one 32-bit word;
+# IPPROTO_ICMPV6/ICMP6_FILTER: 256 bits). Only echo replies and destination-unreachable reach the probe.
+SOL_RAW, ICMP_FILTER, ICMP6_FILTER = 255, 1, 1
+
+
+def _only_replies(sock: socket.socket, v6: bool) -> None:
+    try:
+        if v6:
+            words = [0xFFFFFFFF] * 8
+            for kind in (1, 129):  # destination unreachable, echo reply
+                words[kind >> 5] &= ~(1 << (kind & 31)) & 0xFFFFFFFF
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
+        else:
+            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", ~((1 << 0) | (1 << 3)) & 0xFFFFFFFF))
+    except OSError:
+        pass  # an optimisation: without it, _matches skips the other packets
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
@@ -198,6 +216,7 @@ class _Ping:
                 raise ProbeFailure("icmp_socket_denied", f"no ping socket (net.ipv4.ping_group_range) and no raw "
                                    f"socket (CAP_NET_RAW): {exc.strerror}") from None
             self.kind = "raw"
+            _only_replies(sock, self.v6)
         self.sock = sock
         sock.setblocking(False)
         if cfg.source_ip_address is not None:
@@ -234,23 +253,17 @@ class _Ping:
             if exc.errno == errno.EMSGSIZE:
                 raise ProbeFailure("icmp_message_too_big", f"{self.size}-byte echo with dont_fragment: {exc.strerror}") from None
             raise
-        seen = 0
         while True:
             await _wait(loop, sock, loop.add_reader, loop.remove_reader, None)
-            while True:
+            # A raw socket sees the host's other ICMP traffic too: at most a batch per wake-up, so a flood
+            # cannot hold the loop; the deadline bounds the whole wait.
+            for _ in range(READ_BATCH):
                 try:
                     packet, ancdata, _flags, sender = sock.recvmsg(MAX_PAYLOAD + 128, socket.CMSG_SPACE(4))
                 except (BlockingIOError, InterruptedError):
                     break
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        break
-                    raise
-                seen += 1
                 if self._matches(packet, sender[0], ancdata):
                     return
-                if seen >= MAX_FOREIGN_PACKETS:
-                    raise ProbeFailure("protocol_error", f"{seen} ICMP packets received, none the reply to ours")
 
     def _matches(self, packet: bytes, sender: str, ancdata: list[tuple[int, int, bytes]]) -> bool:
         hop_limit = None
