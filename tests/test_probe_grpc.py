@@ -13,10 +13,12 @@ from exporter.sinks.exposition import probe_text
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
     from tests.grpcpeer import HealthServer
+    from tests.peers import HTTPServer, RawTCPServer
     from tests.probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # noqa: F401
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
     from grpcpeer import HealthServer  # type: ignore[no-redef]
+    from peers import HTTPServer, RawTCPServer  # type: ignore[no-redef]
     from probekit import PER_TEST_TIMEOUT, ca, certs, leaf, mod, surfaces_showing  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(PER_TEST_TIMEOUT)
@@ -107,11 +109,14 @@ async def test_plaintext_to_tls_port_and_closed_port_fail(secure: HealthServer, 
     assert result.failure.reason == "connect_refused"
 
 
+async def test_silent_server_is_a_first_byte_timeout() -> None:
+    async with RawTCPServer("stall") as silent:
+        result = await run_probe(f"127.0.0.1:{silent.port}", mod("grpc", timeout="0.5s", grpc={"preferred_ip_protocol": "ip4"}), 0.5)
+    assert (result.failure.phase, result.failure.reason) == ("first_byte", "http_timeout_first_byte")
+    assert values(probe_text(result), "probe_grpc_status_code") == {(): 4.0}  # DEADLINE_EXCEEDED, as grpc-go
+
+
 async def test_http_server_is_not_grpc() -> None:
-    try:
-        from tests.peers import HTTPServer
-    except ImportError:  # pragma: no cover
-        from peers import HTTPServer  # type: ignore[no-redef]
     async with HTTPServer() as web:
         result = await run_probe(f"127.0.0.1:{web.port}", grpc_mod(), 5)
     assert (result.failure.phase, result.failure.reason) == ("first_byte", "connection_reset")  # aiohttp hangs up on h2

@@ -35,7 +35,7 @@ from ..result import Details, ProbeResult
 from ..schema import ConfigError, Fields, Secret, join_host_port, parse_ip_protocol, reveal
 from .base import CONNECT, CREDENTIAL_HEADERS, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from .connect import open_connection, start_tls, target_host_port
-from .http import USER_AGENT
+from .http import REASONS as HTTP_REASONS, USER_AGENT
 
 MAX_RESPONSE = 64 << 10  # a HealthCheckResponse is a few bytes
 SERVING_STATUSES = tuple(health_pb2.HealthCheckResponse.ServingStatus.keys())  # UNKNOWN, SERVING, NOT_SERVING, SERVICE_UNKNOWN
@@ -109,9 +109,10 @@ class GRPCProber(Prober):
     phases = (DNS, CONNECT, TLS,
               PhaseSpec("request", "Request sent", "request bytes handed to the socket → written"),
               PhaseSpec("first_byte", "Server processing", "request written → the response headers",
-                        limitable=True),
+                        timeout_reason="http_timeout_first_byte", limitable=True),
               PhaseSpec("transfer", "Content transfer", "response headers → the message and trailers (grpc-status)"))
-    reasons = REASONS
+    # gRPC runs over HTTP/2: a server that never answers is the http prober's first-byte timeout.
+    reasons = {**REASONS, "http_timeout_first_byte": HTTP_REASONS["http_timeout_first_byte"]}
 
     def parse(self, f: Fields, module: str) -> GRPCProbeConfig:
         proto, fallback = parse_ip_protocol(f)
@@ -160,7 +161,7 @@ class GRPCProber(Prober):
         yield _SSL, 1.0 if result.tls is not None and result.tls.completed else 0.0
         code = d.status_code
         if code is None:  # as grpc-go reports a call that got no status: a deadline, or the transport failed
-            code = DEADLINE_EXCEEDED if result.failure is not None and result.failure.reason.endswith("timeout") else UNAVAILABLE
+            code = DEADLINE_EXCEEDED if result.failure is not None and "timeout" in result.failure.reason else UNAVAILABLE
         yield _STATUS_CODE, float(code)
         yield _HEALTH, [(text, 1.0 if status == d.serving_status else 0.0) for status, text in _SERVING_LABELS]
 
