@@ -33,6 +33,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 import dns.rrset
 from aiohttp import web
@@ -179,6 +180,10 @@ def _parse_behaviour(name: str, spec: str) -> _Behaviour:
             continue
         if rdtype not in _RECORD_TYPES:
             raise ValueError(f"zone entry {name!r}: unsupported record type {rdtype!r} in {spec!r}")
+        try:  # the data too: "MX:mail.test" (no preference) fails here, not as a confusing answer later
+            dns.rdata.from_text("IN", rdtype, _rdata_text(rdtype, value.strip()))
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"zone entry {name!r}: invalid {rdtype} data {value.strip()!r}: {exc}") from None
         records.append((rdtype, value.strip()))
     if kind == "records" and not records:
         raise ValueError(f"zone entry {name!r}: no records in {spec!r}")
