@@ -14,6 +14,7 @@ import pytest
 from exporter.certs import Issued
 from exporter.config import parse_config
 from exporter.engine import run_probe
+from exporter.probers import PROBERS
 
 try:  # works whether or not tests/ becomes a package later
     from tests.grpcpeer import HealthServer
@@ -67,6 +68,10 @@ async def test_every_module_probes_its_peer(tmp_path: Path, blackhole: Blackhole
             assert dns.transports == ["udp", "udp", "tcp"]
     failed = {name: r.failure for name, r in results.items() if not r.success}
     assert not failed
+    # What continuous mode creates series for up front is exactly what a successful probe went through.
+    for name, r in results.items():
+        expected = PROBERS[modules[name].prober].expected_phases(targets[name], modules[name].settings)
+        assert expected == tuple(dict.fromkeys(p.name for p in r.timeline)), name
     assert results["dns_zone_soa"].details.serial == 7
     assert results["icmp_no_fragment"].details.payload_size == 1200
     assert plain.metadata[-1]["x-probe-source"] == "connhealth"
