@@ -235,6 +235,7 @@ class DNSServer(_AsyncPeer):
         }
         self.queries: list[Query] = []
         self.transports: list[str] = []
+        self.clients: list[str] = []  # the source address of each UDP datagram and TCP connection
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
@@ -356,6 +357,7 @@ class DNSServer(_AsyncPeer):
         resp.answer.append(rrset)
 
     def _on_datagram(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        self.clients.append(addr[0])
         wire, delay = self._answer(data, "udp")
         if wire is None:
             return
@@ -371,6 +373,7 @@ class DNSServer(_AsyncPeer):
         self._spawn(later())
 
     async def _on_tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.append(writer.get_extra_info("peername")[0])
         self._tcp_writers.add(writer)
         task = asyncio.current_task()
         if task is not None:

@@ -175,12 +175,15 @@ async def test_no_answer_is_a_query_timeout(server: DNSServer) -> None:
 
 
 async def test_source_ip_address_is_used(server: DNSServer) -> None:
-    result = await run_probe(f"127.0.0.1:{server.port}",
-                             dns_mod(query_name="www.example.test", query_type="A", source_ip_address="127.0.0.1"), 5)
-    assert result.success, result.failure
-    result = await run_probe(f"127.0.0.1:{server.port}",
-                             dns_mod(query_name="www.example.test", query_type="A", source_ip_address="::1"), 5)
-    assert result.failure.reason == "invalid_target" and "source_ip_address" in result.failure.message
+    for transport in ("udp", "tcp"):
+        result = await run_probe(f"127.0.0.1:{server.port}", dns_mod(query_name="www.example.test", query_type="A",
+                                                                     transport_protocol=transport, source_ip_address="127.0.0.2"), 5)
+        assert result.success, result.failure
+    assert server.clients == ["127.0.0.2", "127.0.0.2"]
+    for transport in ("udp", "tcp"):
+        result = await run_probe(f"127.0.0.1:{server.port}", dns_mod(query_name="www.example.test", query_type="A",
+                                                                     transport_protocol=transport, source_ip_address="::1"), 5)
+        assert result.failure.reason == "invalid_target" and "source_ip_address" in result.failure.message
 
 
 @pytest.mark.parametrize("fields,message", [

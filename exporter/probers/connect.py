@@ -44,7 +44,7 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
 async def peer_address(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int, int]:
     """(ip, family, port) to send to: the dns phase (absent for an IP literal), the guard's checks, ctx.peer set.
 
-    For probers that open sockets of their own kind (UDP, ICMP) or hand the address to a library (gRPC).
+    For probers that open sockets of their own kind (UDP for dns, ICMP).
     """
     if ctx.resolver.overrides:
         to = ctx.resolver.connect_address(host, port)
@@ -69,6 +69,7 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
                    source: str | None = None) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
     ip, family, port = await peer_address(ctx, host, port, preferred_ip_protocol, fallback)
+    check_source_family(source, family)
     ctx.log("connecting to %s", join_host_port(ip, port))
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source))
     ctx.tcp = connection.tcp_info_of(sock)
