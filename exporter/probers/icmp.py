@@ -102,7 +102,11 @@ class ICMPProber(Prober):
         _host(target)
 
     def expected_phases(self, target: str, settings: ICMPProbeConfig) -> tuple[str, ...]:
-        return ("setup", "rtt") if is_ip(target) else ("dns", "setup", "rtt")
+        try:
+            host = _host(target)
+        except ProbeFailure:
+            return ()
+        return ("setup", "rtt") if is_ip(host) else ("dns", "setup", "rtt")
 
     async def probe(self, ctx: ProbeContext, target: str, settings: ICMPProbeConfig) -> None:
         cfg = settings
