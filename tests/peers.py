@@ -33,6 +33,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 import dns.rrset
 from aiohttp import web
@@ -142,7 +143,7 @@ _RCODE_BEHAVIOURS = {
     "SERVFAIL": dns.rcode.SERVFAIL,
     "REFUSED": dns.rcode.REFUSED,
 }
-_RECORD_TYPES = {"A", "AAAA", "CNAME", "TXT"}
+_RECORD_TYPES = {"A", "AAAA", "CNAME", "TXT", "MX", "NS", "SOA"}
 _MAX_CNAME_HOPS = 8  # enough for any sane test; stops a CNAME loop in a zone
 
 
@@ -179,6 +180,10 @@ def _parse_behaviour(name: str, spec: str) -> _Behaviour:
             continue
         if rdtype not in _RECORD_TYPES:
             raise ValueError(f"zone entry {name!r}: unsupported record type {rdtype!r} in {spec!r}")
+        try:  # the data too: "MX:mail.test" (no preference) fails here, not as a confusing answer later
+            dns.rdata.from_text("IN", rdtype, _rdata_text(rdtype, value.strip()))
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"zone entry {name!r}: invalid {rdtype} data {value.strip()!r}: {exc}") from None
         records.append((rdtype, value.strip()))
     if kind == "records" and not records:
         raise ValueError(f"zone entry {name!r}: no records in {spec!r}")
@@ -230,6 +235,7 @@ class DNSServer(_AsyncPeer):
         }
         self.queries: list[Query] = []
         self.transports: list[str] = []
+        self.clients: list[str] = []  # the source address of each UDP datagram and TCP connection
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
@@ -351,6 +357,7 @@ class DNSServer(_AsyncPeer):
         resp.answer.append(rrset)
 
     def _on_datagram(self, data: bytes, addr, transport: asyncio.DatagramTransport) -> None:
+        self.clients.append(addr[0])
         wire, delay = self._answer(data, "udp")
         if wire is None:
             return
@@ -366,6 +373,7 @@ class DNSServer(_AsyncPeer):
         self._spawn(later())
 
     async def _on_tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.append(writer.get_extra_info("peername")[0])
         self._tcp_writers.add(writer)
         task = asyncio.current_task()
         if task is not None:

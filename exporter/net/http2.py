@@ -142,7 +142,7 @@ class H2Exchange:
 
     __slots__ = (
         "_conn", "_h2", "_stream_id", "_events", "_max_header_list_size", "_block_bytes", "_frame_left",
-        "_frame_head", "_frame_type", "_goaway", "_remote_closed", "_terminated", "informational",
+        "_frame_head", "_frame_type", "_goaway", "_remote_closed", "_terminated", "informational", "trailers",
     )
 
     def __init__(self, conn: ByteConnection, *, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
@@ -174,6 +174,8 @@ class H2Exchange:
         self._remote_closed = False  # END_STREAM or RST_STREAM received (maybe not consumed yet)
         #: statuses of the 1xx responses that read_head skipped, in order.
         self.informational: tuple[int, ...] = ()
+        #: the response's trailer fields (lowercase names, latin-1), once read_body() has returned.
+        self.trailers: tuple[tuple[str, str], ...] = ()
 
     @property
     def server_going_away(self) -> bool:
@@ -267,7 +269,7 @@ class H2Exchange:
         server's window never closes and memory stays at one read. Past
         ``limit`` bytes (blackbox's body_size_limit; None for no limit), or
         past ``keep_limit`` bytes while keeping the body, BodyTooLarge is
-        raised and nothing more is read. Trailers are read and ignored.
+        raised and nothing more is read. Trailers are kept in ``trailers`` (gRPC's status lives there).
         """
         body = codings.BodyReader(limit=limit, keep=keep, keep_limit=keep_limit, too_large=BodyTooLarge, decoder=decoder)
         while True:
@@ -279,7 +281,9 @@ class H2Exchange:
                     self._flush()
             elif isinstance(event, h2.events.StreamEnded):
                 return body.end()
-            elif not isinstance(event, h2.events.TrailersReceived):
+            elif isinstance(event, h2.events.TrailersReceived):
+                self.trailers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+            else:
                 self._raise_for(event, f"after {body.total} body bytes")
 
     # --- internals ------------------------------------------------------------------------

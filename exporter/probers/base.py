@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
+import ipaddress
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from ..net import http1
 from ..net.guard import ProbeGuard
 from ..net.tls import TLS_VERSIONS, TLSConfig
 from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
-from ..schema import ConfigError, Fields, Secret
+from ..schema import ConfigError, Fields, Secret, brief
 
 T = TypeVar("T")
 
@@ -155,7 +156,7 @@ class Prober(abc.ABC):
 
 PROBERS: dict[str, Prober] = {}
 # blackbox_exporter probers that connhealth does not implement (yet): named in errors as such.
-BLACKBOX_ONLY = ("icmp", "dns", "grpc", "unix")
+BLACKBOX_ONLY: tuple[str, ...] = ()
 
 
 def register(prober: Prober) -> Prober:
@@ -222,6 +223,17 @@ def parse_tls_config(f: Fields) -> TLSConfig:
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{f.path}.{key}: file {value!r} does not exist")
     return cfg
+
+
+def source_ip_address(f: Fields) -> str | None:
+    """blackbox's source_ip_address: the local address to send from (None: the kernel's choice)."""
+    text = f.get("source_ip_address", str, None)
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ConfigError(f"{f.p('source_ip_address')}: {brief(text)} is not an IP address") from None
 
 
 def tls_section(f: Fields) -> TLSConfig:

@@ -4,13 +4,31 @@ from __future__ import annotations
 import socket
 import ssl
 
+from ..failures import ProbeFailure
 from ..net import connection, resolve
 from ..net.tls import TLSConfig, client_context, tls_info_of
 from ..result import Peer
-from ..schema import join_host_port
+from ..schema import join_host_port, split_host_port
 from .base import ProbeContext
 
 _FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+
+
+def target_host_port(target: str, default_port: int | None = None) -> tuple[str, int]:
+    """(host, port) of a ``host:port`` target, or ProbeFailure("invalid_target") saying what is wrong."""
+    try:
+        host, port = split_host_port(target, default_port)
+        resolve.check_host(host)
+        return host, port
+    except ValueError as exc:
+        raise ProbeFailure("invalid_target", f"target {exc}") from None
+
+
+def check_source_family(source: str | None, family: int) -> None:
+    """A source_ip_address must be of the family of the address it sends to."""
+    if source is not None and (":" in source) != (family == socket.AF_INET6):
+        raise ProbeFailure("invalid_target", f"source_ip_address {source} is not of the target address's family "
+                           f"({'IPv6' if family == socket.AF_INET6 else 'IPv4'})", phase="probe")
 
 
 async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int]:
@@ -23,13 +41,16 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
     return ip, family
 
 
-async def resolve_target(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
-                         fallback: bool) -> tuple[str, int]:
-    """The guard's checks and the dns phase (absent for an IP literal): the (ip, family) to reach host:port.
+async def peer_address(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> tuple[str, int, int]:
+    """(ip, family, port) to send to: the dns phase (absent for an IP literal), the guard's checks, ctx.peer set.
 
-    Sets ctx.peer: blackbox sets probe_ip_protocol / probe_ip_addr_hash right after resolution,
-    even when the connect then fails.
+    For probers that open sockets of their own kind (UDP for dns, ICMP).
     """
+    if ctx.resolver.overrides:
+        to = ctx.resolver.connect_address(host, port)
+        if to != (host, port):
+            ctx.log("connecting to %s instead of %s (--resolve / --connect-to)", join_host_port(*to), join_host_port(host, port))
+            host, port = to
     guard = ctx.guard
     if guard is not None:
         guard.check_name(host, port)
@@ -38,36 +59,34 @@ async def resolve_target(ctx: ProbeContext, host: str, port: int, preferred_ip_p
     if guard is not None:
         # The address connected to, whatever the target's spelling: every hop, every address tried.
         guard.check_address(host, ip, port)
+    # Known even when the connect then fails: blackbox sets probe_ip_protocol /
+    # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
-    return ip, family
+    return ip, family, port
 
 
 async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool,
-                   *, peer: bool = True) -> socket.socket:
+                   source: str | None = None, *, peer: bool = True) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket.
 
     ``peer=False`` (a proxy): the connection is not the target's, ctx.peer stays as it is.
     """
-    if ctx.resolver.overrides:
-        to = ctx.resolver.connect_address(host, port)
-        if to != (host, port):
-            ctx.log("connecting to %s instead of %s (--resolve / --connect-to)", join_host_port(*to), join_host_port(host, port))
-            host, port = to
     saved = ctx.peer
-    ip, family = await resolve_target(ctx, host, port, preferred_ip_protocol, fallback)
+    ip, family, port = await peer_address(ctx, host, port, preferred_ip_protocol, fallback)
     if not peer:
         ctx.peer = saved
+    check_source_family(source, family)
     ctx.log("connecting to %s", join_host_port(ip, port))
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
+    sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source))
     ctx.tcp = connection.tcp_info_of(sock)
     ctx.log("connected to %s", join_host_port(ip, port))
     return sock
 
 
 async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
-                          ip_protocol_fallback: bool, *, peer: bool = True) -> connection.Connection:
-    """dns + connect phases; ctx.peer (unless ``peer=False``: a proxy) and ctx.tcp filled."""
-    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, peer=peer))
+                          ip_protocol_fallback: bool, source: str | None = None, *, peer: bool = True) -> connection.Connection:
+    """dns + connect phases; ctx.peer (unless ``peer=False``: a proxy) and ctx.tcp filled; ``source``: the local address to bind first."""
+    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source, peer=peer))
 
 
 async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool) -> None:

@@ -41,7 +41,7 @@ from ..schema import ConfigError, Fields, Secret, compile_regex, join_host_port,
 from . import httpauth, keepalive, resumption, stream
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, register, tls_section
 from .stream import DEFAULT_SECRET_QUERY_PARAMS, redact_url
-from .connect import open_connection, resolve_target, start_tls
+from .connect import open_connection, peer_address, start_tls
 
 MAX_REDIRECTS = 10
 USER_AGENT = f"connhealth/{__version__}"
@@ -497,7 +497,7 @@ async def _choose_proxy(ctx: ProbeContext, cfg: HTTPProbeConfig, scheme: str, ho
         if via is not None and ctx.guard is not None:
             await _guard_unresolved(ctx, host, port, cfg)
         return via, host
-    address = (await resolve_target(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback))[0]
+    address = (await peer_address(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback))[0]
     return pcfg.for_target(scheme, host, port, address), address
 
 
