@@ -11,6 +11,7 @@ import platform
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, confi
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
 from .engine import expected_families, expected_phases, run_probe
+from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .resources import raise_fd_limit
@@ -285,6 +287,11 @@ class Exporter:
         module = self.config.modules.get(module_name)
         if module is None:
             return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
+        hostname = params.get("hostname", "")
+        if hostname:
+            settings = PROBERS[module.prober].with_hostname(module.settings, hostname)
+            if settings is not module.settings:
+                module = dataclasses.replace(module, settings=settings)
         limit = self.options.probe_concurrency
         if self.probe_endpoint_in_flight >= limit:
             self.self_metrics.probe_rejected.inc()

@@ -23,10 +23,10 @@ import functools
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
+from .. import filerefs
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net import http1
@@ -132,6 +132,11 @@ class Prober(abc.ABC):
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
         return ()
 
+    def with_hostname(self, settings: Any, hostname: str) -> Any:
+        """The settings for a /probe request with ``hostname=`` (blackbox: tcp's TLS server name, http's
+        Host header); the default ignores it, as blackbox does for its other probers."""
+        return settings
+
     def display_target(self, target: str, settings: Any) -> str:
         """The target as every output shows it (result, logs, labels, spans): its secrets masked.
 
@@ -217,11 +222,19 @@ def parse_tls_config(f: Fields) -> TLSConfig:
     f.done()
     if cfg.key_file and not cfg.cert_file or cfg.cert_file and not cfg.key_file:
         raise ConfigError(f"{f.path}: cert_file and key_file must be given together")
+    # The files are read when a probe uses them (probers/connect.tls_context), as blackbox does:
+    # a missing one fails those probes, not the whole config; check-config warns about it.
+    return cfg
+
+
+def tls_file_warnings(cfg: TLSConfig, path: str) -> list[str]:
+    """check-config's warnings for the files a tls_config names that cannot be read now."""
+    warnings = []
     for key in ("ca_file", "cert_file", "key_file"):
         value = getattr(cfg, key)
-        if value is not None and not Path(value).is_file():
-            raise ConfigError(f"{f.path}.{key}: file {value!r} does not exist")
-    return cfg
+        if value is not None and (warning := filerefs.exists_warning(value, f"{path}.{key}")):
+            warnings.append(warning)
+    return warnings
 
 
 def tls_section(f: Fields) -> TLSConfig:
