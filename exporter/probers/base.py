@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Iterable, Mapping
@@ -137,6 +138,12 @@ class Prober(abc.ABC):
         Host header); the default ignores it, as blackbox does for its other probers."""
         return settings
 
+    def referenced_files(self, settings: Any) -> Iterable[tuple[str, str]]:
+        """(where, path) of every file the settings name, read at probe time (filerefs): check-config
+        warns about those it cannot read. Default: every str field named ``*_file``, at any depth
+        (tls_config.ca_file, body_file, basic_auth.password_file, ...)."""
+        return _files_in(settings, "")
+
     def display_target(self, target: str, settings: Any) -> str:
         """The target as every output shows it (result, logs, labels, spans): its secrets masked.
 
@@ -156,6 +163,20 @@ class Prober(abc.ABC):
             timeout_reasons={p.name: p.timeout_reason for p in self.phases if p.timeout_reason},
             errors=self.errors,
         )
+
+
+def _files_in(value: Any, where: str) -> Iterable[tuple[str, str]]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            path = f"{where}.{f.name}" if where else f.name
+            if f.name.endswith("_file") and isinstance(item, str):
+                yield path, item
+            else:
+                yield from _files_in(item, path)
+    elif isinstance(value, tuple):
+        for i, item in enumerate(value):
+            yield from _files_in(item, f"{where}[{i}]")
 
 
 PROBERS: dict[str, Prober] = {}
