@@ -92,8 +92,9 @@ class SelfMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         spec = {s.name: s for s in m.SELF}
         Gauge(m.BUILD_INFO, spec[m.BUILD_INFO].help, ["version", "python"], registry=r).labels(__version__, platform.python_version()).set(1)
-        self.reload_ok = Gauge(m.RELOAD_SUCCESS, spec[m.RELOAD_SUCCESS].help, registry=r)
-        self.reload_ts = Gauge(m.RELOAD_TIMESTAMP, spec[m.RELOAD_TIMESTAMP].help, registry=r)
+        self.reload_ok = _Gauges(*(Gauge(name, spec[name].help, registry=r) for name in (m.RELOAD_SUCCESS, m.BB_RELOAD_SUCCESS)))
+        self.reload_ts = _Gauges(*(Gauge(name, spec[name].help, registry=r) for name in (m.RELOAD_TIMESTAMP, m.BB_RELOAD_TIMESTAMP)))
+        self.module_unknown = Counter(m.BB_MODULE_UNKNOWN.removesuffix("_total"), spec[m.BB_MODULE_UNKNOWN].help, registry=r)
         self.reloads = Counter(m.RELOADS.removesuffix("_total"), spec[m.RELOADS].help, ["result"], registry=r)
         in_flight = Gauge(m.IN_FLIGHT, spec[m.IN_FLIGHT].help, ["mode"], registry=r)
         in_flight.labels("scheduled").set_function(lambda: exporter.scheduler.in_flight)
@@ -107,6 +108,17 @@ class SelfMetrics:
         self.probe_rejected = Counter(m.PROBE_REJECTED.removesuffix("_total"), spec[m.PROBE_REJECTED].help, registry=r)
         ProcessCollector(registry=r)
         r.register(_OutsideCounters(exporter))
+
+
+class _Gauges:
+    """One value under connhealth's name and blackbox_exporter's."""
+
+    def __init__(self, *gauges: Gauge) -> None:
+        self.gauges = gauges
+
+    def set(self, value: float) -> None:
+        for gauge in self.gauges:
+            gauge.set(value)
 
 
 class _OutsideCounters:
@@ -286,6 +298,7 @@ class Exporter:
         module_name = params.get("module", "http_2xx")
         module = self.config.modules.get(module_name)
         if module is None:
+            self.self_metrics.module_unknown.inc()
             return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
         hostname = params.get("hostname", "")
         if hostname:
