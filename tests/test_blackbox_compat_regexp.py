@@ -20,9 +20,11 @@ import pytest_asyncio
 
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
+    from tests.dialogue_peers import IRCPeer
     from tests.peers import RawTCPServer
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
+    from dialogue_peers import IRCPeer  # type: ignore[no-redef]
     from peers import RawTCPServer  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
@@ -117,28 +119,6 @@ def _banner(line: bytes, *, hang_up: bool = False):
             await asyncio.wait_for(reader.read(100), 5)
 
     return handler
-
-
-class IRCPeer:
-    """Just enough of an IRC server: PING after NICK/USER, welcome only for the right PONG."""
-
-    def __init__(self) -> None:
-        self.received: list[list[bytes]] = []
-
-    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lines: list[bytes] = []
-        self.received.append(lines)
-        for _ in range(2):
-            lines.append((await asyncio.wait_for(reader.readline(), 5)).rstrip(b"\r\n"))
-        writer.write(b":irc.test NOTICE * :hello\r\nPING :tok-7f3a\r\n")
-        await writer.drain()
-        lines.append((await asyncio.wait_for(reader.readline(), 5)).rstrip(b"\r\n"))
-        if lines[-1] == b"PONG tok-7f3a":
-            writer.write(b":irc.test 001 prober :Welcome\r\n")
-        else:
-            writer.write(b":irc.test 464 prober :Bad PONG\r\n")
-        await writer.drain()
-        await asyncio.wait_for(reader.read(100), 5)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -33,7 +33,7 @@ from ..schema import ConfigError, Fields, Regexp, Secret, compile_regex, parse_i
 from . import keepalive, resumption, stream
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, register, tls_section
 from .stream import DEFAULT_SECRET_QUERY_PARAMS, redact_url
-from .connect import open_connection, start_tls
+from .connect import open_connection, start_tls, tls_context
 
 MAX_REDIRECTS = 10
 USER_AGENT = f"connhealth/{__version__}"
@@ -266,6 +266,8 @@ class HTTPProber(Prober):
             await _resumption(ctx, target, cfg)
             return
         first_host = _split_target(target)[1]
+        if target[:8].lower() == "https://":
+            await tls_context(cfg.tls_config)  # its files are read (or missing) before anything is sent
         url, method = target, cfg.method
         body = reveal(cfg.body).encode() if cfg.body is not None else None
         headers = [(k, reveal(v)) for k, v in cfg.headers]  # secrets are typed until they go on the wire

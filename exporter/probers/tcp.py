@@ -18,7 +18,7 @@ from ..schema import (ConfigError, Fields, Regexp, Secret, brief, compile_regex,
                       split_host_port)
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from . import resumption
-from .connect import connect_only, open_connection, start_tls
+from .connect import connect_only, open_connection, start_tls, tls_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,8 @@ class TCPProber(Prober):
         if not cfg.tls and not cfg.query_response:
             await connect_only(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
             return
+        if cfg.tls or any(step.starttls for step in cfg.query_response):
+            await tls_context(cfg.tls_config)  # its files are read (or missing) before anything is sent
         conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
         dialogue = _Dialogue(ctx, conn)
         try:
