@@ -471,6 +471,12 @@ def compile_regex(pattern: str | bytes, path: str, *, capture: bool = True) -> R
         raise ConfigError(f"{path}: invalid regexp {brief(text)}: {detail}") from None
 
 
+def go_text(data: bytes) -> bytes:
+    """``data`` as Go's regexp reads bytes: an invalid UTF-8 byte is U+FFFD (so ``.`` and ``\\S`` match
+    it). RE2 matches no invalid byte at all; valid UTF-8 (ASCII first: a fast check) comes back as is."""
+    return data if data.isascii() else data.decode("utf-8", "replace").encode()
+
+
 _TEMPLATE_NAME = re.compile(r"\w+")
 
 

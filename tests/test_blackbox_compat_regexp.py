@@ -34,7 +34,8 @@ BODIES = {
     "/hello1": b"hello1",
     "/accented": "h\u00e9llo".encode(),
     "/digits": b"h3llo",
-    "/redos": b"a" * 26 + b"!",  # 27 bytes: ^(a+)+$ took a backtracking engine 4.4 s
+    "/redos": b"a" * 26 + b"!",
+    "/latin1": "caf\u00e9 ok".encode("latin-1"),  # not UTF-8: Go reads the \xe9 as U+FFFD  # 27 bytes: ^(a+)+$ took a backtracking engine 4.4 s
 }
 
 CONFIG = r"""
@@ -51,6 +52,12 @@ modules:
     http:
       preferred_ip_protocol: ip4
       fail_if_body_not_matches_regexp: ['^\pL+$']
+  body_any_char:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      fail_if_body_not_matches_regexp: ['^caf. ok$']
   body_redos:
     prober: http
     timeout: 5s
@@ -153,6 +160,7 @@ CASES = [
     ("posix_class_refuses_digit", "body_alpha", lambda e: f"http://{e.http}/hello1", 0, 1),
     ("unicode_letters_match", "body_letters", lambda e: f"http://{e.http}/accented", 1, 0),
     ("unicode_letters_refuse_digit", "body_letters", lambda e: f"http://{e.http}/digits", 0, 1),
+    ("invalid_utf8_byte_is_a_character", "body_any_char", lambda e: f"http://{e.http}/latin1", 1, 0),
     ("redos_pattern_linear", "body_redos", lambda e: f"http://{e.http}/redos", 1, 0),
     ("header_posix_digits", "header_digits", lambda e: f"http://{e.http}/hello", 1, 0),
     ("header_posix_digits_refused", "header_digits", lambda e: f"http://{e.http}/digits", 0, 1),

@@ -29,7 +29,7 @@ from ..net import http1, http2, resolve
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, Regexp, Secret, compile_regex, parse_ip_protocol, reveal
+from ..schema import ConfigError, Fields, Regexp, Secret, compile_regex, go_text, parse_ip_protocol, reveal
 from . import keepalive, resumption, stream
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, register, tls_section
 from .stream import DEFAULT_SECRET_QUERY_PARAMS, redact_url
@@ -481,13 +481,14 @@ def _check(ctx: ProbeContext, cfg: HTTPProbeConfig, url: str, response: _Respons
 
 async def _check_body(ctx: ProbeContext, cfg: HTTPProbeConfig, response: _Response) -> None:
     """The body regexps, last as in blackbox. RE2 runs in linear time, so none can stall the probe."""
+    body = go_text(response.body)
     for regexp in cfg.fail_if_body_matches_regexp:
-        if await _search(regexp, response.body):
+        if await _search(regexp, body):
             ctx.failed_due_to_regex = True
             raise ProbeFailure("http_body_mismatch", f"body matched fail_if_body_matches_regexp {_text(regexp)!r}",
                                phase="transfer")
     for regexp in cfg.fail_if_body_not_matches_regexp:
-        if not await _search(regexp, response.body):
+        if not await _search(regexp, body):
             ctx.failed_due_to_regex = True
             raise ProbeFailure("http_body_mismatch", f"body did not match fail_if_body_not_matches_regexp {_text(regexp)!r}",
                                phase="transfer")

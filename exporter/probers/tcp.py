@@ -14,7 +14,7 @@ from ..net.connection import Connection
 from ..net.resolve import is_ip
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import (ConfigError, Fields, Regexp, Secret, brief, compile_regex, expand, parse_ip_protocol, reveal,
+from ..schema import (ConfigError, Fields, Regexp, Secret, brief, compile_regex, expand, go_text, parse_ip_protocol, reveal,
                       split_host_port)
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
 from . import resumption
@@ -217,7 +217,7 @@ class _Dialogue:
                 line, closed = exc.partial, True  # the peer closed: its last, unterminated line still counts
                 if not line:
                     break
-            line = line[:-1] if line.endswith(b"\r") else line
+            line = go_text(line[:-1] if line.endswith(b"\r") else line)
             match = expect.search(line)
             if match is not None:
                 self.ctx.log("query_response[%d]: matched %r", index, line[:200])
