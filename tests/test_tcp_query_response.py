@@ -6,6 +6,7 @@ itself: tests/test_blackbox_compat_regexp.py.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -13,14 +14,15 @@ import pytest
 
 from exporter.certs import CertFactory, server_context
 from exporter.config import parse_config
+from exporter.engine import run_probe
 from exporter.schema import ConfigError, Secret, plain
 
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
-    from tests.peers import HTTPServer
+    from tests.peers import HTTPServer, RawTCPServer
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
-    from peers import HTTPServer  # type: ignore[no-redef]
+    from peers import HTTPServer, RawTCPServer  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -102,3 +104,23 @@ modules:
             assert procs.value(text, "probe_failure_info", reason="tls_hostname_mismatch") == 1.0
         finally:
             await ch.astop()
+
+
+async def test_source_ip_address_is_the_probes_local_address() -> None:
+    seen: list[str] = []
+
+    async def record(reader, writer) -> None:
+        seen.append(writer.get_extra_info("peername")[0])
+
+    config = parse_config("modules:\n  m:\n    prober: tcp\n    tcp:\n      source_ip_address: 127.0.0.2\n"
+                          "  qr:\n    prober: tcp\n    tcp:\n      source_ip_address: 127.0.0.3\n"
+                          "      query_response: [{send: hi}]\n", "t")
+    async with RawTCPServer(record) as srv:
+        for module in ("m", "qr"):
+            result = await run_probe(f"127.0.0.1:{srv.port}", config.modules[module], 5)
+            assert result.success, result.failure
+        for _ in range(100):  # the peer's handler runs after the probe's connect returned: bounded wait
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert seen == ["127.0.0.2", "127.0.0.3"]

@@ -528,13 +528,16 @@ def tcp_info_of(sock: Any) -> TCPInfo | None:
     return TCPInfo(rtt_seconds=u32[15] / 1e6, rttvar_seconds=u32[16] / 1e6, retransmits=u32[23])
 
 
-async def open_socket(ip: str, port: int, family: int) -> socket.socket:
-    """A connected non-blocking TCP socket (TCP_NODELAY); closed again on any failure."""
+async def open_socket(ip: str, port: int, family: int, source: str | None = None) -> socket.socket:
+    """A connected non-blocking TCP socket (TCP_NODELAY), bound to ``source`` first when given;
+    closed again on any failure."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source is not None:
+            sock.bind((source, 0))
         await loop.sock_connect(sock, (ip, port))
     except BaseException:
         sock.close()

@@ -25,7 +25,8 @@ async def _address(ctx: ProbeContext, host: str, preferred_ip_protocol: str, fal
     return ip, family
 
 
-async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool) -> socket.socket:
+async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool,
+                   source: str | None = None) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket."""
     if ctx.resolver.overrides:
         to = ctx.resolver.connect_address(host, port)
@@ -44,21 +45,22 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
     ctx.log("connecting to %s", join_host_port(ip, port))
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
+    sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source))
     ctx.tcp = connection.tcp_info_of(sock)
     ctx.log("connected to %s", join_host_port(ip, port))
     return sock
 
 
 async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str,
-                          ip_protocol_fallback: bool) -> connection.Connection:
-    """dns + connect phases; ctx.peer and ctx.tcp filled."""
-    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback))
+                          ip_protocol_fallback: bool, *, source: str | None = None) -> connection.Connection:
+    """dns + connect phases; ctx.peer and ctx.tcp filled. ``source``: the local address to bind."""
+    return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source))
 
 
-async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool) -> None:
+async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool,
+                       *, source: str | None = None) -> None:
     """dns + connect phases on a bare socket, closed at once: a plain tcp_connect needs no transport."""
-    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback)).close()
+    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source)).close()
 
 
 async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, cfg: TLSConfig,

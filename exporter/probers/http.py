@@ -205,6 +205,7 @@ class HTTPProber(Prober):
         "no_proxy", "proxy_from_environment", "skip_resolve_phase_with_proxy",
         "authorization", "follow_redirects_with_auth", "no_follow_redirects", "ip_protocol_fallback_with_proxy",
         "fail_if_body_json_matches_cel", "fail_if_body_json_not_matches_cel", "http_headers",
+        "enable_http3",  # HTTP/3 needs a QUIC stack under our connection layer (README)
     })
 
     def parse(self, f: Fields, module: str) -> HTTPProbeConfig:

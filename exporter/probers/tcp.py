@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ class TCPProbeConfig:
     preferred_ip_protocol: str = "ip6"
     ip_protocol_fallback: bool = True
     query_response: tuple[QueryStep, ...] = ()
+    source_ip_address: str | None = None  # the local address the probe's socket is bound to
     tls: bool = False
     tls_config: TLSConfig = field(default_factory=TLSConfig)
 
@@ -107,7 +109,6 @@ class TCPProber(Prober):
               *resumption.PHASES)
     reasons = resumption.REASONS
     resumable = True
-    unsupported = frozenset({"source_ip_address"})
 
     def with_hostname(self, settings: TCPProbeConfig, hostname: str) -> TCPProbeConfig:
         # blackbox: /probe?hostname= is the TLS server name when tls_config sets none.
@@ -118,8 +119,14 @@ class TCPProber(Prober):
     def parse(self, f: Fields, module: str) -> TCPProbeConfig:
         proto, fallback = parse_ip_protocol(f)
         steps = tuple(_parse_step(raw, f"{f.path}.query_response[{i}]") for i, raw in enumerate(f.get("query_response", list, [])))
+        source = f.get("source_ip_address", str, None)
+        if source:
+            try:
+                source = str(ipaddress.ip_address(source))
+            except ValueError:
+                raise ConfigError(f"{f.p('source_ip_address')}: not an IP address: {brief(source)}") from None
         cfg = TCPProbeConfig(preferred_ip_protocol=proto, ip_protocol_fallback=fallback, query_response=steps,
-                             tls=f.get("tls", bool, False), tls_config=tls_section(f))
+                             source_ip_address=source or None, tls=f.get("tls", bool, False), tls_config=tls_section(f))
         f.done()
         return cfg
 
@@ -142,11 +149,13 @@ class TCPProber(Prober):
         cfg = settings
         host, port = _host_port(target)
         if not cfg.tls and not cfg.query_response:
-            await connect_only(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
+            await connect_only(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback,
+                               source=cfg.source_ip_address)
             return
         if cfg.tls or any(step.starttls for step in cfg.query_response):
             await tls_context(cfg.tls_config)  # its files are read (or missing) before anything is sent
-        conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback)
+        conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback,
+                                     source=cfg.source_ip_address)
         dialogue = _Dialogue(ctx, conn)
         try:
             if cfg.tls:
