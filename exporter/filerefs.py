@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections import OrderedDict
 
 from .failures import ProbeFailure
@@ -24,6 +25,9 @@ _cache: OrderedDict[str, tuple[tuple[int, int, int], bytes]] = OrderedDict()
 
 def _read(path: str, limit: int) -> tuple[tuple[int, int, int], bytes | None]:
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        # A FIFO would block the reading thread for good, /dev/zero would never end.
+        raise ValueError("is not a regular file")
     key = (st.st_mtime_ns, st.st_size, st.st_ino)
     cached = _cache.get(path)
     if cached is not None and cached[0] == key:
@@ -58,7 +62,12 @@ async def read(path: str, what: str, limit: int = MAX_BYTES) -> bytes:
 def exists_warning(path: str, what: str) -> str | None:
     """For check-config: a warning when ``path`` cannot be read now (the config still loads)."""
     try:
-        with open(path, "rb"):
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            problem = "not a regular file"
+        elif not os.access(path, os.R_OK):  # not open(): a FIFO would block check-config
+            problem = "Permission denied"
+        else:
             return None
     except OSError as exc:
-        return f"{what} {path}: {exc.strerror or exc} (probes using it will fail with config_file_missing)"
+        problem = exc.strerror or str(exc)
+    return f"{what} {path}: {problem} (probes using it will fail with config_file_missing)"

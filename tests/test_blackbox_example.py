@@ -9,6 +9,7 @@ A file a module references is read when a probe uses it: missing, it fails only 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,17 @@ async def test_a_missing_ca_file_fails_only_its_probes_until_it_appears(tmp_path
         (files / "ca.pem").write_bytes(ca.cert_pem)
         again = await run_probe(https.url("/ok"), config.modules["web_private_ca"], 5)
         assert again.success, again.failure
+
+
+async def test_a_file_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "ca.pem"
+    os.mkfifo(fifo)  # open() would block the reading thread (and check-config) for good
+    config = _config(tmp_path)
+    result = await run_probe("https://127.0.0.1:1/", config.modules["web_private_ca"], 5)
+    assert result.failure is not None and result.failure.reason == "config_file_missing"
+    assert result.failure.message == f"tls_config.ca_file {fifo} is not a regular file"
+    path = tmp_path / "c.yml"
+    path.write_text(CORE.read_text().replace(PLACEHOLDER, str(tmp_path)))
+    _, errors, warnings = check_config(path)
+    assert errors == [] and warnings[0] == (f"modules.web_private_ca.http.tls_config.ca_file {fifo}: not a regular file "
+                                            "(probes using it will fail with config_file_missing)")

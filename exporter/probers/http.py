@@ -19,7 +19,6 @@ import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 from .. import __version__
