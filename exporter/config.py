@@ -7,9 +7,9 @@ prober section is parsed by that prober (``probers.base.Prober.parse``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 # Loaded with the config module, not on the first parse: an import can fail later (EMFILE).
@@ -23,6 +23,8 @@ from .schema import (ConfigError, Fields, brief, brief_key, load_data_file, load
                      split_host_port)
 from .slo import parse_slos
 
+T = TypeVar("T")
+
 __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig", "TargetFiles", "TargetSpec", "TracingConfig",
            "builtin_modules", "default_module_for", "load_config", "load_config_or_builtins", "parse_config", "parse_duration",
            "parse_module", "split_host_port"]
@@ -31,8 +33,6 @@ __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig
 # Sane ranges (issue 12): a probe deadline beyond an hour, or probing more often than every
 # 10 ms, is a typo, and 0/NaN/Inf would stall or kill the scheduler. (Fast re-checks of a
 # failing target, e.g. min_interval 25ms in tests/test_slo_live.py, stay possible.)
-T = TypeVar("T")
-
 MAX_TIMEOUT = 3600.0
 MIN_INTERVAL = 0.01
 MAX_INTERVAL = 86400.0

@@ -457,7 +457,7 @@ def compile_regex(pattern: str | bytes, path: str, *, capture: bool = True) -> R
         options.log_errors = False  # an invalid pattern is our ConfigError, not a line on stderr
         options.max_mem = REGEX_MAX_MEM
         options.never_capture = not capture
-        options = _RE2_OPTIONS[capture] = options
+        _RE2_OPTIONS[capture] = options
     text = pattern.decode("utf-8", "replace") if isinstance(pattern, bytes) else pattern
     if "\\C" in text.replace("\\\\", ""):
         # RE2 (C++) takes \C as "any byte"; Go refuses it.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -31,6 +32,7 @@ from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, confi
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
 from .engine import expected_families, expected_phases, run_probe
+from .net.tls import check_server_name
 from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
@@ -302,6 +304,10 @@ class Exporter:
             return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
         hostname = params.get("hostname", "")
         if hostname:
+            try:
+                check_server_name(hostname)
+            except ValueError as exc:
+                return web.Response(status=400, text=f"Invalid hostname parameter: {exc}\n")
             settings = PROBERS[module.prober].with_hostname(module.settings, hostname)
             if settings is not module.settings:
                 module = dataclasses.replace(module, settings=settings)

@@ -102,6 +102,10 @@ modules:
             # A server_name in the module wins over the parameter, as in blackbox.
             text = await probe("tls_named", hostname="shop.test")
             assert procs.value(text, "probe_failure_info", reason="tls_hostname_mismatch") == 1.0
+            # A name OpenSSL cannot send is the request's fault: 400, never an internal error.
+            for bad in ("a" * 300, "shop.test\x00", "a..b", "two words"):
+                status, text = await ch.get("/probe", {"target": target, "module": "tls", "hostname": bad})
+                assert status == 400 and text.startswith("Invalid hostname parameter: "), (bad, text)
         finally:
             await ch.astop()
 

@@ -11,10 +11,12 @@ from typing import Any
 from cryptography import x509
 
 from ..result import Certificate, TLSInfo
+from . import resolve
 
 __all__ = [
     "TLS_VERSIONS",
     "TLSConfig",
+    "check_server_name",
     "client_context",
     "describe",
     "describe_failure",
@@ -38,6 +40,14 @@ class TLSConfig:
     insecure_skip_verify: bool = False
     min_version: str | None = None  # a TLS_VERSIONS key: "TLS12"
     max_version: str | None = None
+
+
+def check_server_name(name: str) -> None:
+    """ValueError naming what is wrong with a TLS server name (SNI and the name verified): OpenSSL
+    would refuse it only at the handshake, as a crash rather than the user's mistake."""
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise ValueError(f"{name[:80]!r} contains a space or control character")
+    resolve.check_host(name)
 
 
 def _version(name: str) -> ssl.TLSVersion:

@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
-from .. import filerefs
 from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregister_reasons
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net import http1
 from ..net.guard import ProbeGuard
-from ..net.tls import TLS_VERSIONS, TLSConfig
+from ..net.tls import TLS_VERSIONS, TLSConfig, check_server_name
 from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
 from ..schema import ConfigError, Fields, Secret
 
@@ -243,19 +242,15 @@ def parse_tls_config(f: Fields) -> TLSConfig:
     f.done()
     if cfg.key_file and not cfg.cert_file or cfg.cert_file and not cfg.key_file:
         raise ConfigError(f"{f.path}: cert_file and key_file must be given together")
+    if cfg.server_name:
+        try:
+            check_server_name(cfg.server_name)
+        except ValueError as exc:
+            raise ConfigError(f"{f.path}.server_name: {exc}") from None
     # The files are read when a probe uses them (probers/connect.tls_context), as blackbox does:
     # a missing one fails those probes, not the whole config; check-config warns about it.
     return cfg
 
-
-def tls_file_warnings(cfg: TLSConfig, path: str) -> list[str]:
-    """check-config's warnings for the files a tls_config names that cannot be read now."""
-    warnings = []
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg, key)
-        if value is not None and (warning := filerefs.exists_warning(value, f"{path}.{key}")):
-            warnings.append(warning)
-    return warnings
 
 
 def tls_section(f: Fields) -> TLSConfig:

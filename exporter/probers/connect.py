@@ -1,6 +1,7 @@
 """The steps every connection-oriented prober shares: resolve, connect, TLS — each one named phase."""
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 
@@ -80,6 +81,10 @@ async def tls_context(cfg: TLSConfig, alpn: tuple[str, ...] = ()) -> ssl.SSLCont
     """The client context for ``cfg``, its CA, certificate and key files read now, as blackbox reads
     them when a probe uses them: a missing or broken file fails this probe (config_file_missing),
     not the config. A prober calls it before connecting, so a probe that cannot use its files sends nothing."""
+    if cfg.server_name is not None:
+        # The name is the handshake's, not the context's: one context for every name
+        # (a /probe?hostname= of its own must not build, and evict, a context per request).
+        cfg = dataclasses.replace(cfg, server_name=None)
     if not (cfg.ca_file or cfg.cert_file or cfg.key_file):
         return client_context(cfg, alpn)
     ca = await filerefs.read(cfg.ca_file, "tls_config.ca_file") if cfg.ca_file else None

@@ -251,7 +251,6 @@ _WS_PONGS = ProbeFamily("probe_websocket_pongs", "Pongs received for this probe'
 _WS_CLOSE = ProbeFamily("probe_websocket_close_code", "The server's close code (1006: no close frame)")
 
 
-
 class _Session:
     """wsproto over our connection: events in order, each read bounded."""
 
