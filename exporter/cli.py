@@ -180,6 +180,8 @@ def _use_color(choice: str, stream: Any) -> bool:
 # --- serve ---------------------------------------------------------------------------
 def _serve_args(s: argparse.ArgumentParser) -> None:
     _config_flag(s, "config file (modules, targets, target_files, scheduler)")
+    s.add_argument("--config.check", dest="config_check", action="store_true",
+                   help="validate the config file and exit, as check-config (blackbox_exporter's flag)")
     s.add_argument("--web.listen-address", dest="listen", action="append", metavar="[HOST]:PORT",
                    help="address to listen on (repeatable; default :9115)")
     s.add_argument("--web.config.file", dest="web_config_file",
@@ -207,6 +209,9 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.config_check:
+        args.file = None
+        return _cmd_check_config(args)
     _setup_logging(args)
     from .config import load_config_or_builtins
     from .server import ServeOptions, serve
@@ -261,18 +266,30 @@ def _check_config_args(c: argparse.ArgumentParser) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import check_config
 
     path = args.config_file or args.file
     if not path:
         raise ConfigError("check-config: give the config file (connhealth check-config FILE)")
-    config = load_config(path)
+    config, errors, warnings = check_config(path)
+    if config is None:
+        # Every error in one run, each naming its path (modules.x.http.y: ...).
+        for error in errors[:MAX_ERRORS_SHOWN]:
+            print(f"connhealth: {error}", file=sys.stderr)
+        if len(errors) > MAX_ERRORS_SHOWN:
+            print(f"connhealth: ... and {len(errors) - MAX_ERRORS_SHOWN} more errors", file=sys.stderr)
+        print(f"connhealth: {path}: {_count(len(errors), 'error')}", file=sys.stderr)
+        return EXIT_USAGE
     builtin = len(config.modules) - len(config.raw_modules)
     print(f"{path}: OK ({_count(len(config.raw_modules), 'module')} defined, {builtin} built-in; "
           f"{_count(len(config.targets), 'target')}, {_count(len(config.target_files), 'target file glob')})")
-    for warning in config.slos.warnings() if config.slos is not None else ():
+    for warning in [*warnings, *(config.slos.warnings() if config.slos is not None else ())]:
         print(f"{path}: warning: {warning}")
     return EXIT_OK
+
+
+# A file with thousands of broken modules lists the first this many errors (and how many more).
+MAX_ERRORS_SHOWN = 200
 
 
 def _count(n: int, noun: str) -> str:

@@ -7,19 +7,23 @@ prober section is parsed by that prober (``probers.base.Prober.parse``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Loaded with the config module, not on the first parse: an import can fail later (EMFILE).
 import yaml  # noqa: F401
 
+from . import filerefs
 from .net.guard import DEFAULT_DENY, DEFAULT_GUARD, ProbeGuard, parse_rules
 from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TLSResumptionConfig, TracingConfig
 from .schema import (ConfigError, Fields, brief, brief_key, load_data_file, load_yaml, parse_duration, plain,
                      split_host_port)
 from .slo import parse_slos
+
+T = TypeVar("T")
 
 __all__ = ["Config", "ConfigError", "Module", "ResolverConfig", "SchedulerConfig", "TargetFiles", "TargetSpec", "TracingConfig",
            "builtin_modules", "default_module_for", "load_config", "load_config_or_builtins", "parse_config", "parse_duration",
@@ -127,7 +131,31 @@ def _parse_tracing(f: Fields, module: str) -> TracingConfig:
     return TracingConfig(inject=inject, baggage=tuple(baggage.items()))
 
 
-def parse_module(name: str, raw: Any, path: str) -> Module:
+def _attempt(errors: list[str] | None, parse: Callable[[], T], default: T) -> T:
+    """``parse()``; with ``errors`` (check-config), a ConfigError is recorded there and ``default``
+    stands in, so one run lists every error of a file instead of stopping at the first."""
+    if errors is None:
+        return parse()
+    try:
+        return parse()
+    except ConfigError as exc:
+        errors.append(str(exc))
+        return default
+
+
+def parse_module(name: str, raw: Any, path: str, errors: list[str] | None = None) -> Module:
+    """A module; with ``errors``, each prober section's error is recorded there (see _attempt) and,
+    if any was, the module's own first error is raised after all sections were read."""
+    own: list[str] | None = [] if errors is not None else None
+    module = _parse_module(name, raw, path, own)
+    if own:
+        assert errors is not None
+        errors.extend(own[1:])
+        raise ConfigError(own[0])
+    return module
+
+
+def _parse_module(name: str, raw: Any, path: str, errors: list[str] | None) -> Module:
     f = Fields(raw, path)
     prober_name = f.get("prober", str, None)
     supported = ", ".join(PROBERS)
@@ -144,7 +172,8 @@ def parse_module(name: str, raw: Any, path: str) -> Module:
     # As blackbox: every prober's section is parsed and validated, the module's own is kept.
     settings = None
     for other in PROBERS.values():
-        parsed = other.parse(f.sub(other.section, other.unsupported), name)
+        sub = f.sub(other.section, other.unsupported)
+        parsed = _attempt(errors, lambda: other.parse(sub, name), None)  # noqa: B023 - called at once
         if other is prober:
             settings = parsed
     limitable = [p.name for p in prober.phases if p.limitable]
@@ -196,7 +225,9 @@ def parse_config(text: str | bytes, source: str | None = None, *, with_builtins:
     return config_from_data(load_yaml(text, source or "config"), source, with_builtins=with_builtins)
 
 
-def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool = True) -> Config:
+def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool = True,
+                     errors: list[str] | None = None) -> Config:
+    """With ``errors`` (check-config), every error is recorded there before the first is raised."""
     f = Fields(raw, "")
     modules: dict[str, Module] = {}
     if with_builtins:
@@ -205,19 +236,25 @@ def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool
     for name, module_raw in raw_modules.items():
         if not isinstance(name, str) or not name:
             raise ConfigError(f"modules: module names must be non-empty strings, got {brief(name)}")
-        modules[name] = parse_module(name, module_raw, f"modules.{name}")
-    scheduler = _parse_scheduler(f.sub("scheduler"))
+        # A module in error stands in as a placeholder: targets naming it are not errors of their own.
+        modules[name] = _attempt(errors, lambda: parse_module(name, module_raw, f"modules.{name}", errors),  # noqa: B023
+                                 Module(name=name, prober=""))
+    scheduler = _attempt(errors, lambda: _parse_scheduler(f.sub("scheduler")), SchedulerConfig())
     targets = tuple(
-        _parse_target(raw_t, f"targets[{i}]", modules, scheduler) for i, raw_t in enumerate(f.get("targets", list, []))
+        _attempt(errors, lambda: _parse_target(raw_t, f"targets[{i}]", modules, scheduler), None)  # noqa: B023
+        for i, raw_t in enumerate(_attempt(errors, lambda: f.get("targets", list, []), list[Any]()))
     )
     files = tuple(
-        _parse_target_files(raw_f, f"target_files[{i}]", modules, scheduler)
-        for i, raw_f in enumerate(f.get("target_files", list, []))
+        _attempt(errors, lambda: _parse_target_files(raw_f, f"target_files[{i}]", modules, scheduler), None)  # noqa: B023
+        for i, raw_f in enumerate(_attempt(errors, lambda: f.get("target_files", list, []), list[Any]()))
     )
-    slos = parse_slos(f.raw.pop("slos", None), scheduler.buckets)
-    guard = _parse_probe_guard(f.sub("probe_guard"))
-    f.done()
-    return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
+    slos = _attempt(errors, lambda: parse_slos(f.raw.pop("slos", None), scheduler.buckets), None)
+    guard = _attempt(errors, lambda: _parse_probe_guard(f.sub("probe_guard")), DEFAULT_GUARD)
+    _attempt(errors, f.done, None)
+    if errors:
+        raise ConfigError(errors[0])
+    return Config(modules=modules, source=source, targets=tuple(t for t in targets if t is not None),
+                  target_files=tuple(t for t in files if t is not None), scheduler=scheduler,
                   slos=slos, probe_guard=guard, raw_modules=raw_modules)
 
 
@@ -359,6 +396,28 @@ def config_view(config: Config) -> dict[str, Any]:
 def load_config(path: str | Path) -> Config:
     """Read and parse a config file (at most schema.MAX_FILE_BYTES). Blocking: the server calls it in a thread."""
     return config_from_data(load_data_file(str(path), "config"), str(path))
+
+
+def check_config(path: str | Path) -> tuple[Config | None, list[str], list[str]]:
+    """check-config: (the config or None, every error each with its path, warnings).
+
+    Warnings name the files modules reference that cannot be read now: the config loads,
+    and probes using them fail with config_file_missing until the file is there.
+    """
+    errors: list[str] = []
+    try:
+        config = config_from_data(load_data_file(str(path), "config"), str(path), errors=errors)
+    except ConfigError as exc:
+        return None, errors or [str(exc)], []
+    warnings = []
+    for name in config.raw_modules:
+        module = config.modules[name]
+        prober = PROBERS[module.prober]
+        for where, file in prober.referenced_files(module.settings):
+            warning = filerefs.exists_warning(file, f"modules.{name}.{prober.section}.{where}")
+            if warning:
+                warnings.append(warning)
+    return config, [], warnings
 
 
 def load_config_or_builtins(path: str | Path | None) -> Config:

@@ -55,7 +55,7 @@ REASONS: dict[str, Reason] = {
     "protocol_error": Reason("any", "the peer's answer is not valid for the protocol (malformed status line or headers, query_response expectation not met)", "wrong port, non-HTTP service, broken proxy"),
     # probe-wide
     "invalid_target": Reason("probe", "the target is not valid for the prober (not a URL, no port, a host name that cannot be encoded, an IPv6 zone)", "typo in a target file, wrong module for the target"),
-    "config_file_missing": Reason("probe", "a file the module references (CA, certificate, key, password, token or body file) is missing, unreadable or too large; nothing was sent", "file not deployed or not mounted into the container, wrong path, permissions"),
+    "config_file_missing": Reason("probe", "a file the module references (CA, certificate, key, password, token or body file) is missing, unreadable, too large or not usable (not PEM, a key that does not match its certificate); nothing was sent", "file not deployed or not mounted into the container, wrong path, permissions"),
     "resource_exhausted": Reason("any", "the exporter ran out of a local resource (open files: EMFILE/ENFILE, socket buffers, memory) — not the target's fault", "open-file limit too low for the probe concurrency (see the start-up warning), too many concurrent probes"),
     "probe_timeout": Reason("any", "the probe's overall deadline ran out in a phase without a timeout reason of its own (writing the request, body transfer, query_response)", "server stalls mid-body, deadline shorter than the work"),
     "internal_error": Reason("any", "a bug in connhealth (never a target's fault); the log has the traceback", "please report it"),

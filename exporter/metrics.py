@@ -67,6 +67,11 @@ BUILD_INFO = "connhealth_build_info"
 RELOAD_SUCCESS = "connhealth_config_last_reload_successful"
 RELOAD_TIMESTAMP = "connhealth_config_last_reload_success_timestamp_seconds"
 RELOADS = "connhealth_config_reloads_total"
+# blackbox_exporter's own names, set beside ours: its users' alerts read them (awesome-prometheus-alerts'
+# BlackboxConfigurationReloadFailure: blackbox_exporter_config_last_reload_successful != 1).
+BB_RELOAD_SUCCESS = "blackbox_exporter_config_last_reload_successful"
+BB_RELOAD_TIMESTAMP = "blackbox_exporter_config_last_reload_success_timestamp_seconds"
+BB_MODULE_UNKNOWN = "blackbox_module_unknown_total"
 IN_FLIGHT = "connhealth_probes_in_flight"
 SCHEDULER_LAG = "connhealth_scheduler_lag_seconds"
 LOOP_LAG = "connhealth_event_loop_lag_seconds"
@@ -113,6 +118,10 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(RELOAD_SUCCESS, "gauge", (), "1 if the last configuration reload succeeded."),
     MetricSpec(RELOAD_TIMESTAMP, "gauge", (), "Unix time of the last successful configuration load."),
     MetricSpec(RELOADS, "counter", ("result",), "Configuration reloads by result (success, failure)."),
+    # blackbox_exporter's help texts, word for word.
+    MetricSpec(BB_RELOAD_SUCCESS, "gauge", (), "Blackbox exporter config loaded successfully."),
+    MetricSpec(BB_RELOAD_TIMESTAMP, "gauge", (), "Timestamp of the last successful configuration reload."),
+    MetricSpec(BB_MODULE_UNKNOWN, "counter", (), "Count of unknown modules requested by probes"),
     MetricSpec(IN_FLIGHT, "gauge", ("mode",), "Probes running now (mode=scheduled or probe_endpoint)."),
     MetricSpec(SCHEDULER_LAG, "histogram", (), "Actual minus planned start of scheduled probes."),
     MetricSpec(LOOP_LAG, "histogram", (), "Event-loop lag: how late a 0.25 s timer fires."),

@@ -147,9 +147,10 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
                    f" total {result.duration_seconds * 1000:.2f} ms")
     else:
         out.extend(waterfall(result, None, _ip_literal(result.target), color=color))
-    if result.details is not None:
+    summary = result.details.summary() if result.details is not None else ""
+    if summary:
         out.append("")
-        out.append("  " + result.details.summary())
+        out.append("  " + summary)
     out.extend(_lifecycle(result))
     if result.tls:
         t = result.tls

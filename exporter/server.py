@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -11,6 +12,7 @@ import platform
 import signal
 import time
 from collections.abc import Callable, Coroutine, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +32,8 @@ from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, confi
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
 from .engine import expected_families, expected_phases, run_probe
+from .net.tls import check_server_name
+from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
 from .resources import raise_fd_limit
@@ -90,8 +94,9 @@ class SelfMetrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         spec = {s.name: s for s in m.SELF}
         Gauge(m.BUILD_INFO, spec[m.BUILD_INFO].help, ["version", "python"], registry=r).labels(__version__, platform.python_version()).set(1)
-        self.reload_ok = Gauge(m.RELOAD_SUCCESS, spec[m.RELOAD_SUCCESS].help, registry=r)
-        self.reload_ts = Gauge(m.RELOAD_TIMESTAMP, spec[m.RELOAD_TIMESTAMP].help, registry=r)
+        self.reload_ok = _Gauges(*(Gauge(name, spec[name].help, registry=r) for name in (m.RELOAD_SUCCESS, m.BB_RELOAD_SUCCESS)))
+        self.reload_ts = _Gauges(*(Gauge(name, spec[name].help, registry=r) for name in (m.RELOAD_TIMESTAMP, m.BB_RELOAD_TIMESTAMP)))
+        self.module_unknown = Counter(m.BB_MODULE_UNKNOWN.removesuffix("_total"), spec[m.BB_MODULE_UNKNOWN].help, registry=r)
         self.reloads = Counter(m.RELOADS.removesuffix("_total"), spec[m.RELOADS].help, ["result"], registry=r)
         in_flight = Gauge(m.IN_FLIGHT, spec[m.IN_FLIGHT].help, ["mode"], registry=r)
         in_flight.labels("scheduled").set_function(lambda: exporter.scheduler.in_flight)
@@ -105,6 +110,17 @@ class SelfMetrics:
         self.probe_rejected = Counter(m.PROBE_REJECTED.removesuffix("_total"), spec[m.PROBE_REJECTED].help, registry=r)
         ProcessCollector(registry=r)
         r.register(_OutsideCounters(exporter))
+
+
+class _Gauges:
+    """One value under connhealth's name and blackbox_exporter's."""
+
+    def __init__(self, *gauges: Gauge) -> None:
+        self.gauges = gauges
+
+    def set(self, value: float) -> None:
+        for gauge in self.gauges:
+            gauge.set(value)
 
 
 class _OutsideCounters:
@@ -284,7 +300,17 @@ class Exporter:
         module_name = params.get("module", "http_2xx")
         module = self.config.modules.get(module_name)
         if module is None:
+            self.self_metrics.module_unknown.inc()
             return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
+        hostname = params.get("hostname", "")
+        if hostname:
+            try:
+                check_server_name(hostname)
+            except ValueError as exc:
+                return web.Response(status=400, text=f"Invalid hostname parameter: {exc}\n")
+            settings = PROBERS[module.prober].with_hostname(module.settings, hostname)
+            if settings is not module.settings:
+                module = dataclasses.replace(module, settings=settings)
         limit = self.options.probe_concurrency
         if self.probe_endpoint_in_flight >= limit:
             self.self_metrics.probe_rejected.inc()

@@ -169,7 +169,7 @@ async def test_probe_waterfall_tls_failure_in_words(cmd, secure):
         (["probe", "http://127.0.0.1:1/", "--timeout", "0"], "--timeout must be positive"),
         (["probe"], "the following arguments are required: target"),
         (["frobnicate"], "invalid choice"),
-        (["check-config", str(FIXTURES / "bad_configs" / "missing_ca_file.yml")], "ca_file: file '/nonexistent/connhealth-test/ca.pem' does not exist"),
+        (["check-config", str(FIXTURES / "bad_configs" / "bad_regexp_lookahead.yml")], "invalid perl operator: (?!"),
     ],
     ids=["bad_module", "url_no_host", "url_bad_port", "not_a_url", "bad_hostport", "bad_config", "missing_config", "bad_timeout", "no_target",
          "bad_command", "check_config_bad"],
@@ -179,6 +179,38 @@ async def test_usage_errors_exit_2(cmd, args, message):
     assert code == 2, (out, err)
     assert message in err
     assert out == ""
+
+
+async def test_check_config_lists_every_error_with_its_path(cmd):
+    code, out, err = await run(cmd, "check-config", str(FIXTURES / "check_config_many_errors.yml"))
+    assert (code, out) == (2, ""), (out, err)
+    assert err.splitlines() == [
+        "connhealth: modules.web.http.valid_status_codes[0]: 999 is not an HTTP status code",
+        "connhealth: modules.pop3.tcp.query_response[0].expect: invalid regexp '^220(': missing ): ^220(",
+        "connhealth: modules.mail.tcp.tls_config.min_version: invalid TLS version 'TLS99' (one of TLS10, TLS11, TLS12, TLS13)",
+        "connhealth: scheduler.concurrency: must be between 1 and 100000, got 0",
+        # the target naming the broken module "web" is not an error of its own; one naming no module is
+        f"connhealth: targets[1].module: unknown module 'nowhere' (known: {_KNOWN_AFTER_ERRORS})",
+        "connhealth: unknown_top: unknown field",
+        f"connhealth: {FIXTURES / 'check_config_many_errors.yml'}: 6 errors",
+    ], err
+
+
+_KNOWN_AFTER_ERRORS = "'fine, http_2xx, http_post_2xx, mail, pop3, tcp_connect, tls_connect, web'"
+
+
+async def test_check_config_warns_about_missing_files_and_config_check_is_an_alias(cmd, tmp_path):
+    config = tmp_path / "c.yml"
+    config.write_text("modules:\n  web:\n    prober: http\n    http:\n      tls_config:\n"
+                      "        ca_file: /nonexistent/connhealth-test/ca.pem\n")
+    expected = (f"{config}: OK (1 module defined, 4 built-in; 0 targets, 0 target file globs)\n"
+                f"{config}: warning: modules.web.http.tls_config.ca_file /nonexistent/connhealth-test/ca.pem: "
+                "No such file or directory (probes using it will fail with config_file_missing)\n")
+    for args in (["check-config", str(config)], ["serve", "--config.file", str(config), "--config.check"]):
+        code, out, err = await run(cmd, *args)
+        assert (code, out, err) == (0, expected, ""), args
+    code, out, err = await run(cmd, "serve", "--config.file", str(FIXTURES / "check_config_many_errors.yml"), "--config.check")
+    assert code == 2 and out == "" and err.endswith(": 6 errors\n"), err
 
 
 async def test_check_config_ok(cmd):

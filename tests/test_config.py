@@ -106,8 +106,9 @@ def test_real_world_blackbox_yml_loads_unchanged():
     assert h.valid_http_versions == ("HTTP/1.1", "HTTP/2.0")
     assert h.valid_status_codes == ()
     assert h.headers == (("Host", "vhost.example.com"), ("Accept-Language", "en-US"), ("Origin", "example.com"))
-    assert [r.pattern for r in h.fail_if_body_matches_regexp] == ["Could not connect to database"]
-    assert [r.pattern for r in h.fail_if_body_not_matches_regexp] == ["Download the latest version here"]
+    # Body regexps are RE2 over the body's bytes (Go's regexp.Match)
+    assert [r.pattern for r in h.fail_if_body_matches_regexp] == [b"Could not connect to database"]
+    assert [r.pattern for r in h.fail_if_body_not_matches_regexp] == [b"Download the latest version here"]
     (cookie,) = h.fail_if_header_matches
     assert (cookie.header, cookie.regexp.pattern, cookie.allow_missing) == ("Set-Cookie", ".*", True)
     (acao,) = h.fail_if_header_not_matches
@@ -122,7 +123,7 @@ def test_real_world_blackbox_yml_loads_unchanged():
     ssh = config.modules["ssh_banner"].settings
     assert [(s.expect.pattern if s.expect else None, s.send) for s in ssh.query_response] == [
         (b"^SSH-2.0-", None),
-        (None, "SSH-2.0-blackbox-ssh-check"),
+        (None, b"SSH-2.0-blackbox-ssh-check"),
     ]
     smtp = config.modules["smtp_starttls"].settings
     assert [s.starttls for s in smtp.query_response].count(True) == 1

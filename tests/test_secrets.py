@@ -73,7 +73,7 @@ modules:
     assert headers["X-Token"] == "e"
     assert isinstance(http.body, Secret) and config.modules["plain_body"].settings.body == "g"
     steps = config.modules["t"].settings.query_response
-    assert isinstance(steps[0].send, Secret) and steps[1].send == "i"
+    assert isinstance(steps[0].send, Secret) and steps[1].send == b"i"  # a send is bytes on the wire (YAML !!binary too)
 
 
 class Peers:

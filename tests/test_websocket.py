@@ -10,7 +10,7 @@ import pytest
 
 from exporter.config import parse_config
 from exporter.engine import expected_phases, run_probe
-from exporter.probers.websocket import WebSocketDetails, _expand
+from exporter.probers.websocket import WebSocketDetails
 from exporter.schema import ConfigError, Secret
 from exporter.sinks.exposition import probe_text
 from exporter.sinks.store import SeriesStore
@@ -139,12 +139,6 @@ def test_blackbox_authorization_shape_becomes_the_authorization_header() -> None
                                                          "tls_config": {"insecure_skip_verify": True}},
                                          "headers": {"X-Some-Header": "my_header"}})
     assert module.settings.headers == (("X-Some-Header", "my_header"), ("Authorization", Secret("Bearer secret_token")))
-
-
-def test_go_style_expansion() -> None:
-    match = re.search(r"(?P<who>\w+) (\w+)", "hello world")
-    assert match is not None
-    assert _expand("${1}-$2-${who}-${9}", match) == "hello-world-hello-"
 
 
 @pytest.mark.parametrize(("fields", "error"), [

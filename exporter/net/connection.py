@@ -535,7 +535,7 @@ async def open_socket(ip: str, port: int, family: int, source: str | None = None
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if source:
+        if source is not None:
             sock.bind((source, 0))
         await loop.sock_connect(sock, (ip, port))
     except BaseException:

@@ -11,10 +11,12 @@ from typing import Any
 from cryptography import x509
 
 from ..result import Certificate, TLSInfo
+from . import resolve
 
 __all__ = [
     "TLS_VERSIONS",
     "TLSConfig",
+    "check_server_name",
     "client_context",
     "describe",
     "describe_failure",
@@ -40,19 +42,33 @@ class TLSConfig:
     max_version: str | None = None
 
 
+def check_server_name(name: str) -> None:
+    """ValueError naming what is wrong with a TLS server name (SNI and the name verified): OpenSSL
+    would refuse it only at the handshake, as a crash rather than the user's mistake."""
+    if any(c.isspace() or not c.isprintable() for c in name):
+        raise ValueError(f"{name[:80]!r} contains a space or control character")
+    resolve.check_host(name)
+
+
 def _version(name: str) -> ssl.TLSVersion:
     return ssl.TLSVersion[TLS_VERSIONS[name]]
 
 
 @functools.lru_cache(maxsize=256)
-def client_context(cfg: TLSConfig, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
-    """One SSLContext per (TLS settings, ALPN): building one costs ~1 ms, probes reuse it.
+def client_context(cfg: TLSConfig, alpn: tuple[str, ...] = (), ca_data: bytes | None = None,
+                   key_pair: tuple[bytes, bytes] | None = None) -> ssl.SSLContext:
+    """One SSLContext per (TLS settings, ALPN, file contents): building one costs ~1 ms, probes reuse it.
 
     Reuse also matters for resumption: OpenSSL only resumes a session through
-    the context that created it.
+    the context that created it. A prober passes the contents of the files the
+    settings name (probers/connect.py reads them at probe time through filerefs):
+    a file changed in place gives a new context. ``key_pair`` (the certificate and
+    key files' bytes) is only part of the key; OpenSSL loads a key pair from its paths.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if cfg.ca_file:
+    if ca_data is not None:
+        ctx.load_verify_locations(cadata=ca_data.decode("latin-1"))
+    elif cfg.ca_file:
         ctx.load_verify_locations(cafile=cfg.ca_file)
     elif not cfg.insecure_skip_verify:
         # Loading the system trust store costs ~60 ms; pointless when nothing is verified.

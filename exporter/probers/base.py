@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
@@ -32,7 +32,7 @@ from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregi
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net import http1
 from ..net.guard import ProbeGuard
-from ..net.tls import TLS_VERSIONS, TLSConfig
+from ..net.tls import TLS_VERSIONS, TLSConfig, check_server_name
 from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
 from ..schema import ConfigError, Fields, Secret, brief
 
@@ -133,6 +133,17 @@ class Prober(abc.ABC):
         """This prober's families in /probe (blackbox names), beyond the shared ones."""
         return ()
 
+    def with_hostname(self, settings: Any, hostname: str) -> Any:
+        """The settings for a /probe request with ``hostname=`` (blackbox: tcp's TLS server name, http's
+        Host header); the default ignores it, as blackbox does for its other probers."""
+        return settings
+
+    def referenced_files(self, settings: Any) -> Iterable[tuple[str, str]]:
+        """(where, path) of every file the settings name, read at probe time (filerefs): check-config
+        warns about those it cannot read. Default: every str field named ``*_file``, at any depth
+        (tls_config.ca_file, body_file, basic_auth.password_file, ...)."""
+        return _files_in(settings, "")
+
     def display_target(self, target: str, settings: Any) -> str:
         """The target as every output shows it (result, logs, labels, spans): its secrets masked.
 
@@ -152,6 +163,20 @@ class Prober(abc.ABC):
             timeout_reasons={p.name: p.timeout_reason for p in self.phases if p.timeout_reason},
             errors=self.errors,
         )
+
+
+def _files_in(value: Any, where: str) -> Iterable[tuple[str, str]]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            path = f"{where}.{f.name}" if where else f.name
+            if f.name.endswith("_file") and isinstance(item, str):
+                yield path, item
+            else:
+                yield from _files_in(item, path)
+    elif isinstance(value, tuple):
+        for i, item in enumerate(value):
+            yield from _files_in(item, f"{where}[{i}]")
 
 
 PROBERS: dict[str, Prober] = {}
@@ -218,10 +243,13 @@ def parse_tls_config(f: Fields) -> TLSConfig:
     f.done()
     if cfg.key_file and not cfg.cert_file or cfg.cert_file and not cfg.key_file:
         raise ConfigError(f"{f.path}: cert_file and key_file must be given together")
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = getattr(cfg, key)
-        if value is not None and not Path(value).is_file():
-            raise ConfigError(f"{f.path}.{key}: file {value!r} does not exist")
+    if cfg.server_name:
+        try:
+            check_server_name(cfg.server_name)
+        except ValueError as exc:
+            raise ConfigError(f"{f.path}.server_name: {exc}") from None
+    # The files are read when a probe uses them (probers/connect.tls_context), as blackbox does:
+    # a missing one fails those probes, not the whole config; check-config warns about it.
     return cfg
 
 

@@ -1,9 +1,11 @@
 """The steps every connection-oriented prober shares: resolve, connect, TLS — each one named phase."""
 from __future__ import annotations
 
+import dataclasses
 import socket
 import ssl
 
+from .. import filerefs
 from ..failures import ProbeFailure
 from ..net import connection, resolve
 from ..net.tls import TLSConfig, client_context, tls_info_of
@@ -89,9 +91,10 @@ async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_
     return await connection.wrap(await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source, peer=peer))
 
 
-async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool) -> None:
+async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool,
+                       *, source: str | None = None) -> None:
     """dns + connect phases on a bare socket, closed at once: a plain tcp_connect needs no transport."""
-    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback)).close()
+    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source)).close()
 
 
 async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, cfg: TLSConfig,
@@ -99,8 +102,33 @@ async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, c
     """The tls phase on an established connection. A failed verification still reports the chain (blackbox #1119)."""
     server_name = cfg.server_name or host
     try:
-        ctx.tls = await ctx.phase("tls", conn.start_tls(client_context(cfg, alpn), server_name))
+        sslctx = await tls_context(cfg, alpn)
+        ctx.tls = await ctx.phase("tls", conn.start_tls(sslctx, server_name))
     except ssl.SSLCertVerificationError as exc:
         ctx.tls = tls_info_of(exc)
         raise
     ctx.log(f"TLS established: {ctx.tls.version} {ctx.tls.cipher}" + (f", ALPN {ctx.tls.alpn}" if ctx.tls.alpn else ""))
+
+
+async def tls_context(cfg: TLSConfig, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+    """The client context for ``cfg``, its CA, certificate and key files read now, as blackbox reads
+    them when a probe uses them: a missing or broken file fails this probe (config_file_missing),
+    not the config. A prober calls it before connecting, so a probe that cannot use its files sends nothing."""
+    if cfg.server_name is not None:
+        # The name is the handshake's, not the context's: one context for every name
+        # (a /probe?hostname= of its own must not build, and evict, a context per request).
+        cfg = dataclasses.replace(cfg, server_name=None)
+    if not (cfg.ca_file or cfg.cert_file or cfg.key_file):
+        return client_context(cfg, alpn)
+    ca = await filerefs.read(cfg.ca_file, "tls_config.ca_file") if cfg.ca_file else None
+    pair = None
+    if cfg.cert_file and cfg.key_file:
+        pair = (await filerefs.read(cfg.cert_file, "tls_config.cert_file"),
+                await filerefs.read(cfg.key_file, "tls_config.key_file"))
+    try:
+        return client_context(cfg, alpn, ca, pair)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        # Not PEM, a key that does not match its certificate, a file gone since it was read.
+        files = ", ".join(f"{k} {v}" for k, v in (("ca_file", cfg.ca_file), ("cert_file", cfg.cert_file),
+                                                  ("key_file", cfg.key_file)) if v)
+        raise ProbeFailure("config_file_missing", f"tls_config ({files}) cannot be used: {exc}", phase="probe") from None

@@ -22,9 +22,10 @@ from time import perf_counter_ns
 
 from ..failures import ProbeFailure, Reason
 from ..net import connection
-from ..net.tls import TLSConfig, client_context
+from ..net.tls import TLSConfig
 from ..result import TLSResumption
 from .base import PhaseSpec, ProbeContext, TLSResumptionConfig
+from .connect import tls_context
 
 TLS_FULL = PhaseSpec("tls_full", "TLS full (check)", "tls_resumption: the first handshake of the check, without a session",
                     optional=True)
@@ -47,7 +48,7 @@ async def check(ctx: ProbeContext, host: str, tls: TLSConfig, alpn: tuple[str, .
     if peer is None:  # pragma: no cover - a successful connection-oriented probe always has one
         return
     family = socket.AF_INET6 if peer.family == "ipv6" else socket.AF_INET
-    sslctx = client_context(tls, alpn)
+    sslctx = await tls_context(tls, alpn)  # the probe's own context: OpenSSL resumes only through it
     server_name = tls.server_name or host
 
     async def handshake(phase: str, session: ssl.SSLSession | None) -> tuple[connection.Connection, float, bool, str | None]:

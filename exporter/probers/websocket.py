@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -37,7 +36,7 @@ from ..net import http1
 from ..net.connection import Connection
 from ..net.tls import TLSConfig
 from ..result import Details, ProbeResult
-from ..schema import ConfigError, Fields, Secret, compile_regex, parse_ip_protocol, reveal
+from ..schema import ConfigError, Fields, Regexp, Secret, compile_regex, expand, parse_ip_protocol, reveal
 from . import stream
 from .base import CONNECT, DNS, TLS, PhaseSpec, ProbeContext, Prober, parse_headers, parse_tls_config, register, tls_section
 from .http import USER_AGENT
@@ -57,7 +56,7 @@ REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    expect: re.Pattern[str] | None = None
+    expect: Regexp | None = None
     send: str | None = None
 
 
@@ -92,7 +91,6 @@ class WebSocketDetails(Details):
 
 
 _SCHEMES = {"ws": False, "wss": True, "http": False, "https": True}
-_EXPAND_RE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 def _parse_step(raw: object, path: str) -> Step:
@@ -253,18 +251,6 @@ _WS_PONGS = ProbeFamily("probe_websocket_pongs", "Pongs received for this probe'
 _WS_CLOSE = ProbeFamily("probe_websocket_close_code", "The server's close code (1006: no close frame)")
 
 
-def _expand(template: str, match: re.Match[str]) -> str:
-    """Go's Regexp.Expand as blackbox uses it: ${1}, $1, ${name}; an unknown group expands to nothing."""
-    def group(m: re.Match[str]) -> str:
-        key = m.group(1) or m.group(2)
-        try:
-            return match.group(int(key) if key.isdigit() else key) or ""
-        except IndexError:
-            return ""
-
-    return _EXPAND_RE.sub(group, template)
-
-
 class _Session:
     """wsproto over our connection: events in order, each read bounded."""
 
@@ -364,7 +350,7 @@ class _Session:
                                    f"{step.expect.pattern!r}")
             self.ctx.log("query_response[%d]: matched %r", index, text[:200])
             if send is not None:
-                send = _expand(send, match)
+                send = expand(send, match)
         if send is not None:
             self._send(TextMessage(send), "exchange")
             assert self.conn is not None
