@@ -97,6 +97,8 @@ class Config:
     # module with command-line options (`connhealth probe -H ...`). Never shown: /config and
     # every other surface render the typed modules (config_view).
     raw_modules: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Labels on every /metrics series of this process (the prober's region, say): `serve --prober` adds one.
+    external_labels: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_resolver(f: Fields) -> ResolverConfig:
@@ -216,9 +218,13 @@ def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool
     )
     slos = parse_slos(f.raw.pop("slos", None), scheduler.buckets)
     guard = _parse_probe_guard(f.sub("probe_guard"))
+    external = parse_labels(f.raw.pop("external_labels", None), "external_labels")
+    clash = sorted({name for t in targets for name, _ in t.labels} & {name for name, _ in external})
+    if clash:
+        raise ConfigError(f"external_labels.{clash[0]}: also a target label; a series cannot carry it twice")
     f.done()
     return Config(modules=modules, source=source, targets=targets, target_files=files, scheduler=scheduler,
-                  slos=slos, probe_guard=guard, raw_modules=raw_modules)
+                  slos=slos, probe_guard=guard, raw_modules=raw_modules, external_labels=external)
 
 
 def _parse_probe_guard(f: Fields) -> ProbeGuard:
