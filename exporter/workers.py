@@ -286,6 +286,7 @@ class Parent:
 
 def run_parent(options: ServeOptions, count: int, argv: list[str]) -> int:
     """Run ``count`` workers with the serve arguments ``argv`` until SIGTERM/SIGINT."""
+    options.check()
     control = tempfile.mkdtemp(prefix="connhealth-workers-")  # 0700: only this user reaches the sockets
     try:
         return asyncio.run(Parent(options, count, argv, control).run())
