@@ -17,6 +17,10 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()  # a histogram's own bounds (empty: the store's, DEFAULT_BUCKETS by default)
 
 
+# The label naming the prober (its region or location) on every series of a process: serve --prober NAME,
+# or external_labels: {prober: NAME}. Rules and dashboards aggregate across it and break down by it.
+PROBER_LABEL = "prober"
+
 # Labels every continuous-mode series carries, before the user's target labels.
 TARGET_LABELS: tuple[str, ...] = ("target", "module")
 
