@@ -340,7 +340,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _generate_args(gen: argparse.ArgumentParser) -> None:
     _config_flag(gen, "config file with a slos: section (default: built-in modules, no SLOs)")
-    gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
+    gen.add_argument("--out", help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/ "
+                                   "(with --format prometheusrule or grafana-configmaps: the file to write, default stdout)")
+    gen.add_argument("--format", choices=["files", "prometheusrule", "grafana-configmaps"], default="files",
+                     help="files (default): rule files, dashboards and provisioning under --out; prometheusrule: the "
+                          "rules as one Prometheus Operator PrometheusRule; grafana-configmaps: the dashboards as "
+                          "ConfigMaps for Grafana's dashboard sidecar (Kubernetes)")
     gen.add_argument("--prometheus-url", help="Prometheus as Grafana reaches it, for the provisioned data source "
                                               "(default: Grafana's $CONNHEALTH_PROMETHEUS_URL)")
     gen.add_argument("--traces-url", help="the trace store (Jaeger query or Tempo) as Grafana reaches it "
@@ -387,7 +392,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     urls = {"prometheus_url": args.prometheus_url, "traces_url": args.traces_url}
     links = Links(traces=args.traces, **{k: v for k, v in urls.items() if v})
-    written = generate(load_config_or_builtins(args.config_file), args.out, links)
+    config = load_config_or_builtins(args.config_file)
+    if args.format != "files":
+        from .generate import dashboard_configmaps, prometheus_rule
+
+        text = prometheus_rule(config) if args.format == "prometheusrule" else dashboard_configmaps(config, links)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+        return EXIT_OK
+    if not args.out:
+        raise ConfigError("generate: --out DIR is required (unless --format prometheusrule or grafana-configmaps)")
+    written = generate(config, args.out, links)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 
