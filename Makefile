@@ -23,6 +23,10 @@ $(K8S_NODE): tests/k8s/package.json tests/k8s/package-lock.json
 
 node-deps: system-deps $(K8S_NODE)
 
+# The compose loop without Docker: exporter (demo) -> Prometheus -> Alertmanager -> a webhook receiver that prints.
+stack: $(STAMP) system-deps
+	$(PY) scripts/stack.py
+
 run: $(STAMP)
 	$(VENV)/bin/connhealth serve --demo --web.listen-address 127.0.0.1:9115
 
