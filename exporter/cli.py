@@ -259,6 +259,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and args.worker_index is None:
         from .workers import run_parent
 
+        if args.demo:
+            raise ConfigError("--workers does not combine with --demo (each worker would start demo targets of its own)")
+
         return run_parent(options, args.workers, args.argv)
     if args.demo:
         from .demo import serve_demo

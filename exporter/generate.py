@@ -130,16 +130,14 @@ def provisioning(links: Links = Links()) -> dict[str, str]:
 def outputs(config: Config, links: Links = Links()) -> dict[str, str]:
     """Relative path -> file content, everything ``generate`` writes."""
     if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
-        from ..alerts.rules import rule_files
         from ..dashboards.build import dashboards
     else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
-        from alerts.rules import rule_files
         from dashboards.build import dashboards
 
     spec: SLOSpec = config.slos or SLOSpec()
     source = Path(config.source).name if config.source else "the built-in defaults"
     out: dict[str, str] = {}
-    for name, content in rule_files(spec).items():
+    for name, content in _rule_files(config).items():
         out[f"alerts/generated/{name}"] = HEADER.format(source=source) + dump_yaml(content)
     for name, dash in dashboards(spec, links.traces).items():
         data = dashboard_json(dash)
@@ -151,9 +149,10 @@ def outputs(config: Config, links: Links = Links()) -> dict[str, str]:
 
 
 def _rule_files(config: Config) -> dict[str, dict[str, Any]]:
+    """File name -> rule file content, from the config's SLO spec."""
     if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
         from ..alerts.rules import rule_files
-    else:
+    else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
         from alerts.rules import rule_files
     return rule_files(config.slos or SLOSpec())
 

@@ -215,6 +215,13 @@ async def test_a_worker_that_cannot_start_stops_the_start_up(tmp_path):
     assert re.search(r"^connhealth: --workers: worker [01] exited with 1 before it was ready$", err, re.M), err
 
 
-async def test_workers_flag_is_validated_before_anything_starts():
-    code, out, err = await run_command([sys.executable, "-m", "exporter", "serve", "--workers", "0"])
-    assert (code, err) == (2, "connhealth: --workers must be between 1 and 4096, got 0\n")
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be between 1 and 4096, got 0"),
+    (["--workers", "2", "--demo"], "--workers does not combine with --demo (each worker would start demo targets of its own)"),
+    (["--shard", "2/2"], "--shard: INDEX must be below COUNT (2), got 2"),
+    (["--external-label", "prober"], "--external-label: expected NAME=VALUE, got 'prober'"),
+    (["--prober", "x", "--external-label", "job=a"], "--external-label.job: label name is reserved by connhealth"),
+])
+async def test_scale_flags_are_validated_before_anything_starts(args, message):
+    code, out, err = await run_command([sys.executable, "-m", "exporter", "serve", *args])
+    assert (code, err) == (2, f"connhealth: {message}\n")
