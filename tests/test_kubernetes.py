@@ -10,7 +10,6 @@ npm package @kubernetes-models/prometheus-operator ships them (generated from th
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

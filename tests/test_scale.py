@@ -15,7 +15,10 @@ import aiohttp
 import pytest
 import yaml
 
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
 from exporter.schema import ConfigError
+from exporter.sinks.merge import add_labels, merge
 from exporter.shard import Shard, owner, parse_shard, shard_from_env
 
 try:
@@ -64,6 +67,18 @@ def test_parse_shard_and_the_statefulset_ordinal():
         assert str(exc.value) == message
     with pytest.raises(ConfigError, match=r"needs a host name ending in -<number> .*'prober'"):
         parse_shard("ordinal/3", hostname="prober")
+
+
+def test_merge_keeps_one_group_per_family_and_add_labels_goes_first():
+    a = (b'# HELP x_total X.\n# TYPE x_total counter\nx_total{target="a"} 1 # {trace_id="ab"} 1.0\n'
+         b'# HELP up Up.\n# TYPE up gauge\nup 1\n# EOF\n')
+    b = b'# HELP x_total X.\n# TYPE x_total counter\nx_total{target="b"} 2\n# HELP up Up.\n# TYPE up gauge\nup 1\n# EOF\n'
+    assert merge([a, b], openmetrics=True) == (
+        b'# HELP x_total X.\n# TYPE x_total counter\nx_total{target="a"} 1 # {trace_id="ab"} 1.0\nx_total{target="b"} 2\n'
+        b'# HELP up Up.\n# TYPE up gauge\nup 1\n# EOF\n')
+    assert add_labels(b'# TYPE up gauge\nup 1\nup{} 2\n# TYPE y gauge\ny{a="b"} 3\n', (("worker", "1"),), skip=("y",)) == (
+        b'# TYPE up gauge\nup{worker="1"} 1\nup{worker="1"} 2\n# TYPE y gauge\ny{a="b"} 3\n')
+    assert add_labels(b'm{a="1"} 1\n', (("prober", 'e"u'),)) == b'm{prober="e\\"u",a="1"} 1\n'
 
 
 # --- replicas ---------------------------------------------------------------------------
@@ -166,6 +181,12 @@ async def test_workers_one_metrics_view_probe_from_both_reload_and_restart(tmp_p
         assert text.count("# TYPE connhealth_probe_attempts_total counter") == 1
         assert len(samples(text, "connhealth_build_info")) == 1  # the same in both workers: once, without worker
         assert value(text, "connhealth_workers") == 2 and value(text, "connhealth_workers_ready") == 2
+        # OpenMetrics (what Prometheus asks for, exemplars and all): one valid exposition, every target once.
+        status, om = await p.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert status == 200 and om.endswith("# EOF\n") and om.count("# EOF") == 1
+        families = {f.name: f for f in text_string_to_metric_families(om)}  # the reference parser: raises if invalid
+        assert sorted(s.labels["target"] for s in families["connhealth_probe_attempts"].samples
+                      if s.name == ATTEMPTS) == sorted(urls)
 
         # /probe: answered by both workers (each response names its worker in X-Connhealth-Worker;
         # 40 new connections all landing on one worker would have odds of 2^-39).
