@@ -11,6 +11,7 @@ targets of one replica spread evenly over its workers.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -31,6 +32,7 @@ def weight(salt: str, index: int, target: str, module: str) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a reload re-shards every target: most are the same as last time
 def owner(target: str, module: str, count: int, salt: str = "replica") -> int:
     """The shard (0..count-1) that probes ``target`` with ``module``."""
     return max(range(count), key=lambda i: weight(salt, i, target, module))
