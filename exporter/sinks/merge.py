@@ -47,31 +47,36 @@ def add_labels(text: bytes, pairs: tuple[tuple[str, str], ...], skip: Iterable[s
 
 
 def merge(texts: Iterable[bytes], openmetrics: bool = False) -> bytes:
-    """One exposition from several: each family once, in first-seen order, with every distinct sample of it."""
-    headers: dict[bytes, list[bytes]] = {}
-    samples: dict[bytes, dict[bytes, None]] = {}
+    """One exposition from several: each family once (its header from the first text that has it, in first-seen
+    order), followed by its samples from every text; a family's samples identical to ones already taken (the same
+    ``connhealth_build_info`` in every worker) are taken once.
+
+    Works on whole families, not lines (a 10k-target exposition is half a million lines): every producer here
+    starts a family with its ``# HELP`` line.
+    """
+    families: dict[bytes, tuple[bytes, list[bytes]]] = {}
     for text in texts:
-        family = b""
-        for line in text.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                line += b"\n"
-            if line == EOF:
+        if text.endswith(EOF):
+            text = text[:-len(EOF)]
+        for i, block in enumerate(text.split(b"\n# HELP ")):  # bytes.split: a C scan, 100x the regex's speed
+            if i:
+                block = b"# HELP " + block
+            if not block:
                 continue
-            if line.startswith(b"#"):
-                parts = line.split(b" ", 3)
-                if len(parts) >= 3 and parts[1] in (b"HELP", b"TYPE", b"UNIT"):
-                    family = parts[2]
-                    lines = headers.setdefault(family, [])
-                    samples.setdefault(family, {})
-                    if not any(h.split(b" ", 3)[1] == parts[1] for h in lines):
-                        lines.append(line)
-                continue
-            samples.setdefault(family, {})[line] = None
-            headers.setdefault(family, [])
-    out = []
-    for family, head in headers.items():
-        out.extend(head)
-        out.extend(samples[family])
+            if not block.endswith(b"\n"):
+                block += b"\n"  # the split took the newline that ended the previous family
+            name = block.split(b" ", 3)[2] if block.startswith(b"# HELP ") else b""
+            head_end = 0
+            while block.startswith(b"#", head_end):  # the family's # HELP, # TYPE and # UNIT lines
+                newline = block.find(b"\n", head_end)
+                head_end = len(block) if newline < 0 else newline + 1
+            head, body = block[:head_end], block[head_end:]
+            if name not in families:
+                families[name] = (head, [])
+            bodies = families[name][1]
+            if body and body not in bodies:
+                bodies.append(body)
+    out = [piece for head, bodies in families.values() for piece in (head, *bodies)]
     if openmetrics:
         out.append(EOF)
     return b"".join(out)
