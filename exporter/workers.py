@@ -50,7 +50,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PARENT_SOCKET = "parent.sock"
 # How long the parent waits for a worker's answer (a 10k-target exposition included).
 ASK_TIMEOUT = 30.0
-READY_TIMEOUT = 60.0
 RESTART_BACKOFF = (0.5, 30.0)  # first delay, ceiling; doubles per quick crash
 WORKER_HEADER = "X-Connhealth-Worker"
 
@@ -170,14 +169,16 @@ class Parent:
             backoff = RESTART_BACKOFF[0] if time.monotonic() - started > 60 else min(backoff * 2, RESTART_BACKOFF[1])
 
     async def _watch_ready(self, worker: _Worker) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
+        """Until the worker says ready (however long its config takes to load); cancelled when it exits."""
+        pause = 0.05
+        while True:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 status, _, _ = await _unix_request(worker_socket(self.control, worker.index), "GET", "/-/ready", timeout=2.0)
                 if status == 200:
                     worker.ready = worker.ever_ready = True
                     return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
     async def stop(self) -> None:
         self.stopping = True
