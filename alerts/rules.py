@@ -451,6 +451,49 @@ def lifecycle_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     return [{"name": "connhealth-lifecycle", "rules": rules}]
 
 
+REGION_RATIO = "connhealth_prober:availability:ratio_5m"
+ONE_REGION_ALERT = "ConnhealthTargetFailingFromOneRegion"
+# A region counts as failing a target below this availability over 5m, as healthy at or above REGION_OK.
+REGION_FAILING, REGION_OK = 0.5, 0.95
+
+
+def region_groups(spec: SLOSpec) -> list[dict[str, Any]]:
+    """Several probers (regions) probing the same targets, told apart by the ``prober`` label.
+
+    The SLOs already sum over every prober (one SLO over all regions). Here: each target's availability per
+    prober, each SLO's per-prober breakdown, and the alert for a target that fails from one region while
+    another succeeds: the network path from that region, not the service.
+    """
+    p = m.PROBER_LABEL
+    keep = "sum without (job, instance, worker)"
+    # No probe in 5m (observed 0): no ratio at all, rather than a 0 that reads as down.
+    rules: list[dict[str, Any]] = [{
+        "record": REGION_RATIO,
+        "expr": f"{keep} (increase({m.UP_SECONDS}[5m])) / ({keep} (increase({m.OBSERVED_SECONDS}[5m])) > 0)",
+    }]
+    for o in spec.objectives:
+        if o.availability is None:
+            continue
+        sel = o.matchers()
+        observed = f"sum by ({p}) (increase({m.OBSERVED_SECONDS}{{{sel}}}[5m]))"
+        up = f"sum by ({p}) (increase({m.UP_SECONDS}{{{sel}}}[5m]))"
+        rules.append({"record": "connhealth_slo:sli:by_prober", "expr": f"{up} / ({observed} > 0)",
+                      "labels": {"service": o.service, "slo": "availability", "window": "5m"}})
+    tgt = "{{ $labels.target }}"
+    others = f"on (target, module) (count without ({p}) ({REGION_RATIO} >= {num(REGION_OK)}) >= 1)"
+    expr = (f"{REGION_RATIO} < {num(REGION_FAILING)}\n"
+            f"and on (target, module) (count without ({p}) ({REGION_RATIO} < {num(REGION_FAILING)}) == 1)\n"
+            f"and {others}\n")
+    rules.append(_alert(
+        ONE_REGION_ALERT, expr, "5m", "warning",
+        f"{tgt} fails from prober {{{{ $labels.{p} }}}} only",
+        f"Over 5 minutes {tgt} (module {{{{ $labels.module }}}}) was up {{{{ $value | humanizePercentage }}}} of the time "
+        f"as seen from prober {{{{ $labels.{p} }}}}, while at least one other prober saw it up at least "
+        f"{num(REGION_OK * 100)}% of the time: the network path from that region fails, not the service.",
+        spec, "target", target=TGT_Q))
+    return [{"name": "connhealth-regions", "rules": rules}]
+
+
 def exporter_groups(spec: SLOSpec) -> list[dict[str, Any]]:
     """The exporter's own health."""
     inst = "{{ $labels.instance }}"
@@ -494,6 +537,7 @@ def rule_files(spec: SLOSpec, windows_fn: WindowsFn = burn_windows,
     return {
         "connhealth-slo.rules.yml": {"groups": _without_empty_annotations(
             slo_groups(spec, windows_fn, resolution) + sli_floor_groups(spec))},
-        "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec) + lifecycle_groups(spec))},
+        "connhealth-probes.rules.yml": {"groups": _without_empty_annotations(probe_groups(spec) + lifecycle_groups(spec)
+                                                                                + region_groups(spec))},
         "connhealth-exporter.rules.yml": {"groups": _without_empty_annotations(exporter_groups(spec))},
     }

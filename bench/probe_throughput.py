@@ -26,6 +26,8 @@ Usage:
   .venv/bin/python bench/probe_throughput.py [--duration 10] [--reps 3]
       [--connections 16] [--pin split|none] [--protocols tcp,http,https]
       [--baseline DIR]   # DIR: e.g. `git worktree add /tmp/before HEAD~1`; runs it side by side as "before"
+      [--workers 1,2]    # also run `serve --workers N` for each N > 1 side by side (as connhealth-wN);
+                         # with --pin none every exporter may use both cores
 Needs: nginx, wrk (apt-get install -y nginx wrk), prometheus-blackbox-exporter.
 Stops by itself: total time ≈ reps × protocols × 2 × (duration + 1) s + warm-up.
 """
@@ -214,6 +216,8 @@ def main() -> int:
                     "(pip install --target DIR uvloop); exporter/ is not modified")
     ap.add_argument("--baseline", metavar="DIR", help="also run the connhealth in source tree DIR (e.g. a git worktree of "
                     "the previous commit) as 'before', side by side in the same run, to compare before/after")
+    ap.add_argument("--workers", default="1", help="comma-separated worker counts: connhealth runs with --workers N for each "
+                    "(N=1 is 'connhealth', N>1 'connhealth-wN'), side by side in the same run (default 1)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--profile-dir", help="after the comparison, profile connhealth with py-spy (one wrk run per "
                     "protocol) and write collapsed stacks + a summary here; --reps 0 profiles only")
@@ -238,6 +242,13 @@ def main() -> int:
                             tmp / "connhealth.log", cpus=exp_cpus, env=connhealth_env(args.uvloop)),
     }
     ports = {"blackbox": bb_port, "connhealth": ch_port}
+    worker_counts = sorted({int(n) for n in args.workers.split(",") if n} - {1})
+    for n in worker_counts:
+        port = ports[f"connhealth-w{n}"] = free_port()
+        exporters[f"connhealth-w{n}"] = start(
+            [*connhealth_argv(args.uvloop), "serve", "--config.file", str(tmp / "blackbox.yml"), "--workers", str(n),
+             "--web.listen-address", f"{LOCALHOST}:{port}", "--log.level", "warn"],
+            tmp / f"connhealth-w{n}.log", cpus=exp_cpus, env=connhealth_env(args.uvloop))
     if args.baseline:
         before_port = ports["before"] = free_port()
         baseline = str(Path(args.baseline).resolve())
@@ -316,6 +327,17 @@ def main() -> int:
             after = summary[proto]["connhealth"]
             summary[proto].update({"before": before, "before_ratio": before / bb if bb else float("nan")})
             print(f"| {proto} | {before:.0f} | {before / bb:.2f}× | {after / bb:.2f}× | {after / before:.2f}× |")
+    if worker_counts:
+        print()
+        print("| probe | blackbox | connhealth (1 process) | " + " | ".join(f"connhealth --workers {n}" for n in worker_counts)
+              + " | " + " | ".join(f"--workers {n} / blackbox" for n in worker_counts) + " |")
+        print("|---" * (3 + 2 * len(worker_counts)) + "|")
+        for proto in protocols:
+            bb = summary[proto]["blackbox"]
+            rates = [median([r["rps"] for r in results[proto][f"connhealth-w{n}"]]) for n in worker_counts]
+            summary[proto].update({f"workers_{n}": rate for n, rate in zip(worker_counts, rates)})
+            print(f"| {proto} | {bb:.0f} | {summary[proto]['connhealth']:.0f} | " + " | ".join(f"{r:.0f}" for r in rates)
+                  + " | " + " | ".join(f"{r / bb:.2f}×" for r in rates) + " |")
     if args.json and args.reps:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary}, indent=2))
     if args.profile_dir:

@@ -19,12 +19,12 @@ from urllib.parse import quote
 from grafanalib import core as g
 
 if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.dashboards (pyproject's package-dir)
-    from ..alerts.rules import DASHBOARD_UIDS, burn_windows, duration, seconds
+    from ..alerts.rules import DASHBOARD_UIDS, REGION_FAILING, REGION_OK, REGION_RATIO, burn_windows, duration, seconds
     from ..exporter import metrics as m
     from ..exporter.generate import TRACES_DS_UID
     from ..exporter.slo import Objective, SLOSpec
 else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
-    from alerts.rules import DASHBOARD_UIDS, burn_windows, duration, seconds
+    from alerts.rules import DASHBOARD_UIDS, REGION_FAILING, REGION_OK, REGION_RATIO, burn_windows, duration, seconds
     from exporter import metrics as m
     from exporter.generate import TRACES_DS_UID
     from exporter.slo import Objective, SLOSpec
@@ -220,8 +220,9 @@ def _slo_row(grid: Grid, o: Objective, slo: str, objective: float, heat: bool, t
                                     f"({', '.join(f'{b.factor:g}x over {b.long}/{b.short}' for b in windows)}); an alert "
                                     "fires when both of its windows are above its line.",
                         targets=burn), 8, 8)
-    grid.add(sli_by("region", o, slo, objective), 6, 7)
-    grid.add(sli_by("cluster", o, slo, objective), 6, 7)
+    grid.add(sli_by(m.PROBER_LABEL, o, slo, objective), 4, 7)
+    grid.add(sli_by("region", o, slo, objective), 4, 7)
+    grid.add(sli_by("cluster", o, slo, objective), 4, 7)
     grid.add(failing_targets(f"{o.matchers()},{JI}", "Failing targets and their dominant reason",
                              f"Targets of {o.service} by failed probes over the time on screen, with the reason each "
                              "failed with most. Click a target for its detail or for its failing probes' traces.",
@@ -279,6 +280,27 @@ def _common_vars(*extra: g.Template) -> list[g.Template]:
     ]
 
 
+def _prober_row(grid: Grid) -> None:
+    """Several probers (serve --prober REGION) on the same targets: where only one of them sees a failure."""
+    p = m.PROBER_LABEL
+    # The recorded ratio keeps the target's labels but not job and instance (it sums the probers' exporters).
+    sel = 'service=~"$service",region=~"$region",cluster=~"$cluster"'
+    ratio = f"{REGION_RATIO}{{{sel}}}"
+    grid.row("Probers (regions)")
+    grid.add(Table(title="Failing from one region only", unitId="percentunit",
+                   description=f"Targets up less than {REGION_FAILING * 100:g}% of the last 5 minutes from exactly one "
+                               f"prober while another saw them up at least {REGION_OK * 100:g}%: the network path from "
+                               "that region fails, not the service (alert ConnhealthTargetFailingFromOneRegion).",
+                   targets=[T(f"{ratio} < {REGION_FAILING:g}\nand on (target, module) (count without ({p}) "
+                              f"({ratio} < {REGION_FAILING:g}) == 1)\nand on (target, module) (count without ({p}) "
+                              f"({ratio} >= {REGION_OK:g}) >= 1)", instant=True)],
+                   dataLinks=[_target_link()]), 12, 8)
+    grid.add(TimeSeries(title="Availability by prober", unitId="percentunit", fmin=0.0, fmax=1.0,
+                        description="Share of the observed time the targets were up (5m windows), as each prober saw "
+                                    "it: one prober's line dropping alone points at its network path.",
+                        targets=[T(f"avg by ({p}) ({ratio})", f"{{{{{p}}}}}")]), 12, 8)
+
+
 def failure_attribution(traces: str = "jaeger") -> g.Dashboard:
     fail = f"rate({m.PROBE_FAILURES}{{{F}}}[{RI}])"
     grid = Grid()
@@ -329,6 +351,7 @@ def failure_attribution(traces: str = "jaeger") -> g.Dashboard:
     grid.add(BarGauge(title="TLS versions", unitId="none", format="none", fmin=0.0, orientation="horizontal",
                       description="Targets by the TLS version of their last completed handshake.",
                       targets=[T(f"count by (version) ({m.TLS_VERSION}{{{F}}})", "{{version}}", instant=True)]), 12, 8)
+    _prober_row(grid)
     lifecycle_row(grid, F, "region")
     return _dashboard("failures", "connhealth / Failure attribution",
                       "Failures by reason, phase, region and service; phase latency with trace exemplars; TLS.",
@@ -403,6 +426,12 @@ def target_detail() -> g.Dashboard:
                         targets=[T(f"sum by (phase, reason) (rate({m.PROBE_FAILURES}{{{t}}}[{RI}]))", "{{phase}} / {{reason}}",
                                    exemplar=True)]),
              12, 8)
+    grid.add(TimeSeries(title="Availability by prober", unitId="percentunit", fmin=0.0, fmax=1.0,
+                        description="Share of the observed time the target was up, as each prober (region) saw it: "
+                                    "one prober failing alone points at its network path, not the target.",
+                        targets=[T(f"sum by ({m.PROBER_LABEL}) (rate({m.UP_SECONDS}{{{t}}}[{RI}])) / clamp_min(sum by "
+                                   f"({m.PROBER_LABEL}) (rate({m.OBSERVED_SECONDS}{{{t}}}[{RI}])), 1e-12)",
+                                   f"{{{{{m.PROBER_LABEL}}}}}")]), 24, 8)
     grid.add(heatmap(title="Phase latency heatmap", description="Distribution of every phase of this target per "
                                                                 "interval; exemplars (dots) open the probe's trace.",
                      targets=[T(f"sum by (le) (rate({m.PHASE_DURATION}_bucket{{{t}}}[{RI}]))", "{{le}}", exemplar=True,

@@ -202,6 +202,20 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--metrics.created", dest="created_series", action="store_true",
                    help="expose the _created series of the exporter's own counters (off by default)")
     s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
+    scale = s.add_argument_group("scale up and out (README: Deploy and scale)")
+    scale.add_argument("--shard", metavar="INDEX/COUNT",
+                       help="probe only this replica's share of the continuous targets (rendezvous hashing of target and "
+                            "module); INDEX may be 'ordinal': the number ending the host name, as in a StatefulSet "
+                            "(default: $CONNHEALTH_SHARD, else every target)")
+    scale.add_argument("--workers", type=int, default=1,
+                       help="worker processes: each probes its share of the continuous targets; all serve /probe on the "
+                            "listen address (SO_REUSEPORT); /metrics is one view (default 1: no workers)")
+    scale.add_argument("--prober", metavar="NAME",
+                       help="a prober label (e.g. the region) on every /metrics series: --external-label prober=NAME")
+    scale.add_argument("--external-label", dest="external_labels", action="append", default=[], metavar="NAME=VALUE",
+                       help="a label on every /metrics series (repeatable; adds to the config's external_labels)")
+    scale.add_argument("--worker-control", dest="worker_control", help=argparse.SUPPRESS)  # set by the parent of --workers
+    scale.add_argument("--worker-index", dest="worker_index", type=int, help=argparse.SUPPRESS)
     s.add_argument("--event-loop", dest="event_loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                    help="event loop implementation (default auto: uvloop when installed, ~20%% more probes/s)")
     _log_flags(s)
@@ -221,7 +235,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
     if args.trace_url is not None and "{trace_id}" not in args.trace_url:
         raise ConfigError(f"--web.trace-url must contain {{trace_id}} (got {args.trace_url!r})")
+    from .shard import MAX_SHARDS, Shard, parse_shard, shard_from_env
+
+    if not 1 <= args.workers <= MAX_SHARDS:
+        raise ConfigError(f"--workers must be between 1 and {MAX_SHARDS}, got {args.workers}")
+    replica = parse_shard(args.shard) if args.shard else shard_from_env()
+    shards = tuple(s for s in (replica,) if s is not None and s.count > 1)
+    if args.worker_index is not None:
+        shards += (Shard(args.worker_index, args.workers, "worker"),)
+    config = load_config_or_builtins(args.config_file)
     options = ServeOptions(
+        shards=shards,
+        external_labels=_external_labels(args, config),
+        worker=args.worker_index,
         config_file=args.config_file,
         listen=args.listen or [":9115"],
         route_prefix=args.route_prefix,
@@ -235,11 +261,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         created_series=args.created_series,
         probe_concurrency=args.probe_concurrency,
     )
+    if args.workers > 1 and args.worker_index is None:
+        from .workers import run_parent
+
+        if args.demo:
+            raise ConfigError("--workers does not combine with --demo (each worker would start demo targets of its own)")
+
+        return run_parent(options, args.workers, args.argv)
     if args.demo:
         from .demo import serve_demo
 
         return _run(serve_demo(options), args.event_loop)
-    return _run(serve(options, load_config_or_builtins(args.config_file)), args.event_loop)
+    return _run(serve(options, config, worker_control=args.worker_control), args.event_loop)
+
+
+def _external_labels(args: argparse.Namespace, config: Any) -> tuple[tuple[str, str], ...]:
+    """The config's external_labels, then --external-label NAME=VALUE, then --prober NAME (later ones win)."""
+    from .config import parse_labels
+
+    given: dict[str, str] = dict(config.external_labels)
+    flags = {}
+    for item in args.external_labels:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--external-label: expected NAME=VALUE, got {item!r}")
+        flags[name] = value
+    if args.prober is not None:
+        flags["prober"] = args.prober
+    given.update(parse_labels(flags, "--external-label"))
+    return tuple(sorted(given.items()))
 
 
 def _run(coro: Coroutine[Any, Any, int], event_loop: str) -> int:
@@ -310,7 +360,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _generate_args(gen: argparse.ArgumentParser) -> None:
     _config_flag(gen, "config file with a slos: section (default: built-in modules, no SLOs)")
-    gen.add_argument("--out", required=True, help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/")
+    gen.add_argument("--out", help="directory; writes OUT/alerts/generated/ and OUT/dashboards/generated/ "
+                                   "(with --format prometheusrule or grafana-configmaps: the file to write, default stdout)")
+    gen.add_argument("--format", choices=["files", "prometheusrule", "grafana-configmaps"], default="files",
+                     help="files (default): rule files, dashboards and provisioning under --out; prometheusrule: the "
+                          "rules as one Prometheus Operator PrometheusRule; grafana-configmaps: the dashboards as "
+                          "ConfigMaps for Grafana's dashboard sidecar (Kubernetes)")
     gen.add_argument("--prometheus-url", help="Prometheus as Grafana reaches it, for the provisioned data source "
                                               "(default: Grafana's $CONNHEALTH_PROMETHEUS_URL)")
     gen.add_argument("--traces-url", help="the trace store (Jaeger query or Tempo) as Grafana reaches it "
@@ -357,7 +412,20 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     urls = {"prometheus_url": args.prometheus_url, "traces_url": args.traces_url}
     links = Links(traces=args.traces, **{k: v for k, v in urls.items() if v})
-    written = generate(load_config_or_builtins(args.config_file), args.out, links)
+    config = load_config_or_builtins(args.config_file)
+    if args.format != "files":
+        from .generate import dashboard_configmaps, prometheus_rule
+
+        text = prometheus_rule(config) if args.format == "prometheusrule" else dashboard_configmaps(config, links)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+        return EXIT_OK
+    if not args.out:
+        raise ConfigError("generate: --out DIR is required (unless --format prometheusrule or grafana-configmaps)")
+    written = generate(config, args.out, links)
     print(f"wrote {len(written)} files under {args.out}")
     return EXIT_OK
 
@@ -383,7 +451,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # serve --workers starts its workers with the same arguments
     run = {c.name: c.run for c in COMMANDS}[args.command]
     try:
         code = run(args)

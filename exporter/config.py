@@ -7,7 +7,7 @@ prober section is parsed by that prober (``probers.base.Prober.parse``).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -101,6 +101,8 @@ class Config:
     # module with command-line options (`connhealth probe -H ...`). Never shown: /config and
     # every other surface render the typed modules (config_view).
     raw_modules: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Labels on every /metrics series of this process (the prober's region, say): `serve --prober` adds one.
+    external_labels: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_resolver(f: Fields) -> ResolverConfig:
@@ -250,12 +252,22 @@ def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool
     )
     slos = _attempt(errors, lambda: parse_slos(f.raw.pop("slos", None), scheduler.buckets), None)
     guard = _attempt(errors, lambda: _parse_probe_guard(f.sub("probe_guard")), DEFAULT_GUARD)
+    no_labels: tuple[tuple[str, str], ...] = ()
+    external = _attempt(errors, lambda: _parse_external_labels(f, targets), no_labels)
     _attempt(errors, f.done, None)
     if errors:
         raise ConfigError(errors[0])
     return Config(modules=modules, source=source, targets=tuple(t for t in targets if t is not None),
                   target_files=tuple(t for t in files if t is not None), scheduler=scheduler,
-                  slos=slos, probe_guard=guard, raw_modules=raw_modules)
+                  slos=slos, probe_guard=guard, raw_modules=raw_modules, external_labels=external)
+
+
+def _parse_external_labels(f: Fields, targets: Iterable[TargetSpec | None]) -> tuple[tuple[str, str], ...]:
+    external = parse_labels(f.raw.pop("external_labels", None), "external_labels")
+    clash = sorted({name for t in targets if t is not None for name, _ in t.labels} & {name for name, _ in external})
+    if clash:
+        raise ConfigError(f"external_labels.{clash[0]}: also a target label; a series cannot carry it twice")
+    return external
 
 
 def _parse_probe_guard(f: Fields) -> ProbeGuard:

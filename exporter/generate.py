@@ -130,16 +130,14 @@ def provisioning(links: Links = Links()) -> dict[str, str]:
 def outputs(config: Config, links: Links = Links()) -> dict[str, str]:
     """Relative path -> file content, everything ``generate`` writes."""
     if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
-        from ..alerts.rules import rule_files
         from ..dashboards.build import dashboards
     else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
-        from alerts.rules import rule_files
         from dashboards.build import dashboards
 
     spec: SLOSpec = config.slos or SLOSpec()
     source = Path(config.source).name if config.source else "the built-in defaults"
     out: dict[str, str] = {}
-    for name, content in rule_files(spec).items():
+    for name, content in _rule_files(config).items():
         out[f"alerts/generated/{name}"] = HEADER.format(source=source) + dump_yaml(content)
     for name, dash in dashboards(spec, links.traces).items():
         data = dashboard_json(dash)
@@ -148,6 +146,47 @@ def outputs(config: Config, links: Links = Links()) -> dict[str, str]:
     for name, text in provisioning(links).items():
         out[f"dashboards/generated/provisioning/{name}"] = text
     return out
+
+
+def _rule_files(config: Config) -> dict[str, dict[str, Any]]:
+    """File name -> rule file content, from the config's SLO spec."""
+    if __package__ and __package__.startswith("connhealth."):  # installed: connhealth.exporter
+        from ..alerts.rules import rule_files
+    else:  # a checkout: exporter/, dashboards/ and alerts/ side by side
+        from alerts.rules import rule_files
+    return rule_files(config.slos or SLOSpec())
+
+
+def prometheus_rule(config: Config, name: str = "connhealth", labels: dict[str, str] | None = None) -> str:
+    """The generated rule files as one Prometheus Operator ``PrometheusRule``: their groups, in file order.
+
+    ``labels`` go on the resource: the operator's Prometheus picks rules by its ruleSelector.
+    """
+    groups = [group for content in _rule_files(config).values() for group in content["groups"]]
+    source = Path(config.source).name if config.source else "the built-in defaults"
+    return HEADER.format(source=source) + dump_yaml({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "connhealth", **(labels or {})}},
+        "spec": {"groups": groups},
+    })
+
+
+def dashboard_configmaps(config: Config, links: Links = Links()) -> str:
+    """The dashboards as ConfigMaps labelled for Grafana's dashboard sidecar (``grafana_dashboard: "1"``),
+    one per dashboard, in one multi-document YAML; the sidecar puts them in the "connhealth" folder."""
+    docs = []
+    for rel, text in outputs(config, links).items():
+        if rel.startswith("dashboards/generated/") and rel.count("/") == 2 and rel.endswith(".json"):
+            name = Path(rel).stem
+            docs.append(dump_yaml({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": f"connhealth-dashboard-{name}", "labels": {"grafana_dashboard": "1",
+                                                                               "app.kubernetes.io/name": "connhealth"},
+                             "annotations": {"grafana_folder": "connhealth"}},
+                "data": {f"connhealth-{name}.json": text},
+            }))
+    source = Path(config.source).name if config.source else "the built-in defaults"
+    return HEADER.format(source=source) + "---\n".join(docs)
 
 
 def generate(config: Config, out_dir: str | Path, links: Links = Links()) -> list[Path]:

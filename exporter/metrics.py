@@ -17,6 +17,10 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()  # a histogram's own bounds (empty: the store's, DEFAULT_BUCKETS by default)
 
 
+# The label naming the prober (its region or location) on every series of a process: serve --prober NAME,
+# or external_labels: {prober: NAME}. Rules and dashboards aggregate across it and break down by it.
+PROBER_LABEL = "prober"
+
 # Labels every continuous-mode series carries, before the user's target labels.
 TARGET_LABELS: tuple[str, ...] = ("target", "module")
 
@@ -81,6 +85,10 @@ TARGET_FILE_ERRORS = "connhealth_target_file_errors_total"
 TRACE_EXPORT_DROPS = "connhealth_trace_spans_dropped_total"
 BACKGROUND_FAILURES = "connhealth_background_task_failures_total"
 PROBE_REJECTED = "connhealth_probe_requests_rejected_total"
+# serve --workers: the parent's own series.
+WORKERS_CONFIGURED = "connhealth_workers"
+WORKERS_READY = "connhealth_workers_ready"
+WORKER_RESTARTS = "connhealth_worker_restarts_total"
 # The supervised background tasks, as the task label names them.
 BACKGROUND_TASKS: tuple[str, ...] = ("scheduler", "file_watcher", "loop_lag", "trace_export")
 
@@ -131,6 +139,14 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(TRACE_EXPORT_DROPS, "counter", ("reason",), "Trace spans dropped instead of exported, by reason (queue_full, export_failed)."),
     MetricSpec(BACKGROUND_FAILURES, "counter", ("task",), "Failures of a background task (scheduler, file_watcher, loop_lag, trace_export); each is logged and the task restarts with backoff."),
     MetricSpec(PROBE_REJECTED, "counter", (), "/probe requests answered 503 because --probe.concurrency requests were already running."),
+)
+
+# Only with serve --workers N (N > 1): the parent's series. The workers' own SELF series then carry a
+# worker label (all but connhealth_build_info, the same in every worker).
+WORKERS: tuple[MetricSpec, ...] = (
+    MetricSpec(WORKERS_CONFIGURED, "gauge", (), "Worker processes configured (serve --workers)."),
+    MetricSpec(WORKERS_READY, "gauge", (), "Worker processes running and ready."),
+    MetricSpec(WORKER_RESTARTS, "counter", ("worker",), "Worker processes started again after they exited unasked."),
 )
 
 PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (

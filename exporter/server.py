@@ -36,9 +36,11 @@ from .net.tls import check_server_name
 from .probers import PROBERS
 from .sinks.exposition import probe_text
 from .sinks.history import History, HistoryEntry
+from .sinks.merge import add_labels
 from .resources import raise_fd_limit
 from .result import ProbeResult
 from .scheduler import Coverage, Scheduler
+from .shard import Shard
 from .status import render_status
 from .sinks.store import SeriesStore
 from .supervise import supervise
@@ -71,6 +73,11 @@ class ServeOptions:
     trace_url: str | None = None  # status page: link a trace id here ("{trace_id}" is replaced)
     created_series: bool = False  # the _created series of the exporter's own counters
     probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY
+    # Continuous targets this process probes: those every shard here owns (--shard, then the worker's i/N).
+    shards: tuple[Shard, ...] = ()
+    # Labels on every /metrics series (--prober, --external-label and the config's external_labels).
+    external_labels: tuple[tuple[str, str], ...] = ()
+    worker: int | None = None  # the worker's index under --workers (None: a process of its own)
 
     def check(self) -> None:
         """Every number finite and in range; a ConfigError names the flag."""
@@ -154,7 +161,8 @@ class Exporter:
         self.probe_endpoint_in_flight = 0
         self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
-        self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
+        self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS,
+                                 options.external_labels)
         self.scheduler = Scheduler(
             config.modules, config.scheduler, self._on_result,
             on_lag=self.self_metrics.scheduler_lag.observe,
@@ -241,7 +249,9 @@ class Exporter:
         return True, "config reloaded"
 
     def _all_targets(self) -> list[TargetSpec]:
-        return list(self.config.targets) + self.file_targets
+        shards = self.options.shards
+        targets = list(self.config.targets) + self.file_targets
+        return [t for t in targets if all(s.owns(t.target, t.module) for s in shards)] if shards else targets
 
     def _apply_targets(self) -> None:
         targets = self._all_targets()
@@ -350,12 +360,17 @@ class Exporter:
             await response.write(chunk)
             # A 10k-target render must not stall scheduled probes for its whole duration.
             await asyncio.sleep(0)
-        if openmetrics:
-            await response.write(generate_openmetrics(self.self_metrics.registry))  # ends with "# EOF"
-        else:
-            await response.write(generate_latest(self.self_metrics.registry))
+        await response.write(self.self_metrics_text(openmetrics))  # OpenMetrics' ends with "# EOF"
         await response.write_eof()
         return response
+
+    def self_metrics_text(self, openmetrics: bool) -> bytes:
+        """The exporter's own metrics, with the external labels and, in a worker, ``worker`` (build_info is
+        the same in every worker: it goes without)."""
+        text = (generate_openmetrics if openmetrics else generate_latest)(self.self_metrics.registry)
+        if self.options.worker is not None:
+            text = add_labels(text, (("worker", str(self.options.worker)),), skip=(m.BUILD_INFO,))
+        return add_labels(text, self.options.external_labels)
 
     async def handle_index(self, request: web.Request) -> web.Response:
         html = render_status(self, _prefix(self.options.route_prefix))
@@ -444,20 +459,23 @@ def _prefix(route_prefix: str) -> str:
     return "" if p == "/" else p
 
 
-def build_app(exporter: Exporter, web_config: WebConfig = WebConfig()) -> web.Application:
+def build_app(exporter: Exporter, web_config: WebConfig = WebConfig(),
+              overrides: dict[str, Callable[[web.Request], Any]] | None = None) -> web.Application:
+    """The public app; ``overrides`` replaces the handlers of some paths (a worker's /metrics, /-/reload, /-/ready)."""
     app = web.Application(middlewares=web_config.middlewares())
     web_config.add_headers(app)
     p = _prefix(exporter.options.route_prefix)
+    h = overrides or {}
     app.router.add_get(p + "/probe", exporter.handle_probe)
-    app.router.add_get(p + "/metrics", exporter.handle_metrics)
+    app.router.add_get(p + "/metrics", h.get("/metrics", exporter.handle_metrics))
     app.router.add_get(p + "/", exporter.handle_index)
     if p:
         app.router.add_get(p, exporter.handle_index)
     app.router.add_get(p + "/logs", exporter.handle_logs)
     app.router.add_get(p + "/config", exporter.handle_config)
-    app.router.add_post(p + "/-/reload", exporter.handle_reload)
+    app.router.add_post(p + "/-/reload", h.get("/-/reload", exporter.handle_reload))
     app.router.add_get(p + "/-/healthy", exporter.handle_healthy)
-    app.router.add_get(p + "/-/ready", exporter.handle_ready)
+    app.router.add_get(p + "/-/ready", h.get("/-/ready", exporter.handle_ready))
     return app
 
 
@@ -470,7 +488,9 @@ def _parse_listen(address: str) -> tuple[str | None, int]:
 
 
 async def serve(options: ServeOptions, config: Config | None = None, *,
-                on_started: Callable[[Exporter, web.AppRunner], None] | None = None) -> int:
+                on_started: Callable[[Exporter, web.AppRunner], None] | None = None, worker_control: str | None = None) -> int:
+    """Run the exporter until SIGTERM/SIGINT. ``worker_control``: this is worker ``options.worker`` of
+    ``serve --workers`` (exporter/workers.py), whose parent listens in that directory."""
     options.check()
     if config is None:
         config = await asyncio.to_thread(load_config_or_builtins, options.config_file)
@@ -479,15 +499,31 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     raise_fd_limit(config.scheduler.concurrency + options.probe_concurrency)
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
-    app = build_app(exporter, web_config)
+    runners = []
+    if worker_control is not None and options.worker is not None:
+        from .workers import die_with_parent, name_worker, parent_routes, worker_app, worker_socket
+
+        die_with_parent()
+        app = build_app(exporter, web_config, parent_routes(exporter, worker_control, options.worker))
+        app["worker_index"] = options.worker
+        app.on_response_prepare.append(name_worker)
+        private = web.AppRunner(worker_app(exporter), access_log=None, shutdown_timeout=options.grace)
+        await private.setup()
+        await web.UnixSite(private, worker_socket(worker_control, options.worker)).start()
+        runners.append(private)
+    else:
+        app = build_app(exporter, web_config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
     await runner.setup()
+    runners.append(runner)
     for host, port in listen:
-        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context)
+        # Workers share the listen addresses: the kernel spreads connections over them (SO_REUSEPORT).
+        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context, reuse_port=worker_control is not None)
         try:
             await site.start()
         except OSError as exc:
-            await runner.cleanup()
+            for r in runners:
+                await r.cleanup()
             shutdown_tracing(span_processor)
             where = join_host_port(host, port) if host else f":{port}"
             why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
@@ -513,6 +549,6 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     # Together, not one after the other: runner.cleanup() closes the listeners
     # at once (no new /probe requests while scheduled probes drain), and both
     # drains share one grace period instead of taking up to twice it.
-    await asyncio.gather(exporter.stop(), runner.cleanup())
+    await asyncio.gather(exporter.stop(), *(r.cleanup() for r in runners))
     await asyncio.get_running_loop().run_in_executor(None, shutdown_tracing, span_processor)
     return 0

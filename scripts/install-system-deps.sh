@@ -15,6 +15,8 @@ have prometheus-alertmanager || need="$need prometheus-alertmanager"
 have chromium || need="$need chromium"
 have docker-compose || need="$need docker-compose"
 have curl || need="$need curl"
+# npm (with nodejs): the Prometheus Operator's resource schemas for the Kubernetes manifests' test (Makefile node-deps).
+have npm || need="$need npm"
 # nginx: a real server for the keep-alive idle timeout and TLS session resumption tests.
 [ -x /usr/sbin/nginx ] || have nginx || need="$need nginx-light"
 # tinyproxy: a real forward proxy (plain and CONNECT) for the http prober's proxy_url tests.

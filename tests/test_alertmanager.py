@@ -189,8 +189,9 @@ async def test_exporter_down_pages_and_inhibits_targets_absent(tmp_path: Path) -
         for group in content["groups"]:
             for rule in group["rules"]:
                 # Test-sized (the generated 2m / 10m would outlast the test); TargetsAbsent waits 5s so that it
-                # cannot fire in the moment before Prometheus' first scrape.
-                rule["for"] = "5s" if rule["alert"] == "ConnhealthTargetsAbsent" else "0s"
+                # cannot fire in the moment before Prometheus' first scrape. (Recording rules have no `for`.)
+                if "alert" in rule:
+                    rule["for"] = "5s" if rule["alert"] == "ConnhealthTargetsAbsent" else "0s"
         (tmp_path / name).write_text(dump_yaml(content))
         rules.append(tmp_path / name)
     am = exporter = prom = None

@@ -7,7 +7,9 @@ evaluates the rules generated from the same spec (at a 10s resolution instead
 of 5m, so the tiled windows fill within the test); then each panel's PromQL
 (variables substituted) goes through /api/v1/query and must return data —
 heatmaps and SLI by region included — and the failure-attribution panels must
-show the injected reasons.
+show the injected reasons. The exporters run with `--prober eu-west` / `--prober us-east`, and each resolves
+path.test with its own DNS server: to the HTTP peer from eu-west, to a refused address from us-east, so
+"Failing from one region only" has its target.
 """
 from __future__ import annotations
 
@@ -28,12 +30,12 @@ from exporter.generate import dump_yaml, outputs
 
 try:
     from tests import procs
-    from tests.peers import HTTPServer
+    from tests.peers import DNSServer, HTTPServer
     from tests.streampeers import SSEServer
     from tests.test_dashboards import exprs, substitute
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
-    from peers import HTTPServer  # type: ignore[no-redef]
+    from peers import DNSServer, HTTPServer  # type: ignore[no-redef]
     from streampeers import SSEServer  # type: ignore[no-redef]
     from test_dashboards import exprs, substitute  # type: ignore[no-redef]
 
@@ -60,11 +62,23 @@ SLOS = {"objectives": [
 ]}
 
 
-def us_east_yaml(http: HTTPServer) -> dict:
+def path_check(dns: DNSServer) -> dict:
+    """The module of the target both probers probe, resolving names with this prober's own DNS server."""
+    return {"prober": "http", "timeout": "2s", "resolver": {"nameservers": [f"127.0.0.1:{dns.port}"]},
+            "http": {"preferred_ip_protocol": "ip4"}}
+
+
+def path_target(http: HTTPServer, region: str, cluster: str) -> dict:
+    return {"target": f"http://path.test:{http.port}/ok", "module": "path", "interval": "1s",
+            "labels": {"service": "web", "region": region, "cluster": cluster}}
+
+
+def us_east_yaml(http: HTTPServer, dns: DNSServer) -> dict:
     """The second prober: its own targets, labelled with its region."""
     return {
         "modules": {"web": {"prober": "http", "timeout": "5s", "http": {"preferred_ip_protocol": "ip4"}},
-                    "tcp": {"prober": "tcp", "timeout": "2s", "tcp": {"preferred_ip_protocol": "ip4"}}},
+                    "tcp": {"prober": "tcp", "timeout": "2s", "tcp": {"preferred_ip_protocol": "ip4"}},
+                    "path": path_check(dns)},
         "scheduler": {"min_interval": "1s"},
         "targets": [
             # db also has a reachable endpoint here, so its connect heatmap has observations
@@ -74,14 +88,17 @@ def us_east_yaml(http: HTTPServer) -> dict:
              "labels": {"service": "web", "region": "us-east", "cluster": "c2"}},
             {"target": http.url("/ok?from=us"), "module": "web", "interval": "1s",
              "labels": {"service": "web", "region": "us-east", "cluster": "c2"}},
+            path_target(http, "us-east", "c2"),
         ],
         "slos": SLOS,
     }
 
 
-def spec_yaml(refused_port: int, http: HTTPServer, https: HTTPServer, ca_file: str, sse: SSEServer) -> dict:
+def spec_yaml(refused_port: int, http: HTTPServer, https: HTTPServer, ca_file: str, sse: SSEServer,
+              dns: DNSServer) -> dict:
     return {
         "modules": {
+            "path": path_check(dns),
             "web": {"prober": "http", "timeout": "5s", "http": {"preferred_ip_protocol": "ip4"}},
             "tls_web": {"prober": "http", "timeout": "5s", "tls_resumption": {"check": True},
                         "http": {"preferred_ip_protocol": "ip4", "tls_config": {"ca_file": ca_file}}},
@@ -104,6 +121,7 @@ def spec_yaml(refused_port: int, http: HTTPServer, https: HTTPServer, ca_file: s
             # The server closes idle connections after 0.3 s, the module's client idle is 1 s.
             {"target": sse.url.replace("/events", "/ok"), "module": "keepalive", "interval": "2s",
              "labels": {"service": "keepalive", "region": "us-east", "cluster": "c2"}},
+            path_target(http, "eu-west", "c1"),
         ],
         "slos": SLOS,
     }
@@ -121,12 +139,13 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
     ca = certs.ca("connhealth dashboards CA")
     sock = closed_port()
     async with HTTPServer() as http, HTTPServer(server_context(certs.leaf(ca))) as https, \
-            SSEServer(interval=0.1, keepalive_timeout=0.3) as sse:
+            SSEServer(interval=0.1, keepalive_timeout=0.3) as sse, \
+            DNSServer({"path.test": "A:127.0.0.1"}) as eu_dns, DNSServer({"path.test": "A:127.0.0.3"}) as us_dns:
         cfg_path = tmp_path / "connhealth.yml"
-        cfg_path.write_text(yaml.safe_dump(spec_yaml(sock.getsockname()[1], http, https, ca.cert_file, sse)))
+        cfg_path.write_text(yaml.safe_dump(spec_yaml(sock.getsockname()[1], http, https, ca.cert_file, sse, eu_dns)))
         us_path = tmp_path / "us-east" / "connhealth.yml"
         us_path.parent.mkdir()
-        us_path.write_text(yaml.safe_dump(us_east_yaml(http)))
+        us_path.write_text(yaml.safe_dump(us_east_yaml(http, us_dns)))
         config = load_config(cfg_path)
         rules = []
         for name, content in rule_files(config.slos, burn_windows, "10s").items():
@@ -135,10 +154,10 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
         dashboards = {Path(rel).stem: json.loads(text) for rel, text in outputs(config).items()
                       if rel.startswith("dashboards/generated/") and rel.count("/") == 2 and rel.endswith(".json")}
         assert set(dashboards) == {"slo-overview", "failure-attribution", "target-detail", "exporter"}
-        exporter = await procs.start_connhealth(cfg_path, tmp_path)
+        exporter = await procs.start_connhealth(cfg_path, tmp_path, "--prober", "eu-west")
         us_east = prom = None
         try:
-            us_east = await procs.start_connhealth(us_path, us_path.parent)
+            us_east = await procs.start_connhealth(us_path, us_path.parent, "--prober", "us-east")
             prom_cfg = tmp_path / "prometheus.yml"
             prom_cfg.write_text(yaml.safe_dump({
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -181,8 +200,8 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
                     session, prom.base_url, substitute(fa["Reason × service"], values))}
                 assert {("connect_refused", "db"), ("http_status_5xx", "web")} <= cells
                 # the dominant reason per failing target (the table's query B)
-                top = next(d for d in dashboards["failure-attribution"]["panels"]
-                           if d["title"] == "Top failing targets and their dominant reason")
+                fa_panels = dashboards["failure-attribution"]["panels"]
+                top = next(d for d in fa_panels if d["title"] == "Top failing targets and their dominant reason")
                 dominant = {(r["metric"]["target"], r["metric"]["reason"]) for r in await instant(
                     session, prom.base_url, substitute(top["targets"][1]["expr"], values))}
                 assert (f"127.0.0.1:{sock.getsockname()[1]}", "connect_refused") in dominant
@@ -193,6 +212,11 @@ async def test_every_panel_query_returns_data(tmp_path: Path) -> None:
                 sli = {r["metric"]["region"]: float(r["value"][1]) for r in await instant(
                     session, prom.base_url, substitute(by_region["targets"][0]["expr"], values))}
                 assert set(sli) == {"eu-west", "us-east"} and sli["us-east"] < 0.75 < sli["eu-west"], sli
+                # path.test fails from us-east only: the one target of "Failing from one region only"
+                one_region = next(d for d in fa_panels if d["title"] == "Failing from one region only")
+                rows = {(r["metric"]["target"], r["metric"]["prober"]) for r in await instant(
+                    session, prom.base_url, substitute(one_region["targets"][0]["expr"], values))}
+                assert rows == {(f"http://path.test:{http.port}/ok", "us-east")}, rows
                 # the heatmaps return buckets (one series per le)
                 for dash in ("slo-overview", "target-detail"):
                     heat = next(d for d in dashboards[dash]["panels"] if d["type"] == "heatmap")

@@ -8,15 +8,15 @@ DOC = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
 
 
 def test_every_contract_metric_is_documented_with_its_type_and_labels() -> None:
-    for spec in m.CONTINUOUS + m.SELF + m.PROBE_ENDPOINT_EXTRA:
+    for spec in m.CONTINUOUS + m.SELF + m.WORKERS + m.PROBE_ENDPOINT_EXTRA:
         labels = ", ".join(f"`{label}`" for label in spec.labels) or "—"
         assert f"| `{spec.name}` | {spec.type} | {labels} |" in DOC, spec.name
 
 
 def test_metric_names_are_unique_and_well_formed() -> None:
-    names = [s.name for s in m.CONTINUOUS + m.SELF + m.PROBE_ENDPOINT_EXTRA]
+    names = [s.name for s in m.CONTINUOUS + m.SELF + m.WORKERS + m.PROBE_ENDPOINT_EXTRA]
     assert len(names) == len(set(names))
-    for spec in m.CONTINUOUS + m.SELF + m.PROBE_ENDPOINT_EXTRA:
+    for spec in m.CONTINUOUS + m.SELF + m.WORKERS + m.PROBE_ENDPOINT_EXTRA:
         if spec.type == "counter":
             assert spec.name.endswith("_total"), spec.name
         if spec.type == "histogram":

@@ -243,7 +243,10 @@ def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 class SeriesStore:
-    def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS) -> None:
+    def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS,
+                 external_labels: tuple[tuple[str, str], ...] = ()) -> None:
+        # On every series, after the target's own labels; a target label of the same name gives way.
+        self.external_labels = external_labels
         self.bounds = tuple(buckets)
         self.le_strings = _le_strings(self.bounds)
         self.label_names = tuple(sorted(label_names))
@@ -272,7 +275,9 @@ class SeriesStore:
 
     def _base(self, target: str, module: str, labels: tuple[tuple[str, str], ...]) -> str:
         given = dict(labels)
-        pairs = [("target", target), ("module", module)] + [(n, given.get(n, "")) for n in self.label_names]
+        external = dict(self.external_labels)
+        pairs = ([("target", target), ("module", module)] + [(n, given.get(n, "")) for n in self.label_names if n not in external]
+                 + list(self.external_labels))
         return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
     def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], phases: Iterable[str] = (),
