@@ -6,13 +6,16 @@ repository.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.config import check_config, config_from_data
 from exporter.schema import load_data_file
 
 PACKAGE = "prometheus-blackbox-exporter"
+FIXTURES = Path(__file__).parent / "fixtures" / "blackbox_example"
 
 
 def installed(name: str) -> str:
@@ -48,3 +51,22 @@ def test_stock_modules_mean_what_they_mean_in_blackbox() -> None:
     assert pop3.tls and pop3.query_response[0].expect.search(b"OK ready")
     assert not pop3.query_response[0].expect.search(b"+OK ready")  # ^+ is a repeated ^ in Go: "+OK" never matches
     assert config.modules["irc_banner"].settings.query_response[2].send == b"PONG ${1}"  # expanded per probe
+
+
+def test_our_example_fixture_loads_as_one_file(tmp_path) -> None:
+    """The three fragments of tests/fixtures/blackbox_example (each probed against its peers by its own test:
+    test_blackbox_example.py, test_blackbox_example_http.py, test_blackbox_example_probers.py) are one
+    blackbox.yml between them: every module shape of blackbox's latest example.yml, loading together."""
+    modules: dict = {}
+    fragments = sorted(FIXTURES.glob("*.yml"))
+    assert [p.name for p in fragments] == ["core.yml", "http.yml", "probers.yml"]
+    for fragment in fragments:
+        part = load_data_file(str(fragment))["modules"]
+        assert not set(part) & set(modules), f"{fragment.name} redefines a module"
+        modules.update(part)
+    whole = tmp_path / "blackbox.yml"
+    whole.write_text(yaml.safe_dump({"modules": modules}))
+    config, errors, _ = check_config(str(whole))
+    assert errors == []
+    assert config is not None and set(modules) <= set(config.modules)
+    assert {m.prober for name, m in config.modules.items() if name in modules} == {"http", "tcp", "dns", "icmp", "grpc", "unix"}
