@@ -334,6 +334,32 @@ class ProbeContext:
         self.phase_start_ns = None
         return value
 
+    # --- kernel timing (docs/metrics.md): the last completed phase, re-timed ----------
+    def kernel_duration(self, seconds: float) -> None:
+        """The last completed phase took ``seconds`` by the kernel's account (connect: the
+        handshake RTT from TCP_INFO); its wall-clock figure is kept as ``wall``."""
+        last = self.timeline[-1] if self.timeline else None
+        # Plausible only if inside the wall-clock figure (our clock also covers the syscalls).
+        if last is not None and last.wall is None and 0 < seconds <= last.duration:
+            self.timeline[-1] = last._replace(duration=seconds, wall=last.duration)
+
+    def kernel_end(self, arrival_ns: int, since_ns: int | None = None) -> int | None:
+        """The last completed phase ended when the packet that ended it arrived (``arrival_ns``,
+        the kernel's receive timestamp on the perf_counter clock; 0: unknown), and began at
+        ``since_ns`` (the previous phase's arrival) if given, else at its own start. Returns the
+        arrival used, or None when it is not inside the phase (data that came earlier, a
+        clock step): the wall clock stays."""
+        last = self.timeline[-1] if self.timeline else None
+        if not arrival_ns or last is None or last.wall is not None:
+            return None
+        start_ns = self.start_ns + round(last.start * 1e9)
+        end_ns = start_ns + round(last.duration * 1e9)
+        begin = since_ns if since_ns is not None and since_ns <= start_ns else start_ns
+        if not begin <= arrival_ns <= end_ns:
+            return None
+        self.timeline[-1] = last._replace(duration=(arrival_ns - begin) / 1e9, wall=last.duration)
+        return arrival_ns
+
     # --- hops: one request/response exchange each ----------------------------------
     def begin_hop(self, method: str, url: str) -> None:
         span_id = self.new_span_id() if self.new_span_id is not None else self.span_id

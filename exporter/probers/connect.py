@@ -43,7 +43,11 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
     ctx.log("connecting to %s", join_host_port(ip, port))
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
-    ctx.tcp = connection.tcp_info_of(sock)
+    ctx.tcp = tcp = connection.tcp_info_of(sock)
+    # The kernel's RTT of the SYN / SYN-ACK exchange, untouched by how late the loop resumed us;
+    # after a retransmitted SYN it measures one attempt, not the connect: the wall clock stays.
+    if tcp is not None and not tcp.retransmits:
+        ctx.kernel_duration(tcp.rtt_seconds)
     ctx.log("connected to %s", join_host_port(ip, port))
     return sock
 
@@ -65,6 +69,7 @@ async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, c
     server_name = cfg.server_name or host
     try:
         ctx.tls = await ctx.phase("tls", conn.start_tls(client_context(cfg, alpn), server_name))
+        ctx.kernel_end(conn.arrival_ns())  # the server's last handshake flight
     except ssl.SSLCertVerificationError as exc:
         ctx.tls = tls_info_of(exc)
         raise

@@ -111,6 +111,7 @@ def _host_port(target: str) -> tuple[str, int]:
 async def _step(ctx: ProbeContext, conn: Connection, host: str, cfg: TCPProbeConfig, index: int, step: QueryStep) -> None:
     if step.expect is not None:
         await ctx.phase("first_byte", _expect(ctx, conn, index, step.expect))
+        ctx.kernel_end(conn.arrival_ns())
     if step.send is not None:
         conn.write(reveal(step.send).encode() + b"\n")
         await ctx.phase("request", conn.drain())
