@@ -99,6 +99,8 @@ class SelfMetrics:
         buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
         self.scheduler_lag = Histogram(m.SCHEDULER_LAG, spec[m.SCHEDULER_LAG].help, buckets=buckets, registry=r)
         self.loop_lag = Histogram(m.LOOP_LAG, spec[m.LOOP_LAG].help, buckets=buckets, registry=r)
+        self_delay = Histogram(m.SELF_DELAY, spec[m.SELF_DELAY].help, ["mode"], buckets=(0.0001, 0.0005, *buckets), registry=r)
+        self.self_delay = {mode: self_delay.labels(mode) for mode in ("scheduled", "probe_endpoint")}
         self.skipped = Counter(m.SKIPPED.removesuffix("_total"), spec[m.SKIPPED].help, ["reason"], registry=r)
         Gauge(m.SCHEDULED_TARGETS, spec[m.SCHEDULED_TARGETS].help, registry=r).set_function(lambda: len(exporter.scheduler.entries))
         self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
@@ -274,6 +276,12 @@ class Exporter:
         self.store.observe(result.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds,
                            spec.interval)
         self.history.add("scheduled", result)
+        self._observe_self_delay("scheduled", result)
+
+    def _observe_self_delay(self, mode: str, result: ProbeResult) -> None:
+        delay = result.self_delay_seconds
+        if delay is not None:
+            self.self_metrics.self_delay[mode].observe(delay)
 
     # --- handlers -----------------------------------------------------------
     async def handle_probe(self, request: web.Request) -> web.Response:
@@ -301,6 +309,7 @@ class Exporter:
             self.probe_endpoint_in_flight -= 1
         text = probe_text(result)
         entry = self.history.add("probe", result)
+        self._observe_self_delay("probe_endpoint", result)
         if params.get("debug", "").lower() == "true":
             return web.Response(text=self.debug_output(entry, text), content_type="text/plain")
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_TEXT})
