@@ -26,6 +26,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
+from .net import pacing
 from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins,
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
@@ -67,15 +68,23 @@ class ServeOptions:
     trace_url: str | None = None  # status page: link a trace id here ("{trace_id}" is replaced)
     created_series: bool = False  # the _created series of the exporter's own counters
     probe_concurrency: int = DEFAULT_PROBE_CONCURRENCY
+    # Paced connects (net/pacing.py): tokens per millisecond (0: no pacing) and the most held at once.
+    connect_rate: float = pacing.DEFAULT_RATE_PER_MS
+    connect_burst: int = pacing.DEFAULT_BURST
 
     def check(self) -> None:
         """Every number finite and in range; a ConfigError names the flag."""
         for flag, number, low, high in (("--timeout-offset", self.timeout_offset, 0.0, MAX_TIMEOUT),
                                         ("--shutdown-grace", self.grace, 0.0, MAX_TIMEOUT),
                                         ("--history.limit", self.history_limit, 1, MAX_HISTORY),
-                                        ("--probe.concurrency", self.probe_concurrency, 1, 1_000_000)):
+                                        ("--probe.concurrency", self.probe_concurrency, 1, 1_000_000),
+                                        ("--probe.connect-rate", self.connect_rate, 0.0, pacing.MAX_RATE_PER_MS),
+                                        ("--probe.connect-burst", self.connect_burst, 1, pacing.MAX_BURST)):
             if not (math.isfinite(number) and low <= number <= high):
                 raise ConfigError(f"{flag} must be between {low:g} and {high:g}, got {number!r}")
+
+    def pacer(self) -> pacing.ConnectPacer | None:
+        return pacing.ConnectPacer(self.connect_rate, self.connect_burst) if self.connect_rate > 0 else None
 
 
 class SelfMetrics:
@@ -138,6 +147,7 @@ class Exporter:
         self.history = History(options.history_limit, options.history_per_target)
         self.started_at = time.time()
         self.probe_endpoint_in_flight = 0
+        self.pacer = options.pacer()  # one bucket for scheduled and /probe connects alike
         self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS)
@@ -270,7 +280,7 @@ class Exporter:
 
     async def _probe_configured(self, target: str, module: Module, timeout: float | None) -> ProbeResult:
         guard = self.config.probe_guard
-        return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
+        return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None, pacer=self.pacer)
 
     def _on_result(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
         self.store.observe(result.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds,
@@ -304,7 +314,7 @@ class Exporter:
         self.probe_endpoint_in_flight += 1
         try:
             # A client that disconnects cancels this handler, and with it the probe.
-            result = await run_probe(target, module, timeout, parent, guard=self.config.probe_guard)
+            result = await run_probe(target, module, timeout, parent, guard=self.config.probe_guard, pacer=self.pacer)
         finally:
             self.probe_endpoint_in_flight -= 1
         text = probe_text(result)

@@ -31,6 +31,7 @@ from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregi
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net import http1
 from ..net.guard import ProbeGuard
+from ..net.pacing import ConnectPacer
 from ..net.tls import TLS_VERSIONS, TLSConfig
 from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
 from ..schema import ConfigError, Fields, Secret
@@ -257,14 +258,15 @@ class ProbeContext:
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
         "resolver", "tracing", "tls_resumption", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption",
         "failed_due_to_regex", "logs",
-        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard",
+        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard", "pacer",
     )
 
     def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
                  phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
                  tracing: TracingConfig = TracingConfig(), tls_resumption: TLSResumptionConfig = TLSResumptionConfig(),
                  trace_id: int = 0, span_id: int = 0, sampled: bool = False,
-                 tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None) -> None:
+                 tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None,
+                 pacer: ConnectPacer | None = None) -> None:
         self.target = target
         self.module = module
         self.timeout = timeout
@@ -277,6 +279,7 @@ class ProbeContext:
         self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
         self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
         self.guard = guard  # the SSRF guard every connection of this probe passes (None: none)
+        self.pacer = pacer  # the token bucket every connect waits on, outside any phase (None: unpaced)
         self.phase_name = "probe"
         self.phase_start_ns: int | None = None
         self.timeline: list[Phase] = []
@@ -300,6 +303,14 @@ class ProbeContext:
 
     def remaining(self) -> float:
         return (self.deadline_ns - time.perf_counter_ns()) / 1e9
+
+    async def paced(self) -> None:
+        """Wait for a connect token (net/pacing.py); the wait is in no phase."""
+        pacer = self.pacer
+        if pacer is not None and not pacer.try_take():
+            start = time.perf_counter_ns()
+            await pacer.take()
+            self.log("waited %.3f ms for a connect token (paced connects)", (time.perf_counter_ns() - start) / 1e6)
 
     async def phase(self, name: str, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` as phase ``name``; it joins the timeline only if it completes."""

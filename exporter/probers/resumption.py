@@ -54,6 +54,7 @@ async def check(ctx: ProbeContext, host: str, tls: TLSConfig, alpn: tuple[str, .
         """Connect (not a phase: the probe timed its connect), then the handshake as ``phase``."""
         if ctx.guard is not None:  # every connection passes the SSRF guard, this one too
             ctx.guard.check_address(host, peer.ip, peer.port)
+        await ctx.paced()
         conn = await connection.connect(peer.ip, peer.port, family)
         try:
             info = await ctx.phase(phase, conn.start_tls(sslctx, server_name, session=session))
