@@ -662,7 +662,7 @@ class _SocketTransport:
             self._protocol_paused = False
             self._protocol.resume_writing()
 
-    def _fatal(self, exc: BaseException) -> None:
+    def _fatal(self, exc: Exception) -> None:
         # Later, as asyncio does: the error surfaces from a callback, not inside a write.
         if not self._lost:
             self._loop.call_soon(self._shutdown().connection_lost, exc)
