@@ -304,13 +304,12 @@ class ProbeContext:
     def remaining(self) -> float:
         return (self.deadline_ns - time.perf_counter_ns()) / 1e9
 
-    async def paced(self) -> None:
-        """Wait for a connect token (net/pacing.py); the wait is in no phase."""
-        pacer = self.pacer
-        if pacer is not None and not pacer.try_take():
-            start = time.perf_counter_ns()
-            await pacer.take()
-            self.log("waited %.3f ms for a connect token (paced connects)", (time.perf_counter_ns() - start) / 1e6)
+    async def wait_for_token(self, pacer: ConnectPacer) -> None:
+        """Wait for a connect token (net/pacing.py); the wait is in no phase. Callers first try
+        ``pacer.try_take()``, which needs no await."""
+        start = time.perf_counter_ns()
+        await pacer.take()
+        self.log("waited %.3f ms for a connect token (paced connects)", (time.perf_counter_ns() - start) / 1e6)
 
     async def phase(self, name: str, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` as phase ``name``; it joins the timeline only if it completes."""
@@ -352,7 +351,7 @@ class ProbeContext:
         last = self.timeline[-1] if self.timeline else None
         # Plausible only if inside the wall-clock figure (our clock also covers the syscalls).
         if last is not None and last.wall is None and 0 < seconds <= last.duration:
-            self.timeline[-1] = last._replace(duration=seconds, wall=last.duration)
+            self.timeline[-1] = Phase(last.name, last.start, seconds, last.hop, last.duration)
 
     def kernel_end(self, arrival_ns: int, since_ns: int | None = None) -> int | None:
         """The last completed phase ended when the packet that ended it arrived (``arrival_ns``,
@@ -368,7 +367,7 @@ class ProbeContext:
         begin = since_ns if since_ns is not None and since_ns <= start_ns else start_ns
         if not begin <= arrival_ns <= end_ns:
             return None
-        self.timeline[-1] = last._replace(duration=(arrival_ns - begin) / 1e9, wall=last.duration)
+        self.timeline[-1] = Phase(last.name, last.start, (arrival_ns - begin) / 1e9, last.hop, last.duration)
         return arrival_ns
 
     # --- hops: one request/response exchange each ----------------------------------

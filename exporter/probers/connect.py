@@ -41,7 +41,9 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     # Known even when the connect then fails: blackbox sets probe_ip_protocol /
     # probe_ip_addr_hash right after resolution too.
     ctx.peer = Peer(ip=ip, family=_FAMILY_NAMES[family], port=port)
-    await ctx.paced()
+    pacer = ctx.pacer
+    if pacer is not None and not pacer.try_take():
+        await ctx.wait_for_token(pacer)
     ctx.log("connecting to %s", join_host_port(ip, port))
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family))
     ctx.tcp = tcp = connection.tcp_info_of(sock)
