@@ -17,10 +17,11 @@ seconds in each direction, so the path's RTT is 2d (latency without netem).
 loaded machine); a test compares against the delay only when that is small.
 ``http=True`` makes the listener answer every request at once with a tiny HTTP
 response (first byte one RTT after the request). ``process=True`` runs the
-relay in a forked process instead of a thread, so the prober's own CPU load
-(and GIL) cannot hold packets back; the counters and ``late_max`` live in
-shared memory, so they read the same either way. Needs root and /dev/net/tun; traffic stays
-inside 198.18.0.0/15.
+relay in a forked process at real-time priority (and the responder too), so
+neither the machine's load nor the prober's own CPU (and GIL) holds packets
+back; the counters and ``late_max`` live in shared memory, so they read the
+same either way. Needs root and /dev/net/tun; traffic stays inside
+198.18.0.0/15.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import mmap
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -183,6 +185,11 @@ class TunRelay:
             self._child = os.fork()
             if self._child == 0:  # pragma: no cover - the child only relays
                 try:
+                    # Real-time priority, as the responder's below.
+                    try:
+                        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+                    except (OSError, AttributeError):
+                        pass
                     self._relay()
                 finally:
                     os._exit(0)
@@ -192,7 +199,11 @@ class TunRelay:
         # A listener inside the namespace: connect completes with its SYN-ACK (no accept needed).
         code = _HTTP_SERVER if self.http else _ACCEPT_SERVER
         code = code.replace("ADDRESS", repr((self.server_ip, self.port)))
-        self._server = subprocess.Popen([*ns, sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # The relay process and the HTTP responder run at real-time priority: what they add to the
+        # path is then the delay asked for, not the machine's load (they only ever wait in poll/epoll).
+        realtime = ["chrt", "-f", "10"] if self.process and shutil.which("chrt") else []
+        self._server = subprocess.Popen([*ns, *realtime, sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
         assert self._server.stdout is not None
         ready, _, _ = select.select([self._server.stdout], [], [], _CMD_TIMEOUT)
         if not ready or self._server.stdout.readline().strip() != b"ready":
