@@ -121,3 +121,30 @@ def test_a_blocked_event_loop_shows_as_self_delay_while_connect_stays_put(run: C
     text = render(blocked)
     assert f"exporter's own delay {blocked.self_delay_seconds * 1000:.3f} ms" in text
     assert f"kernel; loop {connect.wall * 1000:.2f} ms" in text
+
+
+async def test_the_exporter_observes_each_probes_self_delay_by_mode(tmp_path: Any) -> None:
+    try:
+        from tests.procs import ExporterProcess, value
+    except ImportError:  # pragma: no cover
+        from procs import ExporterProcess, value  # type: ignore[no-redef]
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    port = listener.getsockname()[1]
+    config = tmp_path / "c.yml"
+    config.write_text(f"targets:\n  - target: 127.0.0.1:{port}\n    module: tcp_connect\n    interval: 200ms\n")
+    exporter = ExporterProcess(config, tmp_path)
+    await exporter.start()
+    try:
+        for _ in range(3):
+            status, text = await exporter.get("/probe", params={"target": f"127.0.0.1:{port}", "module": "tcp_connect"})
+            assert status == 200 and "probe_success 1" in text, text
+        metrics = await exporter.wait_metrics(
+            lambda t: (value(t, "connhealth_probe_self_delay_seconds_count", mode="scheduled") or 0) >= 2, 10.0,
+            "two scheduled probes' self delay")
+    finally:
+        await exporter.astop()
+        listener.close()
+    assert value(metrics, "connhealth_probe_self_delay_seconds_count", mode="probe_endpoint") == 3
+    total = value(metrics, "connhealth_probe_self_delay_seconds_sum", mode="probe_endpoint")
+    assert total is not None and 0 <= total < 3.0
