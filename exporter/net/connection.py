@@ -558,7 +558,7 @@ class _SocketTransport:
     ``connection_lost(exc)`` once.
     """
 
-    __slots__ = ("_loop", "_sock", "_fd", "_protocol", "_out", "_closing", "_lost", "_reading",
+    __slots__ = ("_loop", "_sock", "_fd", "_protocol", "_out", "_closing", "_reading",
                  "_protocol_paused", "_check_error", "rx_stamp")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Connection) -> None:
@@ -567,8 +567,7 @@ class _SocketTransport:
         self._fd = sock.fileno()
         self._protocol = protocol
         self._out = bytearray()  # written, not yet sent
-        self._closing = False
-        self._lost = False
+        self._closing = False  # aborted or failed: the socket is closed
         self._reading = True
         self._protocol_paused = False
         self.rx_stamp = b""  # the last read's SCM_TIMESTAMPNS (a struct timespec), b"" when none came
@@ -622,7 +621,7 @@ class _SocketTransport:
             self._protocol.pause_writing()
 
     def abort(self) -> None:
-        if not self._lost:
+        if not self._closing:
             self._shutdown().connection_lost(None)
 
     # --- loop callbacks ---------------------------------------------------------------
@@ -638,7 +637,7 @@ class _SocketTransport:
             self.rx_stamp = anc[0][2]
         if data:
             self._protocol.data_received(data)
-            if self._check_error and not self._lost:
+            if self._check_error and not self._closing:
                 err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     self._fatal(OSError(err, os.strerror(err)))
@@ -664,12 +663,12 @@ class _SocketTransport:
 
     def _fatal(self, exc: Exception) -> None:
         # Later, as asyncio does: the error surfaces from a callback, not inside a write.
-        if not self._lost:
+        if not self._closing:
             self._loop.call_soon(self._shutdown().connection_lost, exc)
 
     def _shutdown(self) -> Connection:
         """Stop watching and close the socket; the protocol is let go (no cycle outlives a probe)."""
-        self._closing = self._lost = True
+        self._closing = True
         if self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)
