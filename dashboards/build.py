@@ -463,6 +463,14 @@ def exporter_health() -> g.Dashboard:
                         description="How late a 0.25 s timer fires: the asyncio loop is blocked by that much.",
                         targets=[T(f"histogram_quantile(0.99, sum by (instance, le) (rate({m.LOOP_LAG}_bucket{{{e}}}[{RI}])))",
                                    "P99 {{instance}}")]), 12, 8)
+    grid.add(TimeSeries(title="Exporter's own delay per probe P50 / P99", unitId="s", fmin=0.0,
+                        description="The event loop's clock minus the kernel's receive timestamps over a probe's "
+                                    "kernel-timed phases: how late connhealth saw what had arrived. The phases exclude "
+                                    "it; a growing delay means the exporter is overloaded, not the targets slower.",
+                        targets=[T(f"histogram_quantile(0.5, sum by (instance, mode, le) (rate({m.SELF_DELAY}_bucket{{{e}}}[{RI}])))",
+                                   "P50 {{instance}} {{mode}}"),
+                                 T(f"histogram_quantile(0.99, sum by (instance, mode, le) (rate({m.SELF_DELAY}_bucket{{{e}}}[{RI}])))",
+                                   "P99 {{instance}} {{mode}}", "B")]), 12, 8)
     grid.add(TimeSeries(title="Probes in flight", unitId="none", fmin=0.0,
                         description="Probes running now, scheduled vs /probe endpoint.",
                         targets=[T(f"sum by (instance, mode) ({m.IN_FLIGHT}{{{e}}})", "{{instance}} {{mode}}")]), 8, 8)

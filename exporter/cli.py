@@ -199,6 +199,11 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
                    help="time in-flight probes may finish after SIGTERM (default 10s)")
     s.add_argument("--probe.concurrency", dest="probe_concurrency", type=int, default=1000,
                    help="/probe requests running at once; more are answered 503 (default 1000)")
+    s.add_argument("--probe.connect-rate", dest="connect_rate", type=float, default=10.0,
+                   help="paced connects: tokens per millisecond for all probes' connects, so they do not leave in SYN "
+                        "bursts; 0 turns pacing off (default 10)")
+    s.add_argument("--probe.connect-burst", dest="connect_burst", type=int, default=10,
+                   help="paced connects: the most tokens held at once (default 10)")
     s.add_argument("--metrics.created", dest="created_series", action="store_true",
                    help="expose the _created series of the exporter's own counters (off by default)")
     s.add_argument("--demo", action="store_true", help="start local demo targets and probe them continuously")
@@ -260,6 +265,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         trace_url=args.trace_url,
         created_series=args.created_series,
         probe_concurrency=args.probe_concurrency,
+        connect_rate=args.connect_rate,
+        connect_burst=args.connect_burst,
     )
     if args.workers > 1 and args.worker_index is None:
         from .workers import run_parent

@@ -18,6 +18,7 @@ from opentelemetry.context import Context
 from .config import Module
 from .failures import DeadlineExceeded, classify
 from .net.guard import ProbeGuard
+from .net.pacing import ConnectPacer
 from .probers import PROBERS, ProbeContext, resumption
 from .result import Failure, ProbeResult
 from .sinks import traces
@@ -46,12 +47,13 @@ def expected_families(module: Module | None) -> tuple[str, ...]:
 
 
 async def run_probe(target: str, module: Module, timeout: float | None = None, parent: Context | None = None,
-                    *, guard: ProbeGuard | None = None) -> ProbeResult:
+                    *, guard: ProbeGuard | None = None, pacer: ConnectPacer | None = None) -> ProbeResult:
     """Probe ``target`` with ``module``. Never raises for a target's fault; re-raises cancellation.
 
     ``parent`` is an OpenTelemetry context (e.g. extracted from a scrape's
     traceparent): the probe's trace becomes its child. ``guard`` is the SSRF
-    guard every connection of the probe must pass (None: none, as for the CLI).
+    guard every connection of the probe must pass (None: none, as for the CLI); ``pacer``
+    the token bucket its connects wait on (None: unpaced, as for the CLI).
     """
     if timeout is None:
         timeout = module.timeout or DEFAULT_TIMEOUT
@@ -67,6 +69,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         shown, module.name, timeout, start_ns=start_ns, phase_limits=dict(module.phase_timeouts),
         resolver=module.resolver, tracing=module.tracing, tls_resumption=module.tls_resumption, trace_id=ids.trace_id,
         span_id=ids.span_id, sampled=ids.sampled, tracestate=ids.tracestate, new_span_id=traces.new_span_id, guard=guard,
+        pacer=pacer,
     )
     failure: Failure | None = None
     failed_at: float | None = None

@@ -79,6 +79,7 @@ BB_MODULE_UNKNOWN = "blackbox_module_unknown_total"
 IN_FLIGHT = "connhealth_probes_in_flight"
 SCHEDULER_LAG = "connhealth_scheduler_lag_seconds"
 LOOP_LAG = "connhealth_event_loop_lag_seconds"
+SELF_DELAY = "connhealth_probe_self_delay_seconds"
 SKIPPED = "connhealth_probes_skipped_total"
 SCHEDULED_TARGETS = "connhealth_scheduled_targets"
 TARGET_FILE_ERRORS = "connhealth_target_file_errors_total"
@@ -133,6 +134,7 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(IN_FLIGHT, "gauge", ("mode",), "Probes running now (mode=scheduled or probe_endpoint)."),
     MetricSpec(SCHEDULER_LAG, "histogram", (), "Actual minus planned start of scheduled probes."),
     MetricSpec(LOOP_LAG, "histogram", (), "Event-loop lag: how late a 0.25 s timer fires."),
+    MetricSpec(SELF_DELAY, "histogram", ("mode",), "The exporter's own delay per probe (mode=scheduled or probe_endpoint): the event loop's clock minus the kernel's timestamps over the kernel-timed phases (connect, tls, first_byte, transfer), i.e. how late the loop saw what the kernel had received; the phases themselves exclude it."),
     MetricSpec(SKIPPED, "counter", ("reason",), "Scheduled probes not run: still_running (previous probe of the target not finished), shutting_down, probe_error (the probe raised instead of returning a result: a bug, logged)."),
     MetricSpec(SCHEDULED_TARGETS, "gauge", (), "Targets the scheduler runs."),
     MetricSpec(TARGET_FILE_ERRORS, "counter", (), "Target files that could not be read or parsed."),

@@ -56,7 +56,7 @@ def waterfall(result: ProbeResult, hop: int | None = None, ip_literal: bool = Fa
             bar = "".join(_bar(p.start, p.duration, span, width) for p in done[:1])
             # A phase that completed and then failed its check (a 5xx status, an echo mismatch).
             mark = f"  {red}✗ failed here{reset}" if failure is not None and name == failure.phase and failed_start is None else ""
-            lines.append(f"{label}{_ms(seconds)}  |{bar:<{width}}|{mark}")
+            lines.append(f"{label}{_ms(seconds)}  |{bar:<{width}}|{_clock(result, name, done)}{mark}")
         elif failure is not None and name == failure.phase:
             if failed_start is not None:
                 spent = max(result.duration_seconds - failed_start, 0.0)
@@ -76,6 +76,15 @@ def waterfall(result: ProbeResult, hop: int | None = None, ip_literal: bool = Fa
         lines.append(f"  {'Other':<18}{_ms(other)}   (time outside the phases above)")
         lines.append(f"  {'Total':<18}{_ms(span)}")
     return lines
+
+
+def _clock(result: ProbeResult, name: str, done: list[Phase]) -> str:
+    """Which clock timed the phase: the kernel's (with the event loop's figure beside it) or the wall clock."""
+    if all(p.wall is not None for p in done):
+        return f"  kernel; loop {sum(p.wall or 0.0 for p in done) * 1000:.2f} ms"
+    if name == "connect" and result.tcp is not None and result.tcp.retransmits:
+        return "  wall clock (SYN retransmitted)"
+    return ""
 
 
 def _inapplicable(result: ProbeResult, name: str) -> bool:
@@ -135,6 +144,9 @@ def render(result: ProbeResult, *, color: bool = False) -> str:
     if result.tcp:
         out.append(f"  kernel: rtt {result.tcp.rtt_seconds * 1000:.3f} ms, rttvar {result.tcp.rttvar_seconds * 1000:.3f} ms, retransmits {result.tcp.retransmits}"
                    + (" (SYN retransmits: the connect waited for a retransmitted SYN)" if result.tcp.retransmits else ""))
+    delay = result.self_delay_seconds
+    if delay is not None:
+        out.append(f"  exporter's own delay {delay * 1000:.3f} ms (event-loop clock minus kernel timestamps, kernel-timed phases)")
     out.append("")
     hops = result.hops
     if len(hops) > 1:

@@ -1,8 +1,11 @@
 """The value a probe produces: plain, frozen, and free of any sink's concerns.
 
 A phase that was not reached is absent; it is never a fake 0. Each phase is a
-``Phase(name, start, duration, hop)``: ``start`` is its offset from the start
+``Phase(name, start, duration, hop, wall)``: ``start`` is its offset from the start
 of the probe, so waterfalls and trace spans are derived from the result alone.
+Where the kernel timed a phase (docs/metrics.md, "Kernel timing"), ``duration``
+is the kernel's figure and ``wall`` what the event loop's clock said; the
+difference is the exporter's own delay.
 """
 from __future__ import annotations
 
@@ -62,6 +65,8 @@ class Phase(NamedTuple):
     start: float
     duration: float
     hop: int = 0  # index into ProbeResult.hops (0 when the prober has no hops; the last one after them)
+    # The event loop's figure when ``duration`` is the kernel's (None: duration is the wall clock).
+    wall: float | None = None
 
     @property
     def end(self) -> float:
@@ -235,6 +240,16 @@ class ProbeResult:
         return self.failure is None
 
     @property
+    def self_delay_seconds(self) -> float | None:
+        """The exporter's own delay: what the event loop's clock added to the kernel-timed phases
+        (None when no phase was kernel-timed)."""
+        delay = None
+        for p in self.timeline:
+            if p.wall is not None:
+                delay = (delay or 0.0) + p.wall - p.duration
+        return max(delay, 0.0) if delay is not None else None
+
+    @property
     def last_hop(self) -> int:
         return max(len(self.hops) - 1, 0)
 
@@ -278,6 +293,7 @@ class ProbeResult:
             "keepalive": asdict(self.keepalive) if self.keepalive else None,
             "tls_resumption": asdict(self.resumption) if self.resumption else None,
             "failed_due_to_regex": self.failed_due_to_regex,
+            "self_delay_seconds": self.self_delay_seconds,
             "trace_id": self.trace_id,
             "trace_sampled": self.sampled,
         }

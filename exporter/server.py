@@ -28,6 +28,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from . import __version__
 from . import metrics as m
+from .net import pacing
 from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, config_view, load_config, load_config_or_builtins,
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
@@ -78,15 +79,23 @@ class ServeOptions:
     # Labels on every /metrics series (--prober, --external-label and the config's external_labels).
     external_labels: tuple[tuple[str, str], ...] = ()
     worker: int | None = None  # the worker's index under --workers (None: a process of its own)
+    # Paced connects (net/pacing.py): tokens per millisecond (0: no pacing) and the most held at once.
+    connect_rate: float = pacing.DEFAULT_RATE_PER_MS
+    connect_burst: int = pacing.DEFAULT_BURST
 
     def check(self) -> None:
         """Every number finite and in range; a ConfigError names the flag."""
         for flag, number, low, high in (("--timeout-offset", self.timeout_offset, 0.0, MAX_TIMEOUT),
                                         ("--shutdown-grace", self.grace, 0.0, MAX_TIMEOUT),
                                         ("--history.limit", self.history_limit, 1, MAX_HISTORY),
-                                        ("--probe.concurrency", self.probe_concurrency, 1, 1_000_000)):
+                                        ("--probe.concurrency", self.probe_concurrency, 1, 1_000_000),
+                                        ("--probe.connect-rate", self.connect_rate, 0.0, pacing.MAX_RATE_PER_MS),
+                                        ("--probe.connect-burst", self.connect_burst, 1, pacing.MAX_BURST)):
             if not (math.isfinite(number) and low <= number <= high):
                 raise ConfigError(f"{flag} must be between {low:g} and {high:g}, got {number!r}")
+
+    def pacer(self) -> pacing.ConnectPacer | None:
+        return pacing.ConnectPacer(self.connect_rate, self.connect_burst) if self.connect_rate > 0 else None
 
 
 class SelfMetrics:
@@ -111,6 +120,8 @@ class SelfMetrics:
         buckets = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
         self.scheduler_lag = Histogram(m.SCHEDULER_LAG, spec[m.SCHEDULER_LAG].help, buckets=buckets, registry=r)
         self.loop_lag = Histogram(m.LOOP_LAG, spec[m.LOOP_LAG].help, buckets=buckets, registry=r)
+        self_delay = Histogram(m.SELF_DELAY, spec[m.SELF_DELAY].help, ["mode"], buckets=(0.0001, 0.0005, *buckets), registry=r)
+        self.self_delay = {mode: self_delay.labels(mode) for mode in ("scheduled", "probe_endpoint")}
         self.skipped = Counter(m.SKIPPED.removesuffix("_total"), spec[m.SKIPPED].help, ["reason"], registry=r)
         Gauge(m.SCHEDULED_TARGETS, spec[m.SCHEDULED_TARGETS].help, registry=r).set_function(lambda: len(exporter.scheduler.entries))
         self.file_errors = Counter(m.TARGET_FILE_ERRORS.removesuffix("_total"), spec[m.TARGET_FILE_ERRORS].help, registry=r)
@@ -159,6 +170,7 @@ class Exporter:
         self.history = History(options.history_limit, options.history_per_target)
         self.started_at = time.time()
         self.probe_endpoint_in_flight = 0
+        self.pacer = options.pacer()  # one bucket for scheduled and /probe connects alike
         self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS,
@@ -294,12 +306,18 @@ class Exporter:
 
     async def _probe_configured(self, target: str, module: Module, timeout: float | None) -> ProbeResult:
         guard = self.config.probe_guard
-        return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None)
+        return await run_probe(target, module, timeout, guard=guard if guard.apply_to_targets else None, pacer=self.pacer)
 
     def _on_result(self, spec: TargetSpec, result: ProbeResult, coverage: Coverage) -> None:
         self.store.observe(result.target, spec.module, spec.labels, result, coverage.seconds, coverage.up_seconds,
                            spec.interval)
         self.history.add("scheduled", result)
+        self._observe_self_delay("scheduled", result)
+
+    def _observe_self_delay(self, mode: str, result: ProbeResult) -> None:
+        delay = result.self_delay_seconds
+        if delay is not None:
+            self.self_metrics.self_delay[mode].observe(delay)
 
     # --- handlers -----------------------------------------------------------
     async def handle_probe(self, request: web.Request) -> web.Response:
@@ -332,11 +350,12 @@ class Exporter:
         self.probe_endpoint_in_flight += 1
         try:
             # A client that disconnects cancels this handler, and with it the probe.
-            result = await run_probe(target, module, timeout, parent, guard=self.config.probe_guard)
+            result = await run_probe(target, module, timeout, parent, guard=self.config.probe_guard, pacer=self.pacer)
         finally:
             self.probe_endpoint_in_flight -= 1
         text = probe_text(result)
         entry = self.history.add("probe", result)
+        self._observe_self_delay("probe_endpoint", result)
         if params.get("debug", "").lower() == "true":
             return web.Response(text=self.debug_output(entry, text), content_type="text/plain")
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_TEXT})

@@ -313,6 +313,8 @@ async def test_serve_raises_the_fd_soft_limit_and_warns_when_it_stays_low(
     (["--shutdown-grace", "inf"], "--shutdown-grace must be zero or more and finite"),
     (["--timeout-offset", "2h"], "--timeout-offset must be between 0 and 3600, got 7200.0"),
     (["--probe.concurrency", "0"], "--probe.concurrency must be between 1 and 1e+06, got 0"),
+    (["--probe.connect-rate", "nan"], "--probe.connect-rate must be between 0 and 1000, got nan"),
+    (["--probe.connect-burst", "0"], "--probe.connect-burst must be between 1 and 100000, got 0"),
 ])
 def test_serve_flags_are_range_checked(args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "exporter", "serve", "--web.listen-address", f"{LOCALHOST}:{free_port()}",

@@ -7,11 +7,15 @@ to report: it cannot offer a session for resumption, and when verification
 fails the chain the server presented is gone with the transport (blackbox
 #1119: an expired certificate then exports no expiry at all).
 
-So ``Connection`` is a plain ``asyncio.Protocol`` on a plain socket transport.
+So ``Connection`` is a plain ``asyncio.Protocol`` on a plain socket, which
+``_SocketTransport`` reads with ``recvmsg`` so that every read carries the
+kernel's receive timestamp (SO_TIMESTAMPNS): the end of a phase is then when
+its packet arrived, not when the event loop got round to it (issue 15).
 Before ``start_tls`` its read/write methods move bytes as they are; after it,
 the same methods move plaintext through an ``ssl.SSLObject`` over two
 ``MemoryBIO``s that this class pumps itself. This works the same on the stdlib
-loop and on uvloop, since only the plain transport comes from the loop.
+loop and on uvloop, since only ``add_reader`` / ``add_writer`` come from the
+loop (a Connection on a loop's own transport works too, without timestamps).
 
 Exceptions are the ones asyncio streams raised, so failure attribution is
 unchanged: ``IncompleteReadError`` at EOF, ``LimitOverrunError`` past a
@@ -30,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import ssl
 import struct
 from collections import OrderedDict
-from time import perf_counter_ns
+from time import perf_counter_ns, time_ns
 from typing import Any, cast
 
 from ..result import Certificate, TCPInfo, TLSInfo
@@ -42,6 +47,17 @@ from .resolve import is_ip
 from .tls import describe, describe_failure
 
 __all__ = ["STREAM_LIMIT", "Connection", "connect", "open_socket", "tcp_info_of", "wrap"]
+
+# Linux: SO_TIMESTAMPNS (SCM_TIMESTAMPNS in the ancillary data) has the same number; the socket
+# module does not export it. A struct timespec (two longs) per recvmsg.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@ll")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+# What asyncio's selector transport reads per call, and its write buffer limits.
+_READ_SIZE = 256 * 1024
+_HIGH_WATER = 64 * 1024
+_LOW_WATER = 16 * 1024
+
 
 # What asyncio.open_connection was given: the longest line readuntil accepts by
 # default. The receive buffer is paused at twice this (as StreamReader does).
@@ -98,8 +114,8 @@ class Connection(asyncio.Protocol):
 
     # --- asyncio.Protocol callbacks -------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Nothing else here: uvloop answers get_extra_info("socket"/"peername")
-        # with a system call each, which most probes never need.
+        # Nothing else here: get_extra_info("peername") costs a system call, which most
+        # probes never need.
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -178,6 +194,21 @@ class Connection(asyncio.Protocol):
         """TCP_INFO now (None where the kernel has none)."""
         sock = self.socket
         return tcp_info_of(sock) if sock is not None else None
+
+    def arrival_ns(self) -> int:
+        """When the last packet read arrived, by the kernel's receive timestamp, on the
+        ``perf_counter_ns`` clock; 0 when unknown (no timestamp, or a loop's own transport).
+
+        The kernel stamps in CLOCK_REALTIME; the offset to the monotonic clock is
+        read now, so a step of the wall clock between the arrival and this call
+        shifts the figure (callers check it lies inside the phase). One read may
+        carry several packets: the stamp is the last one's.
+        """
+        raw = getattr(self._transport, "rx_stamp", b"")
+        if len(raw) < _TIMESPEC.size:
+            return 0
+        sec, nsec = _TIMESPEC.unpack_from(raw)
+        return perf_counter_ns() - (time_ns() - (sec * 1_000_000_000 + nsec))
 
     @property
     def tls(self) -> ssl.SSLObject | None:
@@ -511,6 +542,143 @@ class Connection(asyncio.Protocol):
         return data
 
 
+class _SocketTransport:
+    """The part of an asyncio transport that Connection uses, on a socket read with ``recvmsg``.
+
+    Why not the loop's transport: it reads with ``recv``, which drops the
+    kernel's receive timestamp (SO_TIMESTAMPNS comes as ancillary data, and only
+    ``recvmsg`` returns that), and uvloop's reads happen in C where nothing can
+    be added. So the connection drives its socket through ``add_reader`` /
+    ``add_writer`` itself, which works the same on both loops, and keeps the
+    ancillary data of the last read: the arrival time of the packet that ended
+    a phase (``Connection.arrival_ns``). Behaviour as asyncio's
+    ``_SelectorSocketTransport``: reads of up to 256 KiB, a write tried at once
+    and buffered (with pause_writing above 64 KiB, resume_writing at 16 KiB)
+    when the socket is full, EOF kept half-open, errors to
+    ``connection_lost(exc)`` once.
+    """
+
+    __slots__ = ("_loop", "_sock", "_fd", "_protocol", "_out", "_closing", "_reading",
+                 "_protocol_paused", "_check_error", "rx_stamp")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Connection) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._out = bytearray()  # written, not yet sent
+        self._closing = False  # aborted or failed: the socket is closed
+        self._reading = True
+        self._protocol_paused = False
+        self.rx_stamp = b""  # the last read's SCM_TIMESTAMPNS (a struct timespec), b"" when none came
+        # libuv stops watching a descriptor whose readiness comes with POLLERR (a RST right
+        # behind the last data) without calling the reader again: under uvloop the error is
+        # looked for after every read, else the reset would surface only at the deadline.
+        self._check_error = type(loop).__module__.startswith("uvloop")
+        loop.add_reader(self._fd, self._read_ready)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._sock
+        if name == "peername":
+            try:
+                return self._sock.getpeername()
+            except OSError:
+                return default
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closing:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        if not self._out:
+            try:
+                n = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._out += data
+        if not self._protocol_paused and len(self._out) > _HIGH_WATER:
+            self._protocol_paused = True
+            self._protocol.pause_writing()
+
+    def abort(self) -> None:
+        if not self._closing:
+            self._shutdown().connection_lost(None)
+
+    # --- loop callbacks ---------------------------------------------------------------
+    def _read_ready(self) -> None:
+        try:
+            data, anc, _, _ = self._sock.recvmsg(_READ_SIZE, _ANC_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if anc:
+            self.rx_stamp = anc[0][2]
+        if data:
+            self._protocol.data_received(data)
+            if self._check_error and not self._closing:
+                err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self._fatal(OSError(err, os.strerror(err)))
+            return
+        # EOF: the protocol keeps the socket half-open (it may still write).
+        self.pause_reading()
+        self._protocol.eof_received()
+
+    def _write_ready(self) -> None:
+        try:
+            n = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        del self._out[:n]
+        if not self._out:
+            self._loop.remove_writer(self._fd)
+        if self._protocol_paused and len(self._out) <= _LOW_WATER:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+
+    def _fatal(self, exc: Exception) -> None:
+        # Later, as asyncio does: the error surfaces from a callback, not inside a write.
+        if not self._closing:
+            self._loop.call_soon(self._shutdown().connection_lost, exc)
+
+    def _shutdown(self) -> Connection:
+        """Stop watching and close the socket; the protocol is let go (no cycle outlives a probe)."""
+        self._closing = True
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+        if self._out:
+            self._out.clear()
+            self._loop.remove_writer(self._fd)
+        self._sock.close()
+        protocol, self._protocol = self._protocol, None  # type: ignore[assignment]
+        return protocol
+
 def _seconds(start_ns: int, end_ns: int) -> float | None:
     return (end_ns - start_ns) / 1e9 if start_ns and end_ns > start_ns else None
 
@@ -529,12 +697,14 @@ def tcp_info_of(sock: Any) -> TCPInfo | None:
 
 
 async def open_socket(ip: str, port: int, family: int, source: str | None = None) -> socket.socket:
-    """A connected non-blocking TCP socket (TCP_NODELAY), bound to ``source`` first if given; closed on any failure."""
+    """A connected non-blocking TCP socket (TCP_NODELAY, kernel receive timestamps), bound to ``source`` first
+    if given; closed again on any failure."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         if source is not None:
             sock.bind((source, 0))
         await loop.sock_connect(sock, (ip, port))
@@ -549,7 +719,7 @@ async def wrap(sock: socket.socket) -> Connection:
     loop = asyncio.get_running_loop()
     conn = Connection(loop)
     try:
-        await loop.create_connection(lambda: conn, sock=sock)
+        conn.connection_made(_SocketTransport(loop, sock, conn))  # type: ignore[arg-type]
     except BaseException:
         sock.close()
         raise

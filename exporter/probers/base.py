@@ -32,6 +32,7 @@ from ..failures import DeadlineExceeded, Reason, Rules, register_reasons, unregi
 from ..metrics import MetricSpec, ProbeFamily, ProbeSamples
 from ..net import http1
 from ..net.guard import ProbeGuard
+from ..net.pacing import ConnectPacer
 from ..net.tls import TLS_VERSIONS, TLSConfig, check_server_name
 from ..result import Details, Hop, KeepAlive, Peer, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
 from ..schema import ConfigError, Fields, Secret, brief
@@ -297,14 +298,15 @@ class ProbeContext:
         "target", "module", "timeout", "deadline_ns", "phase_name", "phase_start_ns", "timeline", "phase_limits",
         "resolver", "tracing", "tls_resumption", "peer", "tcp", "tls", "hops", "details", "keepalive", "resumption",
         "failed_due_to_regex", "logs",
-        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard",
+        "start_ns", "trace_id", "span_id", "sampled", "tracestate", "new_span_id", "_hop", "guard", "pacer",
     )
 
     def __init__(self, target: str, module: str, timeout: float, *, start_ns: int,
                  phase_limits: Mapping[str, float] | None = None, resolver: ResolverConfig = ResolverConfig(),
                  tracing: TracingConfig = TracingConfig(), tls_resumption: TLSResumptionConfig = TLSResumptionConfig(),
                  trace_id: int = 0, span_id: int = 0, sampled: bool = False,
-                 tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None) -> None:
+                 tracestate: str = "", new_span_id: Any = None, guard: ProbeGuard | None = None,
+                 pacer: ConnectPacer | None = None) -> None:
         self.target = target
         self.module = module
         self.timeout = timeout
@@ -317,6 +319,7 @@ class ProbeContext:
         self.trace_id, self.span_id, self.sampled, self.tracestate = trace_id, span_id, sampled, tracestate
         self.new_span_id = new_span_id  # () -> int, for each hop's traceparent
         self.guard = guard  # the SSRF guard every connection of this probe passes (None: none)
+        self.pacer = pacer  # the token bucket every connect waits on, outside any phase (None: unpaced)
         self.phase_name = "probe"
         self.phase_start_ns: int | None = None
         self.timeline: list[Phase] = []
@@ -340,6 +343,13 @@ class ProbeContext:
 
     def remaining(self) -> float:
         return (self.deadline_ns - time.perf_counter_ns()) / 1e9
+
+    async def wait_for_token(self, pacer: ConnectPacer) -> None:
+        """Wait for a connect token (net/pacing.py); the wait is in no phase. Callers first try
+        ``pacer.try_take()``, which needs no await."""
+        start = time.perf_counter_ns()
+        await pacer.take()
+        self.log("waited %.3f ms for a connect token (paced connects)", (time.perf_counter_ns() - start) / 1e6)
 
     async def phase(self, name: str, awaitable: Awaitable[T]) -> T:
         """Await ``awaitable`` as phase ``name``; it joins the timeline only if it completes."""
@@ -373,6 +383,32 @@ class ProbeContext:
         self.timeline.append(Phase(name, self.offset(start), (end - start) / 1e9, hop))
         self.phase_start_ns = None
         return value
+
+    # --- kernel timing (docs/metrics.md): the last completed phase, re-timed ----------
+    def kernel_duration(self, seconds: float) -> None:
+        """The last completed phase took ``seconds`` by the kernel's account (connect: the
+        handshake RTT from TCP_INFO); its wall-clock figure is kept as ``wall``."""
+        last = self.timeline[-1] if self.timeline else None
+        # Plausible only if inside the wall-clock figure (our clock also covers the syscalls).
+        if last is not None and last.wall is None and 0 < seconds <= last.duration:
+            self.timeline[-1] = Phase(last.name, last.start, seconds, last.hop, last.duration)
+
+    def kernel_end(self, arrival_ns: int, since_ns: int | None = None) -> int | None:
+        """The last completed phase ended when the packet that ended it arrived (``arrival_ns``,
+        the kernel's receive timestamp on the perf_counter clock; 0: unknown), and began at
+        ``since_ns`` (the previous phase's arrival) if given, else at its own start. Returns the
+        arrival used, or None when it is not inside the phase (data that came earlier, a
+        clock step): the wall clock stays."""
+        last = self.timeline[-1] if self.timeline else None
+        if not arrival_ns or last is None or last.wall is not None:
+            return None
+        start_ns = self.start_ns + round(last.start * 1e9)
+        end_ns = start_ns + round(last.duration * 1e9)
+        begin = since_ns if since_ns is not None and since_ns <= start_ns else start_ns
+        if not begin <= arrival_ns <= end_ns:
+            return None
+        self.timeline[-1] = Phase(last.name, last.start, (arrival_ns - begin) / 1e9, last.hop, last.duration)
+        return arrival_ns
 
     # --- hops: one request/response exchange each ----------------------------------
     def begin_hop(self, method: str, url: str) -> None:

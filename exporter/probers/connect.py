@@ -78,9 +78,16 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     if not peer:
         ctx.peer = saved
     check_source_family(source, family)
+    pacer = ctx.pacer
+    if pacer is not None and not pacer.try_take():
+        await ctx.wait_for_token(pacer)
     ctx.log("connecting to %s", join_host_port(ip, port))
     sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source))
-    ctx.tcp = connection.tcp_info_of(sock)
+    ctx.tcp = tcp = connection.tcp_info_of(sock)
+    # The kernel's RTT of the SYN / SYN-ACK exchange, untouched by how late the loop resumed us;
+    # after a retransmitted SYN it measures one attempt, not the connect: the wall clock stays.
+    if tcp is not None and not tcp.retransmits:
+        ctx.kernel_duration(tcp.rtt_seconds)
     ctx.log("connected to %s", join_host_port(ip, port))
     return sock
 
@@ -104,6 +111,7 @@ async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, c
     try:
         sslctx = await tls_context(cfg, alpn)
         ctx.tls = await ctx.phase("tls", conn.start_tls(sslctx, server_name))
+        ctx.kernel_end(conn.arrival_ns())  # the server's last handshake flight
     except ssl.SSLCertVerificationError as exc:
         ctx.tls = tls_info_of(exc)
         raise

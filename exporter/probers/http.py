@@ -548,6 +548,7 @@ async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
     reader = http1.ResponseReader(method, max_header_bytes=MAX_HEADER_BYTES)
     await ctx.phase("first_byte", http1.wait_first_byte(conn, reader))
     decoder: codings.Decoder | None = None
+    first = ctx.kernel_end(conn.arrival_ns())
 
     async def receive() -> None:
         head = await http1.read_head(conn, reader)
@@ -560,6 +561,7 @@ async def _h1(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
 
     try:
         await ctx.phase("transfer", receive())
+        ctx.kernel_end(conn.arrival_ns(), first)
     finally:
         # A body cut short (timeout, reset, limit) still reports what arrived, as blackbox's byte
         # counter does; its MaxBytesReader hands out at most body_size_limit (decoded) bytes.
@@ -577,6 +579,7 @@ async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
         h2_headers.append(("accept", "*/*"))
     await ctx.phase("request", exchange.send_request(method, authority, target, "https", h2_headers, body))
     await ctx.phase("first_byte", exchange.wait_first_byte())
+    first = ctx.kernel_end(conn.arrival_ns())
 
     async def receive() -> None:
         status, head = await exchange.read_head()
@@ -587,6 +590,7 @@ async def _h2(ctx: ProbeContext, conn: Connection, method: str, authority: str, 
             limit=cfg.body_size_limit or None, keep=cfg.keeps_body, keep_limit=keep_limit, decoder=_decoder(cfg, response))
 
     await ctx.phase("transfer", receive())
+    ctx.kernel_end(conn.arrival_ns(), first)
 
 
 # prometheus/common refuses these in http_headers: the client sets them itself.

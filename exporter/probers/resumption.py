@@ -55,6 +55,9 @@ async def check(ctx: ProbeContext, host: str, tls: TLSConfig, alpn: tuple[str, .
         """Connect (not a phase: the probe timed its connect), then the handshake as ``phase``."""
         if ctx.guard is not None:  # every connection passes the SSRF guard, this one too
             ctx.guard.check_address(host, peer.ip, peer.port)
+        pacer = ctx.pacer
+        if pacer is not None and not pacer.try_take():
+            await ctx.wait_for_token(pacer)
         conn = await connection.connect(peer.ip, peer.port, family)
         try:
             info = await ctx.phase(phase, conn.start_tls(sslctx, server_name, session=session))

@@ -118,6 +118,7 @@ def request_headers(ctx: ProbeContext, configured: tuple[tuple[str, str | Secret
 async def read_head(ctx: ProbeContext, conn: Connection, reader: http1.ResponseReader) -> http1.Head:
     """first_byte phase (request written → first response byte), then the head (not a phase of its own)."""
     await ctx.phase("first_byte", http1.wait_first_byte(conn, reader))
+    ctx.kernel_end(conn.arrival_ns())
     return await http1.read_head(conn, reader)
 
 

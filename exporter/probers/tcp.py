@@ -188,6 +188,7 @@ class _Dialogue:
         send = reveal(step.send).encode("latin-1") if isinstance(step.send, Secret) else step.send
         if step.expect is not None:
             match = await ctx.phase("first_byte", self._expect(index, step.expect))
+            ctx.kernel_end(conn.arrival_ns())
             if send is not None:
                 send = expand(send, match)
             if step.labels:
