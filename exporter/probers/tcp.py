@@ -149,15 +149,7 @@ class TCPProber(Prober):
             await tls_context(cfg.tls_config)  # its files are read (or missing) before anything is sent
         conn = await open_connection(ctx, host, port, cfg.preferred_ip_protocol, cfg.ip_protocol_fallback,
                                      source=cfg.source_ip_address)
-        dialogue = _Dialogue(ctx, conn)
-        try:
-            if cfg.tls:
-                await start_tls(ctx, conn, host, cfg.tls_config)
-            for i, step in enumerate(cfg.query_response):
-                await dialogue.step(host, cfg.tls_config, i, step)
-        finally:
-            conn.close()
-            ctx.details = TCPDetails(failed_due_to_bytes=dialogue.failed_due_to_bytes, expect_labels=dialogue.labels)
+        await converse(ctx, conn, host, cfg.tls, cfg.tls_config, cfg.query_response)
         if ctx.tls is not None:  # tls: true, or a starttls step
             await resumption.check(ctx, host, cfg.tls_config)
 
@@ -172,6 +164,21 @@ class TCPProber(Prober):
 
 _FAILED_DUE_TO_BYTES = ProbeFamily("probe_failed_due_to_bytes", "Indicates if probe failed due to bytes")
 _EXPECT_INFO = ProbeFamily("probe_expect_info", "Explicit content matched")
+
+
+async def converse(ctx: ProbeContext, conn: Connection, server_name: str, tls: bool, tls_config: TLSConfig,
+                   steps: tuple[QueryStep, ...]) -> None:
+    """TLS from the start when ``tls``, then the query_response steps; the connection is closed and
+    ctx.details set however it ends. The tcp and unix probers' exchange."""
+    dialogue = _Dialogue(ctx, conn)
+    try:
+        if tls:
+            await start_tls(ctx, conn, server_name, tls_config)
+        for i, step in enumerate(steps):
+            await dialogue.step(server_name, tls_config, i, step)
+    finally:
+        conn.close()
+        ctx.details = TCPDetails(failed_due_to_bytes=dialogue.failed_due_to_bytes, expect_labels=dialogue.labels)
 
 
 class _Dialogue:

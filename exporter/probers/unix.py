@@ -22,8 +22,8 @@ from ..net import connection
 from ..net.tls import TLSConfig
 from ..schema import Fields
 from .base import CONNECT, TLS, PhaseSpec, ProbeContext, Prober, register, tls_section
-from .connect import start_tls, tls_context
-from .tcp import QueryStep, TCPDetails, TCPProber, _Dialogue, _parse_step
+from .connect import tls_context
+from .tcp import QueryStep, TCPProber, _parse_step, converse
 
 MAX_PATH = 107  # sun_path holds 108 bytes with its terminating NUL
 
@@ -72,15 +72,7 @@ class UnixProber(Prober):
             await tls_context(cfg.tls_config)  # its files are read (or missing) before anything is sent
         conn = await connection.wrap(await ctx.phase("connect", _open(target, address)))
         server_name = cfg.tls_config.server_name or "localhost"
-        dialogue = _Dialogue(ctx, conn)  # the tcp prober's query_response
-        try:
-            if cfg.tls:
-                await start_tls(ctx, conn, server_name, cfg.tls_config)
-            for i, step in enumerate(cfg.query_response):
-                await dialogue.step(server_name, cfg.tls_config, i, step)
-        finally:
-            conn.close()
-            ctx.details = TCPDetails(failed_due_to_bytes=dialogue.failed_due_to_bytes, expect_labels=dialogue.labels)
+        await converse(ctx, conn, server_name, cfg.tls, cfg.tls_config, cfg.query_response)  # the tcp prober's exchange
 
 
 def _address(target: str) -> str:
