@@ -19,7 +19,9 @@ them. A group's histograms exist while one of its targets is scheduled.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import accumulate
 
 from .. import metrics as m
 from .exposition import escape, fmt
@@ -60,34 +62,60 @@ class _Histogram:
             self.exemplars[i] = exemplar
 
     def lines(self, name: str, base: str, le_strings: tuple[str, ...], openmetrics: bool) -> list[str]:
+        if openmetrics and self.exemplars:
+            return self._lines_with_exemplars(name, base, le_strings)
+        # One %-format of a template made once per family: a third of the time of a line at a time.
+        cumulative = list(accumulate(self.counts))
+        args: list[object] = [base] * (2 * len(cumulative) + 4)
+        args[1:2 * len(cumulative):2] = cumulative
+        args[-3] = fmt(self.sum)
+        args[-1] = self.count
+        return [_template(name, le_strings) % tuple(args)]
+
+    def _lines_with_exemplars(self, name: str, base: str, le_strings: tuple[str, ...]) -> list[str]:
         out = []
         cumulative = 0
-        exemplars = self.exemplars if openmetrics and self.exemplars else None
+        exemplars = self.exemplars or []
         for i, (le, c) in enumerate(zip(le_strings, self.counts)):
             cumulative += c
-            line = f'{name}_bucket{{{base},le="{le}"}} {cumulative}'
-            out.append(line + exemplar_suffix(exemplars[i]) if exemplars else line)
+            out.append(f'{name}_bucket{{{base},le="{le}"}} {cumulative}' + exemplar_suffix(exemplars[i]))
         out.append(f"{name}_sum{{{base}}} {fmt(self.sum)}")
         out.append(f"{name}_count{{{base}}} {self.count}")
         return out
+
+
+@functools.cache
+def _phase_order() -> dict[str, int]:
+    """Every registered phase's place in connection order (the probers are registered at import)."""
+    return {spec.name: i for i, spec in enumerate(all_phases())}
+
+
+@functools.lru_cache(maxsize=256)
+def _template(name: str, le_strings: tuple[str, ...]) -> str:
+    """A histogram's lines with %s for the labels and %d/%s for the values (no trailing newline)."""
+    name = name.replace("%", "%%")
+    lines = [f'{name}_bucket{{%s,le="{le.replace("%", "%%")}"}} %d' for le in le_strings]
+    return "\n".join([*lines, f"{name}_sum{{%s}} %s", f"{name}_count{{%s}} %d"])
 
 
 class _Histograms:
     """The histograms a target's probes fill: whole-probe duration, each phase, the probers' own.
     One target's (per_target) or shared by a group's targets (per_group)."""
 
-    __slots__ = ("duration", "phases", "extra")
+    __slots__ = ("duration", "phases", "extra", "_ordered")
 
     def __init__(self, n_buckets: int, phases: Iterable[str] = ()) -> None:
         self.duration = _Histogram(n_buckets)
         # The prober's phases exist at 0 before the first probe reaches them.
         self.phases: dict[str, _Histogram] = {phase: _Histogram(n_buckets) for phase in phases}
         self.extra: dict[str, _Histogram] = {}  # the probers' own histogram families, by name
+        self._ordered: list[tuple[str, _Histogram]] | None = None  # phases as rendered; None: sort again
 
     def add(self, store: SeriesStore, phases: Iterable[str], families: Iterable[str]) -> None:
         for phase in phases:
             if phase not in self.phases:
                 self.phases[phase] = _Histogram(len(store.bounds) + 1)
+                self._ordered = None
         for name in families:
             spec = store.extra_specs.get(name)
             if spec is not None and spec.type == "histogram" and name not in self.extra:
@@ -100,6 +128,7 @@ class _Histograms:
                 hist = self.phases.get(phase)
                 if hist is None:
                     hist = self.phases[phase] = _Histogram(len(bounds) + 1)
+                    self._ordered = None
                 hist.observe(bounds, seconds, (trace_id, seconds, finished_at) if trace_id else None)
 
     def observe_extra(self, spec: m.MetricSpec, bounds: tuple[float, ...], value: float) -> None:
@@ -113,12 +142,12 @@ class _Histograms:
         les = store.le_strings
         out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
         phase_lines = out[_INDEX[m.PHASE_DURATION]]
-        known = [p.name for p in all_phases()]
-        # Registered phases in connection order, then any other a prober reported.
-        for phase in known + sorted(set(self.phases) - set(known)):
-            hist = self.phases.get(phase)
-            if hist is not None:
-                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
+        if self._ordered is None:
+            # Registered phases in connection order, then any other a prober reported.
+            order = _phase_order()
+            self._ordered = sorted(self.phases.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+        for phase, hist in self._ordered:
+            phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
         for i, spec in enumerate(store.extra, len(_FAMILIES)):
             hist = self.extra.get(spec.name)
             if hist is not None:
