@@ -343,6 +343,11 @@ def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
+# Targets rendered between two pieces of a scrape, i.e. between two turns of the event loop
+# (server.handle_metrics yields after each piece): a tcp target with per-target histograms takes
+# 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
+# about 4-9 ms, well under the 20 ms bound of issue 15.
+RENDER_SLICE = 256
 
 
 class SeriesStore:
@@ -458,11 +463,12 @@ class SeriesStore:
         for gkey in [k for k, g in self.groups.items() if id(g) not in used]:
             del self.groups[gkey]
 
-    def render_chunks(self, chunk_targets: int = 512, openmetrics: bool = False) -> Iterator[bytes]:
+    def render_chunks(self, chunk_targets: int = RENDER_SLICE, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``chunk_targets`` targets per family.
 
         Streaming pieces keeps a 10k-target scrape from allocating (and
-        page-faulting) one buffer of hundreds of MB.
+        page-faulting) one buffer of hundreds of MB; at most ``chunk_targets``
+        targets are rendered before the next piece is yielded.
         """
         # Dirty targets render lazily, slice by slice, during the first family,
         # so the caller can yield to the event loop between chunks. The
