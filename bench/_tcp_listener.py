@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import selectors
 import signal
@@ -27,6 +28,8 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = args.addresses * args.per_address + 256
     if soft < need:
+        if hard < need and os.geteuid() == 0:  # 100k targets: above the usual hard limit, which root may raise
+            hard = need
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
     sel = selectors.DefaultSelector()
     targets = []
@@ -42,7 +45,6 @@ def main() -> int:
             targets.append(f"{host}:{s.getsockname()[1]}")
     with open(args.out + ".tmp", "w") as fh:
         json.dump(targets, fh)
-    import os
     os.replace(args.out + ".tmp", args.out)
 
     stopping = False
