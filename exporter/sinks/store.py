@@ -475,13 +475,15 @@ class SeriesStore:
         # fragments taken then are reused for every family: one consistent
         # snapshot per target even if it is probed again mid-scrape.
         series: list[_Rendered] = [*self.series.values(), *self.groups.values()]
-        snapshot: list[list[bytes]] = []
+        # Per slice, its targets' fragments by family (zip transposes them in C: a generator
+        # picking one family's fragment from each target took a fifth of a scrape).
+        columns: list[list[tuple[bytes, ...]]] = []
         for i, header in enumerate(self._om_headers if openmetrics else self._headers):
             started = False
-            for start in range(0, len(series), chunk_targets):
+            for n, start in enumerate(range(0, len(series), chunk_targets)):
                 if i == 0:
-                    snapshot.extend(s.fragments(self, openmetrics) for s in series[start:start + chunk_targets])
-                body = b"".join(frag[i] for frag in snapshot[start:start + chunk_targets])
+                    columns.append(list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]])))
+                body = b"".join(columns[n][i])
                 if body:
                     if not started:
                         yield header
