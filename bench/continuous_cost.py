@@ -41,9 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (  # noqa: E402
-    BLACKBOX, CONNHEALTH, LOCALHOST, PYTHON, cpu_seconds, free_port, get, median, start, stop, wait_port,
+    BLACKBOX, CONNHEALTH, LOCALHOST, cpu_seconds, free_port, get, median, start, stop, stop_all, wait_port,
 )
-from bench.scale import sum_family  # noqa: E402
+from bench.scale import start_listeners, sum_family  # noqa: E402
 
 MODULE = """
 modules:
@@ -176,18 +176,10 @@ def main() -> int:
     os.sched_setaffinity(0, {1})  # this script (the blackbox driver, the scrapes) stays off the exporters' core
     tmp = Path(tempfile.mkdtemp(prefix="connhealth-cost-"))
     n = args.addresses * args.per_address
-    listener_out = tmp / "targets.list.json"
-    listener = start([PYTHON, str(Path(__file__).with_name("_tcp_listener.py")), "--addresses", str(args.addresses),
-                      "--per-address", str(args.per_address), "--out", str(listener_out),
-                      "--lifetime", str(args.reps * 2 * (args.interval * 2 + args.window + 30) + 60)],
-                     tmp / "listener.log", cpus="1")
-    deadline = time.monotonic() + 60
-    while not listener_out.exists():
-        if listener.poll() is not None or time.monotonic() > deadline:
-            print((tmp / "listener.log").read_text(), file=sys.stderr)
-            return 1
-        time.sleep(0.1)
-    targets = json.loads(listener_out.read_text())
+    targets = start_listeners(args.addresses, args.per_address, tmp,
+                              args.reps * 2 * (args.interval * 2 + args.window + 30) + 60, "1")
+    if targets is None:
+        return 1
     (tmp / "targets.json").write_text(json.dumps([{"targets": targets}]))
     (tmp / "blackbox.yml").write_text(MODULE)
     (tmp / "connhealth.yml").write_text(MODULE + CONNHEALTH_EXTRA.format(
@@ -213,7 +205,7 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"targets": n, "interval": args.interval, "window": args.window,
                                                "per_1000": per_1000, "ratio": ch / bb}, indent=2))
-    stop(listener)
+    stop_all()
     return 0
 
 

@@ -2,7 +2,7 @@
 """10k (or 100k) continuous targets in one ``connhealth serve`` process.
 
 Starts (127.0.0.1 / 127.0.0.x only):
-  * bench/_tcp_listener.py in its own process: ``--addresses`` × ``--per-address``
+  * bench/_tcp_listener.py in its own process(es) (one per 20k sockets, the fd limit): ``--addresses`` × ``--per-address``
     listening sockets on 127.0.0.1 … 127.0.0.N (default 100 × 100 = 10 000
     distinct ``host:port`` targets), accept-and-close;
   * ``connhealth serve`` with a file_sd target file listing them all, labelled
@@ -36,6 +36,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,31 @@ def quantile(delta: dict[str, float], q: float) -> tuple[float, str]:
     return float("nan"), "?"
 
 
+def start_listeners(addresses: int, per_address: int, tmp: Path, lifetime: float, cpus: str | None) -> list[str] | None:
+    """bench/_tcp_listener.py processes for ``addresses`` × ``per_address`` targets, as many as the hard fd limit
+    asks for (20 000 here: 100k targets take 6); their ``host:port`` list, or None (logged) if one failed."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_process = max(1, (hard - 256) // per_address)
+    outs = []
+    for first in range(1, addresses + 1, per_process):
+        n, out = min(per_process, addresses + 1 - first), tmp / f"targets.{first}.json"
+        log = tmp / f"listener.{first}.log"
+        proc = start([PYTHON, str(Path(__file__).with_name("_tcp_listener.py")), "--first-address", str(first),
+                      "--addresses", str(n), "--per-address", str(per_address), "--out", str(out),
+                      "--lifetime", f"{lifetime:g}"], log, cpus=cpus)
+        outs.append((proc, out, log))
+    deadline = time.monotonic() + 120
+    targets: list[str] = []
+    for proc, out, log in outs:
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(log.read_text(), file=sys.stderr)
+                return None
+            time.sleep(0.1)
+        targets += json.loads(out.read_text())
+    return targets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--addresses", type=int, default=100)
@@ -130,17 +156,9 @@ def main() -> int:
         os.sched_setaffinity(0, {1})  # this script (and its curl scrapes) stay off connhealth's core
 
     tmp = Path(tempfile.mkdtemp(prefix="connhealth-scale-"))
-    listener_out = tmp / "targets.list.json"
-    listener = start([PYTHON, str(Path(__file__).with_name("_tcp_listener.py")), "--addresses", str(args.addresses),
-                      "--per-address", str(args.per_address), "--out", str(listener_out),
-                      "--lifetime", str(args.warmup + args.window + 300)], tmp / "listener.log", cpus=load_cpus)
-    deadline = time.monotonic() + 60
-    while not listener_out.exists():
-        if listener.poll() is not None or time.monotonic() > deadline:
-            print((tmp / "listener.log").read_text(), file=sys.stderr)
-            return 1
-        time.sleep(0.1)
-    targets = json.loads(listener_out.read_text())
+    targets = start_listeners(args.addresses, args.per_address, tmp, args.warmup + args.window + 300, load_cpus)
+    if targets is None:
+        return 1
     targets_file = tmp / "targets.json"
     services = max(args.services, 1)
     targets_file.write_text(json.dumps([{"targets": targets[i::services], "labels": {"bench": "scale", "service": f"s{i}"}}
