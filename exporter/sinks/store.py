@@ -149,9 +149,9 @@ class _Histograms:
         for phase, hist in self._ordered:
             phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
         for i, spec in enumerate(store.extra, len(_FAMILIES)):
-            hist = self.extra.get(spec.name)
-            if hist is not None:
-                out[i].extend(hist.lines(spec.name, b, store.extra_les[spec.name], om))
+            extra = self.extra.get(spec.name)
+            if extra is not None:
+                out[i].extend(extra.lines(spec.name, b, store.extra_les[spec.name], om))
 
 
 class _Rendered:
