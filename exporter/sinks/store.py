@@ -104,10 +104,10 @@ class _Histograms:
 
     __slots__ = ("duration", "phases", "extra", "_ordered")
 
-    def __init__(self, n_buckets: int, phases: Iterable[str] = ()) -> None:
+    def __init__(self, n_buckets: int) -> None:
         self.duration = _Histogram(n_buckets)
-        # The prober's phases exist at 0 before the first probe reaches them.
-        self.phases: dict[str, _Histogram] = {phase: _Histogram(n_buckets) for phase in phases}
+        # The prober's phases exist at 0 before the first probe reaches them (add).
+        self.phases: dict[str, _Histogram] = {}
         self.extra: dict[str, _Histogram] = {}  # the probers' own histogram families, by name
         self._ordered: list[tuple[str, _Histogram]] | None = None  # phases as rendered; None: sort again
 
@@ -211,7 +211,7 @@ class TargetSeries(_Rendered):
         "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption", "interval",
     )
 
-    def __init__(self, base: str, n_buckets: int, phases: Iterable[str] = ()) -> None:
+    def __init__(self, base: str) -> None:
         super().__init__()
         self.base = base  # rendered label pairs, computed once
         self.attempts = 0
@@ -220,7 +220,7 @@ class TargetSeries(_Rendered):
         self.up = 0.0
         self.failures: dict[tuple[str, str], int] = {}
         # per_target: its own; per_group: its group's (shared, rendered by the group); none: None.
-        self.hists: _Histograms | None = _Histograms(n_buckets, phases)
+        self.hists: _Histograms | None = None
         self.group: _Group | None = None
         self.last_success: float | None = None
         self.last_probe: float | None = None
@@ -422,7 +422,7 @@ class SeriesStore:
         key = (target, module, labels)
         series = self.series.get(key)
         if series is None:
-            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1)
+            series = self.series[key] = TargetSeries(self._base(target, module, labels))
         if histograms == m.PER_GROUP:
             group = self._group(module, labels)
             if series.group is not group:
