@@ -111,15 +111,20 @@ class _Histograms:
         self.extra: dict[str, _Histogram] = {}  # the probers' own histogram families, by name
         self._ordered: list[tuple[str, _Histogram]] | None = None  # phases as rendered; None: sort again
 
-    def add(self, store: SeriesStore, phases: Iterable[str], families: Iterable[str]) -> None:
+    def add(self, store: SeriesStore, phases: Iterable[str], families: Iterable[str]) -> bool:
+        """Histograms at 0 for ``phases`` and the histograms among ``families``; whether any was new."""
+        added = False
         for phase in phases:
             if phase not in self.phases:
                 self.phases[phase] = _Histogram(len(store.bounds) + 1)
                 self._ordered = None
+                added = True
         for name in families:
             spec = store.extra_specs.get(name)
             if spec is not None and spec.type == "histogram" and name not in self.extra:
                 self.extra[name] = _Histogram(len(spec.buckets or store.bounds) + 1)
+                added = True
+        return added
 
     def observe(self, result: ProbeResult, bounds: tuple[float, ...], trace_id: str | None, finished_at: float) -> None:
         self.duration.observe(bounds, result.duration_seconds, (trace_id, result.duration_seconds, finished_at) if trace_id else None)
@@ -428,13 +433,14 @@ class SeriesStore:
             if series.group is not group:
                 series.group, series.hists = group, group.hists
                 series.invalidate()
-            group.hists.add(self, phases, families)
-            group.invalidate()
+            if group.hists.add(self, phases, families):
+                group.invalidate()
         elif histograms == m.PER_TARGET:
             if series.hists is None or series.group is not None:
                 series.group, series.hists = None, _Histograms(len(self.bounds) + 1)
                 series.invalidate()
-            series.hists.add(self, phases, families)
+            if series.hists.add(self, phases, families):
+                series.invalidate()
         elif series.hists is not None:  # none
             series.group = series.hists = None
             series.invalidate()
