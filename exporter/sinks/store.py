@@ -102,22 +102,28 @@ class _Histograms:
     """The histograms a target's probes fill: whole-probe duration, each phase, the probers' own.
     One target's (per_target) or shared by a group's targets (per_group)."""
 
-    __slots__ = ("duration", "phases", "extra", "_ordered")
+    __slots__ = ("duration", "phases", "extra")
 
     def __init__(self, n_buckets: int) -> None:
         self.duration = _Histogram(n_buckets)
         # The prober's phases exist at 0 before the first probe reaches them (add).
         self.phases: dict[str, _Histogram] = {}
         self.extra: dict[str, _Histogram] = {}  # the probers' own histogram families, by name
-        self._ordered: list[tuple[str, _Histogram]] | None = None  # phases as rendered; None: sort again
+
+    def _add_phase(self, phase: str, n_buckets: int) -> _Histogram:
+        """A new phase's histogram; ``phases`` stays in render order: registered phases in connection
+        order, then any other a prober reported (sorted once here, not at every render)."""
+        hist = self.phases[phase] = _Histogram(n_buckets)
+        order = _phase_order()
+        self.phases = dict(sorted(self.phases.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+        return hist
 
     def add(self, store: SeriesStore, phases: Iterable[str], families: Iterable[str]) -> bool:
         """Histograms at 0 for ``phases`` and the histograms among ``families``; whether any was new."""
         added = False
         for phase in phases:
             if phase not in self.phases:
-                self.phases[phase] = _Histogram(len(store.bounds) + 1)
-                self._ordered = None
+                self._add_phase(phase, len(store.bounds) + 1)
                 added = True
         for name in families:
             spec = store.extra_specs.get(name)
@@ -132,8 +138,7 @@ class _Histograms:
             for phase, seconds in (result.hop_phases(hop) if result.hops else result.total_phases()).items():
                 hist = self.phases.get(phase)
                 if hist is None:
-                    hist = self.phases[phase] = _Histogram(len(bounds) + 1)
-                    self._ordered = None
+                    hist = self._add_phase(phase, len(bounds) + 1)
                 hist.observe(bounds, seconds, (trace_id, seconds, finished_at) if trace_id else None)
 
     def observe_extra(self, spec: m.MetricSpec, bounds: tuple[float, ...], value: float) -> None:
@@ -147,11 +152,7 @@ class _Histograms:
         les = store.le_strings
         out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
         phase_lines = out[_INDEX[m.PHASE_DURATION]]
-        if self._ordered is None:
-            # Registered phases in connection order, then any other a prober reported.
-            order = _phase_order()
-            self._ordered = sorted(self.phases.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
-        for phase, hist in self._ordered:
+        for phase, hist in self.phases.items():
             phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
         for i, spec in enumerate(store.extra, len(_FAMILIES)):
             extra = self.extra.get(spec.name)
