@@ -323,9 +323,8 @@ class Exporter:
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         response = web.StreamResponse(headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else CONTENT_TYPE_TEXT})
         await response.prepare(request)
-        for piece in self.store.render_pieces(openmetrics=openmetrics):
-            for chunk in piece:
-                await response.write(chunk)
+        for chunk in self.store.render_chunks(openmetrics=openmetrics):
+            await response.write(chunk)
             # A 10k-target render must not stall scheduled probes for its whole duration.
             await asyncio.sleep(0)
         if openmetrics:

@@ -172,10 +172,6 @@ class _Rendered:
     def invalidate(self) -> None:
         self._fragments = self._om_fragments = None
 
-    def stale(self, openmetrics: bool) -> bool:
-        """Whether ``fragments`` must render (it changed since it last did)."""
-        return (self._om_fragments if openmetrics else self._fragments) is None
-
     def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
         if openmetrics:
             if self._om_fragments is None:
@@ -358,8 +354,6 @@ GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
 # 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
 # about 4-9 ms, well under the 20 ms bound of issue 15.
 RENDER_SLICE = 256
-# Bytes of already rendered targets written in one piece of a scrape (one turn of the loop).
-PIECE_BYTES = 1 << 20
 
 
 class SeriesStore:
@@ -476,54 +470,32 @@ class SeriesStore:
         for gkey in [k for k, g in self.groups.items() if id(g) not in used]:
             del self.groups[gkey]
 
-    def render_chunks(self, openmetrics: bool = False) -> Iterator[bytes]:
-        """The exposition in chunks (``render_pieces``, flattened)."""
-        for piece in self.render_pieces(openmetrics=openmetrics):
-            yield from piece
+    def render_chunks(self, chunk_targets: int = RENDER_SLICE, openmetrics: bool = False) -> Iterator[bytes]:
+        """The exposition in pieces of at most ``chunk_targets`` targets per family.
 
-    def render_pieces(self, chunk_targets: int = RENDER_SLICE, openmetrics: bool = False,
-                      piece_bytes: int = PIECE_BYTES) -> Iterator[list[bytes]]:
-        """The exposition in pieces, each a list of chunks: a piece holds at most ``chunk_targets``
-        newly rendered targets, or about ``piece_bytes`` of already rendered ones.
-
-        The caller yields to the event loop between pieces. Streaming chunks keeps a scrape from
-        allocating (and page-faulting) one buffer of hundreds of MB; few pieces keep it from waiting
-        for a turn of a busy loop thousands of times (a 100k-target scrape yielding once per family
-        and slice of targets took over 30 s while 1,700 probes/s kept the loop busy). A piece is not
-        joined into one buffer: joining 1 MiB pieces grew the soak test's RSS by 11 % (fragmentation).
+        Streaming pieces keeps a 10k-target scrape from allocating (and
+        page-faulting) one buffer of hundreds of MB; at most ``chunk_targets``
+        targets are rendered before the next piece is yielded.
         """
-        # Dirty targets render lazily, slice by slice, during the first family. The
+        # Dirty targets render lazily, slice by slice, during the first family,
+        # so the caller can yield to the event loop between chunks. The
         # fragments taken then are reused for every family: one consistent
         # snapshot per target even if it is probed again mid-scrape.
         series: list[_Rendered] = [*self.series.values(), *self.groups.values()]
         # Per slice, its targets' fragments by family (zip transposes them in C: a generator
         # picking one family's fragment from each target took a fifth of a scrape).
         columns: list[list[tuple[bytes, ...]]] = []
-        pending: list[bytes] = []
-        size = rendered = 0
         for i, header in enumerate(self._om_headers if openmetrics else self._headers):
             started = False
             for n, start in enumerate(range(0, len(series), chunk_targets)):
                 if i == 0:
-                    part = series[start:start + chunk_targets]
-                    dirty = sum(1 for s in part if s.stale(openmetrics))
-                    if pending and rendered + dirty > chunk_targets:
-                        yield pending
-                        pending, size, rendered = [], 0, 0
-                    columns.append(list(zip(*[s.fragments(self, openmetrics) for s in part])))
-                    rendered += dirty
+                    columns.append(list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]])))
                 body = b"".join(columns[n][i])
                 if body:
                     if not started:
-                        pending.append(header)
+                        yield header
                         started = True
-                    pending.append(body)
-                    size += len(body)
-                if size >= piece_bytes or rendered >= chunk_targets:
-                    yield pending
-                    pending, size, rendered = [], 0, 0
-        if pending:
-            yield pending
+                    yield body
 
     def render(self) -> bytes:
         return b"".join(self.render_chunks())
