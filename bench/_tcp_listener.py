@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A plain TCP target farm for bench/scale.py: N listening sockets on 127.0.0.x, accept-and-close.
 
-Binds ``--addresses`` loopback addresses (127.0.0.1, 127.0.0.2, …) × ``--per-address``
+Binds ``--addresses`` loopback addresses (127.0.0.<first-address>, the next, …) × ``--per-address``
 sockets each (kernel-chosen ports), writes the ``host:port`` list as JSON to
 ``--out``, then accepts and closes connections until ``--lifetime`` seconds have
 passed or it is signalled. Never binds 0.0.0.0.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import selectors
 import signal
@@ -20,6 +21,7 @@ import time
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--addresses", type=int, default=100)
+    ap.add_argument("--first-address", type=int, default=1, help="bind 127.0.0.<first> onwards")
     ap.add_argument("--per-address", type=int, default=100)
     ap.add_argument("--out", required=True)
     ap.add_argument("--lifetime", type=float, default=1800.0)
@@ -30,7 +32,11 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
     sel = selectors.DefaultSelector()
     targets = []
-    for a in range(1, args.addresses + 1):
+    if args.first_address < 1 or args.first_address + args.addresses - 1 > 254:
+        raise SystemExit("addresses must stay within 127.0.0.1-127.0.0.254")
+    if need > hard:
+        raise SystemExit(f"{need} sockets need more than the hard fd limit {hard}: split over several listeners")
+    for a in range(args.first_address, args.first_address + args.addresses):
         host = f"127.0.0.{a}"
         for _ in range(args.per_address):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -42,7 +48,6 @@ def main() -> int:
             targets.append(f"{host}:{s.getsockname()[1]}")
     with open(args.out + ".tmp", "w") as fh:
         json.dump(targets, fh)
-    import os
     os.replace(args.out + ".tmp", args.out)
 
     stopping = False

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""10k continuous targets in one ``connhealth serve`` process.
+"""10k (or 100k) continuous targets in one ``connhealth serve`` process.
 
 Starts (127.0.0.1 / 127.0.0.x only):
-  * bench/_tcp_listener.py in its own process: ``--addresses`` × ``--per-address``
+  * bench/_tcp_listener.py in its own process(es) (one per 20k sockets, the fd limit): ``--addresses`` × ``--per-address``
     listening sockets on 127.0.0.1 … 127.0.0.N (default 100 × 100 = 10 000
     distinct ``host:port`` targets), accept-and-close;
-  * ``connhealth serve`` with a file_sd target file listing them all, module
-    tcp_connect (ip4, 5 s timeout), interval ``--interval`` (default 30 s),
-    default scheduler (concurrency 256).
+  * ``connhealth serve`` with a file_sd target file listing them all, labelled
+    ``service: s0`` … ``s<--services - 1>`` in turn, module tcp_connect (ip4, 5 s
+    timeout), interval ``--interval`` (default 30 s), histograms ``--histograms``
+    (default per_target), default scheduler (concurrency 256).
 After a warm-up longer than one interval, it scrapes ``/metrics`` every
 ``--scrape-every`` seconds for ``--window`` seconds (like Prometheus would),
 timing each scrape (wall time until the full body is read), and reports:
@@ -16,12 +17,17 @@ timing each scrape (wall time until the full body is read), and reports:
     holds the 99th percentile, and histogram_quantile-style interpolation);
     the same for ``connhealth_event_loop_lag_seconds``;
   * the median / max scrape time and body size;
-  * probe attempts / successes in the window (all must succeed);
+  * probe attempts / successes in the window (all must succeed), and attempts
+    against the probes the interval schedules in the window (executed/scheduled);
   * process RSS and CPU% over the window.
 
 Usage:
-  .venv/bin/python bench/scale.py [--targets-per-address 100] [--addresses 100]
+  .venv/bin/python bench/scale.py [--per-address 100] [--addresses 100]
       [--interval 30] [--warmup 40] [--window 90] [--scrape-every 15] [--pin split|none]
+      [--histograms per_target|per_group|none] [--services 10]
+  100k targets at 60 s (issue 15):
+  .venv/bin/python bench/scale.py --addresses 250 --per-address 400 --interval 60 --warmup 75 --window 120 \
+      --scrape-every 30 [--histograms per_group]
 Stops by itself after ≈ warmup + window + start-up seconds.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ import argparse
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -54,6 +61,7 @@ target_files:
   - files: ["{targets_file}"]
     module: tcp_connect
     interval: {interval}s
+    histograms: {histograms}
 """
 
 
@@ -98,6 +106,31 @@ def quantile(delta: dict[str, float], q: float) -> tuple[float, str]:
     return float("nan"), "?"
 
 
+def start_listeners(addresses: int, per_address: int, tmp: Path, lifetime: float, cpus: str | None) -> list[str] | None:
+    """bench/_tcp_listener.py processes for ``addresses`` × ``per_address`` targets, as many as the hard fd limit
+    asks for (20 000 here: 100k targets take 6); their ``host:port`` list, or None (logged) if one failed."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_process = max(1, (hard - 256) // per_address)
+    outs = []
+    for first in range(1, addresses + 1, per_process):
+        n, out = min(per_process, addresses + 1 - first), tmp / f"targets.{first}.json"
+        log = tmp / f"listener.{first}.log"
+        proc = start([PYTHON, str(Path(__file__).with_name("_tcp_listener.py")), "--first-address", str(first),
+                      "--addresses", str(n), "--per-address", str(per_address), "--out", str(out),
+                      "--lifetime", f"{lifetime:g}"], log, cpus=cpus)
+        outs.append((proc, out, log))
+    deadline = time.monotonic() + 120
+    targets: list[str] = []
+    for proc, out, log in outs:
+        while not out.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                print(log.read_text(), file=sys.stderr)
+                return None
+            time.sleep(0.1)
+        targets += json.loads(out.read_text())
+    return targets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--addresses", type=int, default=100)
@@ -106,6 +139,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=40.0, help="seconds after all targets are loaded (> interval)")
     ap.add_argument("--window", type=float, default=90.0)
     ap.add_argument("--scrape-every", type=float, default=15.0)
+    ap.add_argument("--histograms", choices=("per_target", "per_group", "none"), default="per_target",
+                    help="the target group's histograms mode (docs/metrics.md); per_group sums by service")
+    ap.add_argument("--services", type=int, default=10, help="targets are labelled service=s0..s<N-1> in turn")
     ap.add_argument("--pin", choices=("split", "none"), default="split",
                     help="split: connhealth on CPU 0, the listener on CPU 1 (default); none: no pinning")
     ap.add_argument("--uvloop", metavar="DIR", help="experiment: run connhealth on uvloop, importable from DIR "
@@ -120,20 +156,15 @@ def main() -> int:
         os.sched_setaffinity(0, {1})  # this script (and its curl scrapes) stay off connhealth's core
 
     tmp = Path(tempfile.mkdtemp(prefix="connhealth-scale-"))
-    listener_out = tmp / "targets.list.json"
-    listener = start([PYTHON, str(Path(__file__).with_name("_tcp_listener.py")), "--addresses", str(args.addresses),
-                      "--per-address", str(args.per_address), "--out", str(listener_out),
-                      "--lifetime", str(args.warmup + args.window + 300)], tmp / "listener.log", cpus=load_cpus)
-    deadline = time.monotonic() + 60
-    while not listener_out.exists():
-        if listener.poll() is not None or time.monotonic() > deadline:
-            print((tmp / "listener.log").read_text(), file=sys.stderr)
-            return 1
-        time.sleep(0.1)
-    targets = json.loads(listener_out.read_text())
+    targets = start_listeners(args.addresses, args.per_address, tmp, args.warmup + args.window + 300, load_cpus)
+    if targets is None:
+        return 1
     targets_file = tmp / "targets.json"
-    targets_file.write_text(json.dumps([{"targets": targets, "labels": {"bench": "scale"}}]))
-    (tmp / "connhealth.yml").write_text(CONFIG.format(interval=f"{args.interval:g}", targets_file=targets_file))
+    services = max(args.services, 1)
+    targets_file.write_text(json.dumps([{"targets": targets[i::services], "labels": {"bench": "scale", "service": f"s{i}"}}
+                                        for i in range(services)]))
+    (tmp / "connhealth.yml").write_text(CONFIG.format(interval=f"{args.interval:g}", targets_file=targets_file,
+                                                      histograms=args.histograms))
 
     port = free_port()
     proc = start([*connhealth_argv(args.uvloop), "serve", "--config.file", str(tmp / "connhealth.yml"),
@@ -142,15 +173,15 @@ def main() -> int:
     wait_port(port, proc)
     t_start = time.monotonic()
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  {n_targets} tcp_connect targets, interval "
-          f"{args.interval:g}s, pin={args.pin}{', uvloop' if args.uvloop else ''}, connhealth pid {proc.pid} on :{port}", flush=True)
+          f"{args.interval:g}s, histograms {args.histograms}, pin={args.pin}{', uvloop' if args.uvloop else ''}, connhealth pid {proc.pid} on :{port}", flush=True)
     # Wait until the target file is loaded.
     while True:
         _, body = get(port, "/metrics")
         loaded = [line for line in body.split(b"\n") if line.startswith(b"connhealth_scheduled_targets ")]
         if loaded and float(loaded[0].split()[1]) >= n_targets:
             break
-        if time.monotonic() - t_start > 60:
-            print("targets not loaded after 60 s", file=sys.stderr)
+        if time.monotonic() - t_start > 60 + n_targets / 1000:
+            print(f"targets not loaded after {60 + n_targets / 1000:g} s", file=sys.stderr)
             return 1
         time.sleep(1)
     print(f"# targets loaded after {time.monotonic() - t_start:.1f}s; warming up {args.warmup:g}s", flush=True)
@@ -190,7 +221,8 @@ def main() -> int:
     rss = rss_mib(proc.pid)
 
     first, last = bodies[0][1], bodies[-1][1]
-    report: dict = {"targets": n_targets, "interval": args.interval, "window_seconds": w1 - w0, "pin": args.pin}
+    report: dict = {"targets": n_targets, "interval": args.interval, "window_seconds": w1 - w0, "pin": args.pin,
+                    "histograms": args.histograms}
     for hist in ("connhealth_scheduler_lag_seconds", "connhealth_event_loop_lag_seconds"):
         h0, h1 = parse_histogram(first, hist), parse_histogram(last, hist)
         delta = {le: h1[le] - h0.get(le, 0.0) for le in h1}
@@ -207,15 +239,17 @@ def main() -> int:
         "scrape_median_s": median(times), "scrape_max_s": max(times), "scrape_count": len(times),
         "body_mb": scrapes[-1]["bytes"] / 1e6,
         "probes_per_s": attempts / span if span else float("nan"), "attempts": attempts, "successes": successes,
-        "skipped": skipped, "cpu_pct": 100 * (cpu1 - cpu0) / (w1 - w0), "rss_mib": rss, "scrapes": scrapes,
+        "skipped": skipped, "executed_per_scheduled": attempts / (n_targets * span / args.interval) if span else float("nan"),
+        "cpu_pct": 100 * (cpu1 - cpu0) / (w1 - w0), "rss_mib": rss, "scrapes": scrapes,
     })
     sl, el = report["connhealth_scheduler_lag_seconds"], report["connhealth_event_loop_lag_seconds"]
     print()
     print("| metric | value |")
     print("|---|---|")
-    print(f"| targets / interval | {n_targets} tcp_connect / {args.interval:g} s |")
+    print(f"| targets / interval / histograms | {n_targets} tcp_connect / {args.interval:g} s / {args.histograms} |")
     print(f"| probes/s in window (expected {n_targets / args.interval:.0f}) | {report['probes_per_s']:.0f} |")
     print(f"| successes / attempts in window | {successes:.0f} / {attempts:.0f} (skipped {skipped:.0f}) |")
+    print(f"| probes executed / scheduled in window | {100 * report['executed_per_scheduled']:.2f} % |")
     print(f"| scheduler lag p50 / p99 (interpolated) | {sl['p50'] * 1e3:.1f} ms / {sl['p99'] * 1e3:.1f} ms |")
     print(f"| scheduler lag p99 bucket | {sl['p99_bucket']} s ({sl['observations']:.0f} observations) |")
     print(f"| event-loop lag p50 / p99 | {el['p50'] * 1e3:.1f} ms / {el['p99'] * 1e3:.1f} ms, bucket {el['p99_bucket']} s |")

@@ -21,6 +21,7 @@ from .probers import BLACKBOX_ONLY, PROBERS
 from .probers.base import ResolverConfig, TLSResumptionConfig, TracingConfig
 from .schema import (ConfigError, Fields, brief, brief_key, load_data_file, load_yaml, parse_duration, plain,
                      split_host_port)
+from .metrics import DEFAULT_GROUP_LABELS, HISTOGRAM_MODES, NO_HISTOGRAMS, PER_GROUP, PER_TARGET
 from .slo import parse_slos
 
 T = TypeVar("T")
@@ -37,6 +38,7 @@ MAX_TIMEOUT = 3600.0
 MIN_INTERVAL = 0.01
 MAX_INTERVAL = 86400.0
 MAX_CONCURRENCY = 100_000
+MAX_GROUP_LABELS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class TargetSpec:
     interval: float
     timeout: float | None
     labels: tuple[tuple[str, str], ...] = ()
+    histograms: str = PER_TARGET  # metrics.HISTOGRAM_MODES: where its histograms are kept
 
     @property
     def key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
@@ -77,6 +80,7 @@ class TargetFiles:
     interval: float
     timeout: float | None
     labels: tuple[tuple[str, str], ...] = ()
+    histograms: str = PER_TARGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,8 @@ class SchedulerConfig:
     min_interval: float = 1.0  # adaptive re-probing of failing targets never goes below this
     file_refresh_interval: float = 5.0
     buckets: tuple[float, ...] = ()  # empty: metrics.DEFAULT_BUCKETS
+    histograms: str = PER_TARGET  # the target groups' default (their own ``histograms:`` overrides it)
+    group_labels: tuple[str, ...] = DEFAULT_GROUP_LABELS  # what per_group histograms are summed by (and module)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +261,12 @@ def config_from_data(raw: Any, source: str | None = None, *, with_builtins: bool
     no_labels: tuple[tuple[str, str], ...] = ()
     external = _attempt(errors, lambda: _parse_external_labels(f, targets), no_labels)
     _attempt(errors, f.done, None)
+    valid_targets = tuple(t for t in targets if t is not None)
+    valid_files = tuple(t for t in files if t is not None)
+    _attempt(errors, lambda: _check_histograms_serve_slos(slos, scheduler, valid_targets, valid_files), None)
     if errors:
         raise ConfigError(errors[0])
-    return Config(modules=modules, source=source, targets=tuple(t for t in targets if t is not None),
-                  target_files=tuple(t for t in files if t is not None), scheduler=scheduler,
+    return Config(modules=modules, source=source, targets=valid_targets, target_files=valid_files, scheduler=scheduler,
                   slos=slos, probe_guard=guard, raw_modules=raw_modules, external_labels=external)
 
 
@@ -308,6 +316,55 @@ def parse_labels(raw: Any, path: str, *, keep_empty: bool = False) -> tuple[tupl
     return tuple(sorted(out))
 
 
+def _parse_histograms(f: Fields, default: str) -> str:
+    mode = f.get("histograms", str, default)
+    if mode not in HISTOGRAM_MODES:
+        raise ConfigError(f"{f.p('histograms')}: must be one of {', '.join(HISTOGRAM_MODES)}, got {brief(mode)}")
+    return mode
+
+
+def _parse_group_labels(f: Fields) -> tuple[str, ...]:
+    if "group_labels" not in f.raw:
+        return DEFAULT_GROUP_LABELS
+    names = f.list_of("group_labels", str)
+    path = f.p("group_labels")
+    if len(names) > MAX_GROUP_LABELS:
+        raise ConfigError(f"{path}: at most {MAX_GROUP_LABELS} labels, got {len(names)}")
+    for i, name in enumerate(names):
+        if not _LABEL_RE.fullmatch(name) or name.startswith("__") or name in RESERVED_LABELS:
+            why = "is connhealth's own (module is always kept)" if name in RESERVED_LABELS else "is not a valid label name"
+            raise ConfigError(f"{path}[{i}]: {brief(name)} {why}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: a label is listed twice")
+    return tuple(names)
+
+
+def _check_histograms_serve_slos(slos: Any, scheduler: SchedulerConfig, targets: tuple[TargetSpec, ...],
+                                 files: tuple[TargetFiles, ...]) -> None:
+    """A latency SLO reads the phase histograms by its selector: per_group histograms must keep the
+    selector's labels, and targets the config itself labels into the SLO must keep histograms."""
+    if slos is None:
+        return
+    groups: list[tuple[str, str, tuple[tuple[str, str], ...]]] = [
+        (f"targets[{i}]", t.histograms, t.labels) for i, t in enumerate(targets)]
+    groups += [(f"target_files[{i}]", tf.histograms, tf.labels) for i, tf in enumerate(files)]
+    modes = {scheduler.histograms} | {mode for _, mode, _ in groups}
+    for i, o in enumerate(slos.objectives):
+        if o.latency is None:
+            continue
+        path = f"slos.objectives[{i}].selector"
+        if PER_GROUP in modes:
+            missing = [name for name, _ in o.selector if name != "module" and name not in scheduler.group_labels]
+            if missing:
+                raise ConfigError(f"{path}: label {missing[0]!r} is not in scheduler.group_labels "
+                                  f"({', '.join(scheduler.group_labels) or 'none'}): per_group histograms drop it, "
+                                  f"so the latency SLO of {o.service!r} would not see them")
+        for where, mode, labels in groups:
+            if mode == NO_HISTOGRAMS and set(o.selector) <= set(labels):
+                raise ConfigError(f"{where}.histograms: none, but its targets are in the latency SLO of "
+                                  f"{o.service!r}, which needs their phase histograms (use per_group)")
+
+
 def _parse_scheduler(f: Fields) -> SchedulerConfig:
     buckets = tuple(float(b) for b in f.list_of("buckets", (int, float)))
     if list(buckets) != sorted(set(buckets)) or any(b <= 0 for b in buckets):
@@ -320,6 +377,8 @@ def _parse_scheduler(f: Fields) -> SchedulerConfig:
         min_interval=_positive(f, "min_interval", 1.0),
         file_refresh_interval=_positive(f, "file_refresh_interval", 5.0),
         buckets=buckets,
+        histograms=_parse_histograms(f, PER_TARGET),
+        group_labels=_parse_group_labels(f),
     )
     f.done()
     return cfg
@@ -355,8 +414,9 @@ def _parse_target(raw: Any, path: str, modules: dict[str, Module], scheduler: Sc
     _check_module(module, f"{path}.module", modules)
     interval, timeout = _interval(f, scheduler)
     labels = parse_labels(f.raw.pop("labels", None), f"{path}.labels")
+    histograms = _parse_histograms(f, scheduler.histograms)
     f.done()
-    return TargetSpec(target=target, module=module, interval=interval, timeout=timeout, labels=labels)
+    return TargetSpec(target=target, module=module, interval=interval, timeout=timeout, labels=labels, histograms=histograms)
 
 
 def _parse_target_files(raw: Any, path: str, modules: dict[str, Module], scheduler: SchedulerConfig) -> TargetFiles:
@@ -370,8 +430,9 @@ def _parse_target_files(raw: Any, path: str, modules: dict[str, Module], schedul
     _check_module(module, f"{path}.module", modules)
     interval, timeout = _interval(f, scheduler)
     labels = parse_labels(f.raw.pop("labels", None), f"{path}.labels")
+    histograms = _parse_histograms(f, scheduler.histograms)
     f.done()
-    return TargetFiles(files=files, module=module, interval=interval, timeout=timeout, labels=labels)
+    return TargetFiles(files=files, module=module, interval=interval, timeout=timeout, labels=labels, histograms=histograms)
 
 
 def shown_target(target: str, module: Module) -> str:

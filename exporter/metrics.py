@@ -93,6 +93,13 @@ WORKER_RESTARTS = "connhealth_worker_restarts_total"
 # The supervised background tasks, as the task label names them.
 BACKGROUND_TASKS: tuple[str, ...] = ("scheduler", "file_watcher", "loop_lag", "trace_export")
 
+# Where a target's histograms (probe duration, phases, the probers' own) are kept
+# (``histograms:`` of a target group): per target, summed per group (the module and
+# the scheduler's ``group_labels``), or not at all. The counters and gauges stay per target.
+PER_TARGET, PER_GROUP, NO_HISTOGRAMS = "per_target", "per_group", "none"
+HISTOGRAM_MODES: tuple[str, ...] = (PER_TARGET, PER_GROUP, NO_HISTOGRAMS)
+DEFAULT_GROUP_LABELS: tuple[str, ...] = ("service", "region", "cluster")
+
 # Connect-latency friendly: dense below 0.5 s, includes the 0.3 s SLO threshold.
 # 12 buckets: every bucket is a series per target and phase, and 10k targets x
 # 7 histograms x (buckets + 3) lines is what a scrape costs.

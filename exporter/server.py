@@ -174,7 +174,7 @@ class Exporter:
         self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS,
-                                 options.external_labels)
+                                 config.scheduler.group_labels, options.external_labels)
         self.scheduler = Scheduler(
             config.modules, config.scheduler, self._on_result,
             on_lag=self.self_metrics.scheduler_lag.observe,
@@ -268,10 +268,12 @@ class Exporter:
     def _apply_targets(self) -> None:
         targets = self._all_targets()
         self.store.set_label_names(_label_names(targets))
+        self.store.set_group_labels(self.config.scheduler.group_labels)
         self.scheduler.update(targets, self.config.modules, self.config.scheduler)
-        keyed = {self._series_key(t): (t.target, self.config.modules.get(t.module)) for t in targets}
-        self.store.sync({key: expected_phases(target, module) for key, (target, module) in keyed.items()},
-                        {key: expected_families(module) for key, (_, module) in keyed.items()})
+        keyed = {self._series_key(t): (t.target, self.config.modules.get(t.module), t.histograms) for t in targets}
+        self.store.sync({key: expected_phases(target, module) for key, (target, module, _) in keyed.items()},
+                        {key: expected_families(module) for key, (_, module, _) in keyed.items()},
+                        {key: histograms for key, (_, _, histograms) in keyed.items()})
 
     def _series_key(self, spec: TargetSpec) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         """The store's key: the target as results show it (label values never carry its secrets)."""

@@ -45,7 +45,8 @@ def _file_targets(path: str, tf: TargetFiles, config: Config) -> list[TargetSpec
             name = module or default_module_for(target)
             if name not in config.modules:
                 raise ConfigError(f"{path}[{i}]: unknown module {brief(name)}")
-            out.append(TargetSpec(target, name, tf.interval, tf.timeout, tuple(sorted((k, v) for k, v in labels.items() if v))))
+            out.append(TargetSpec(target, name, tf.interval, tf.timeout, tuple(sorted((k, v) for k, v in labels.items() if v)),
+                                  tf.histograms))
     return out
 
 

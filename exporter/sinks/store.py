@@ -10,11 +10,18 @@ pre-creating every pair would add dozens of series per target.
 A scrape of 10k targets must not rebuild 10k targets' worth of samples: each
 target keeps its rendered lines per metric family and re-renders them only
 after a new probe result. A scrape then joins cached strings.
+
+Histograms are most of a scrape (30 of a tcp target's 41 lines): each target's
+``histograms`` mode (metrics.HISTOGRAM_MODES) keeps them per target, folds them
+into one set per group (the module and the store's ``group_labels``) or drops
+them. A group's histograms exist while one of its targets is scheduled.
 """
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import accumulate
 
 from .. import metrics as m
 from .exposition import escape, fmt
@@ -55,37 +62,168 @@ class _Histogram:
             self.exemplars[i] = exemplar
 
     def lines(self, name: str, base: str, le_strings: tuple[str, ...], openmetrics: bool) -> list[str]:
+        if openmetrics and self.exemplars:
+            return self._lines_with_exemplars(name, base, le_strings)
+        # One %-format of a template made once per family: a third of the time of a line at a time.
+        cumulative = list(accumulate(self.counts))
+        args: list[object] = [base] * (2 * len(cumulative) + 4)
+        args[1:2 * len(cumulative):2] = cumulative
+        args[-3] = fmt(self.sum)
+        args[-1] = self.count
+        return [_template(name, le_strings) % tuple(args)]
+
+    def _lines_with_exemplars(self, name: str, base: str, le_strings: tuple[str, ...]) -> list[str]:
         out = []
         cumulative = 0
-        exemplars = self.exemplars if openmetrics and self.exemplars else None
+        exemplars = self.exemplars or []
         for i, (le, c) in enumerate(zip(le_strings, self.counts)):
             cumulative += c
-            line = f'{name}_bucket{{{base},le="{le}"}} {cumulative}'
-            out.append(line + exemplar_suffix(exemplars[i]) if exemplars else line)
+            out.append(f'{name}_bucket{{{base},le="{le}"}} {cumulative}' + exemplar_suffix(exemplars[i]))
         out.append(f"{name}_sum{{{base}}} {fmt(self.sum)}")
         out.append(f"{name}_count{{{base}}} {self.count}")
         return out
 
 
-class TargetSeries:
+@functools.cache
+def _phase_order() -> dict[str, int]:
+    """Every registered phase's place in connection order (the probers are registered at import)."""
+    return {spec.name: i for i, spec in enumerate(all_phases())}
+
+
+@functools.lru_cache(maxsize=256)
+def _template(name: str, le_strings: tuple[str, ...]) -> str:
+    """A histogram's lines with %s for the labels and %d/%s for the values (no trailing newline)."""
+    name = name.replace("%", "%%")
+    lines = [f'{name}_bucket{{%s,le="{le.replace("%", "%%")}"}} %d' for le in le_strings]
+    return "\n".join([*lines, f"{name}_sum{{%s}} %s", f"{name}_count{{%s}} %d"])
+
+
+class _Histograms:
+    """The histograms a target's probes fill: whole-probe duration, each phase, the probers' own.
+    One target's (per_target) or shared by a group's targets (per_group)."""
+
+    __slots__ = ("duration", "phases", "extra")
+
+    def __init__(self, n_buckets: int) -> None:
+        self.duration = _Histogram(n_buckets)
+        # The prober's phases exist at 0 before the first probe reaches them (add).
+        self.phases: dict[str, _Histogram] = {}
+        self.extra: dict[str, _Histogram] = {}  # the probers' own histogram families, by name
+
+    def _add_phase(self, phase: str, n_buckets: int) -> _Histogram:
+        """A new phase's histogram; ``phases`` stays in render order: registered phases in connection
+        order, then any other a prober reported (sorted once here, not at every render)."""
+        hist = self.phases[phase] = _Histogram(n_buckets)
+        order = _phase_order()
+        self.phases = dict(sorted(self.phases.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+        return hist
+
+    def add(self, store: SeriesStore, phases: Iterable[str], families: Iterable[str]) -> bool:
+        """Histograms at 0 for ``phases`` and the histograms among ``families``; whether any was new."""
+        added = False
+        for phase in phases:
+            if phase not in self.phases:
+                self._add_phase(phase, len(store.bounds) + 1)
+                added = True
+        for name in families:
+            spec = store.extra_specs.get(name)
+            if spec is not None and spec.type == "histogram" and name not in self.extra:
+                self.extra[name] = _Histogram(len(spec.buckets or store.bounds) + 1)
+                added = True
+        return added
+
+    def observe(self, result: ProbeResult, bounds: tuple[float, ...], trace_id: str | None, finished_at: float) -> None:
+        self.duration.observe(bounds, result.duration_seconds, (trace_id, result.duration_seconds, finished_at) if trace_id else None)
+        for hop in range(max(len(result.hops), 1)):
+            for phase, seconds in (result.hop_phases(hop) if result.hops else result.total_phases()).items():
+                hist = self.phases.get(phase)
+                if hist is None:
+                    hist = self._add_phase(phase, len(bounds) + 1)
+                hist.observe(bounds, seconds, (trace_id, seconds, finished_at) if trace_id else None)
+
+    def observe_extra(self, spec: m.MetricSpec, bounds: tuple[float, ...], value: float) -> None:
+        hist = self.extra.get(spec.name)
+        if hist is None:
+            hist = self.extra[spec.name] = _Histogram(len(bounds) + 1)
+        hist.observe(bounds, value, None)
+
+    def render(self, out: list[list[str]], b: str, store: SeriesStore, om: bool) -> None:
+        """Append the lines of every histogram, labelled ``b``, to their families in ``out``."""
+        les = store.le_strings
+        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
+        phase_lines = out[_INDEX[m.PHASE_DURATION]]
+        for phase, hist in self.phases.items():
+            phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
+        for i, spec in enumerate(store.extra, len(_FAMILIES)):
+            extra = self.extra.get(spec.name)
+            if extra is not None:
+                out[i].extend(extra.lines(spec.name, b, store.extra_les[spec.name], om))
+
+
+class _Rendered:
+    """Rendered lines per metric family, cached until the next change (``invalidate``)."""
+
+    __slots__ = ("_fragments", "_om_fragments")
+
+    def __init__(self) -> None:
+        self._fragments: list[bytes] | None = None
+        self._om_fragments: list[bytes] | None = None
+
+    def invalidate(self) -> None:
+        self._fragments = self._om_fragments = None
+
+    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
+        if openmetrics:
+            if self._om_fragments is None:
+                self._om_fragments = self._encode(store, True)
+            return self._om_fragments
+        if self._fragments is None:
+            self._fragments = self._encode(store, False)
+        return self._fragments
+
+    def _encode(self, store: SeriesStore, om: bool) -> list[bytes]:
+        out: list[list[str]] = [[] for _ in range(len(_FAMILIES) + len(store.extra))]
+        self._render(out, store, om)
+        return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
+
+    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+        raise NotImplementedError
+
+
+class _Group(_Rendered):
+    """The histograms of the per_group targets with one module and the same values of the group labels."""
+
+    __slots__ = ("base", "hists")
+
+    def __init__(self, base: str, n_buckets: int) -> None:
+        super().__init__()
+        self.base = base
+        self.hists = _Histograms(n_buckets)
+
+    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+        self.hists.render(out, self.base, store, om)
+
+
+class TargetSeries(_Rendered):
     """Everything one (target, module, labels) has accumulated."""
 
     __slots__ = (
-        "base", "attempts", "successes", "observed", "up", "failures", "duration", "phases", "last_success", "last_probe",
-        "success", "cert_expiry", "tls_version", "rtt", "retransmits", "_fragments", "_om_fragments",
+        "base", "attempts", "successes", "observed", "up", "failures", "hists", "group", "last_success", "last_probe",
+        "success", "cert_expiry", "tls_version", "rtt", "retransmits",
         "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption", "interval",
     )
 
-    def __init__(self, base: str, n_buckets: int, phases: Iterable[str] = ()) -> None:
+    def __init__(self, base: str) -> None:
+        super().__init__()
         self.base = base  # rendered label pairs, computed once
         self.attempts = 0
         self.successes = 0
         self.observed = 0.0  # seconds (scheduler.Coverage)
         self.up = 0.0
         self.failures: dict[tuple[str, str], int] = {}
-        self.duration = _Histogram(n_buckets)
-        # The prober's phases exist at 0 before the first probe reaches them.
-        self.phases: dict[str, _Histogram] = {phase: _Histogram(n_buckets) for phase in phases}
+        # per_target: its own; per_group: its group's (shared, rendered by the group); none: None.
+        self.hists: _Histograms | None = None
+        self.group: _Group | None = None
         self.last_success: float | None = None
         self.last_probe: float | None = None
         self.interval: float | None = None
@@ -99,26 +237,10 @@ class TargetSeries:
         self.syn_retransmits = 0
         self.keepalive: KeepAlive | None = None  # the last keep-alive check
         self.resumption: TLSResumption | None = None  # the last resumption check
-        self.extra: dict[str, float | _Histogram] = {}  # the probers' own families (store.extra), by name
-        self._fragments: list[bytes] | None = None
-        self._om_fragments: list[bytes] | None = None
+        self.extra: dict[str, float] = {}  # the probers' own counters and gauges (store.extra), by name
 
-    def invalidate(self) -> None:
-        self._fragments = self._om_fragments = None
-
-    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
-        if openmetrics:
-            if self._om_fragments is None:
-                self._om_fragments = self._render(store, True)
-            return self._om_fragments
-        if self._fragments is None:
-            self._fragments = self._render(store, False)
-        return self._fragments
-
-    def _render(self, store: SeriesStore, om: bool) -> list[bytes]:
+    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
         b = self.base
-        les = store.le_strings
-        out: list[list[str]] = [[] for _ in range(len(_FAMILIES) + len(store.extra))]
         out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
         out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
         out[_INDEX[m.OBSERVED_SECONDS]].append(f"{m.OBSERVED_SECONDS}{{{b}}} {fmt(self.observed)}")
@@ -128,14 +250,8 @@ class TargetSeries:
             f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}'
             for (phase, reason), n in self.failures.items()
         )
-        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
-        phase_lines = out[_INDEX[m.PHASE_DURATION]]
-        known = [p.name for p in all_phases()]
-        # Registered phases in connection order, then any other a prober reported.
-        for phase in known + sorted(set(self.phases) - set(known)):
-            hist = self.phases.get(phase)
-            if hist is not None:
-                phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
+        if self.hists is not None and self.group is None:
+            self.hists.render(out, b, store, om)
         if self.success is not None:
             out[_INDEX[m.PROBE_SUCCESS]].append(f"{m.PROBE_SUCCESS}{{{b}}} {1 if self.success else 0}")
         if self.last_success is not None:
@@ -169,11 +285,8 @@ class TargetSeries:
                 lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}')
         for i, spec in enumerate(store.extra, len(_FAMILIES)):
             value = self.extra.get(spec.name)
-            if isinstance(value, _Histogram):
-                out[i].extend(value.lines(spec.name, b, store.extra_les[spec.name], om))
-            elif value is not None:
+            if value is not None:
                 out[i].append(f"{spec.name}{{{b}}} {fmt(value)}")
-        return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
 
     def observe_extra(self, result: ProbeResult, store: SeriesStore) -> None:
         prober = PROBERS.get(result.prober)
@@ -184,14 +297,10 @@ class TargetSeries:
             if spec is None:
                 continue
             if spec.type == "histogram":
-                bounds = spec.buckets or store.bounds
-                hist = self.extra.get(name)
-                if not isinstance(hist, _Histogram):
-                    hist = self.extra[name] = _Histogram(len(bounds) + 1)
-                hist.observe(bounds, value, None)
+                if self.hists is not None:
+                    self.hists.observe_extra(spec, spec.buckets or store.bounds, value)
             elif spec.type == "counter":
-                previous = self.extra.get(name, 0.0)
-                self.extra[name] = (previous if isinstance(previous, float) else 0.0) + value
+                self.extra[name] = self.extra.get(name, 0.0) + value
             else:
                 self.extra[name] = value
 
@@ -214,13 +323,10 @@ class TargetSeries:
             self.last_failure = (result.failure.phase, result.failure.reason, result.failure.message)
             if trace_id:
                 self.failure_exemplars[key] = (trace_id, 1.0, finished_at)
-        self.duration.observe(bounds, result.duration_seconds, (trace_id, result.duration_seconds, finished_at) if trace_id else None)
-        for hop in range(max(len(result.hops), 1)):
-            for phase, seconds in (result.hop_phases(hop) if result.hops else result.total_phases()).items():
-                hist = self.phases.get(phase)
-                if hist is None:
-                    hist = self.phases[phase] = _Histogram(len(bounds) + 1)
-                hist.observe(bounds, seconds, (trace_id, seconds, finished_at) if trace_id else None)
+        if self.hists is not None:
+            self.hists.observe(result, bounds, trace_id, finished_at)
+            if self.group is not None:
+                self.group.invalidate()
         if result.tls is not None:
             # Also from a failed verification: an expired certificate must show its expiry (blackbox #1119).
             if result.tls.earliest_expiry is not None:
@@ -242,19 +348,30 @@ def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
     return tuple(fmt(b) if b != int(b) else f"{b:.1f}" for b in bounds) + ("+Inf",)
 
 
+GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
+# Targets rendered between two pieces of a scrape, i.e. between two turns of the event loop
+# (server.handle_metrics yields after each piece): a tcp target with per-target histograms takes
+# 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
+# about 4-9 ms, well under the 20 ms bound of issue 15.
+RENDER_SLICE = 256
+
+
 class SeriesStore:
     def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS,
+                 group_labels: Iterable[str] = m.DEFAULT_GROUP_LABELS,
                  external_labels: tuple[tuple[str, str], ...] = ()) -> None:
         # On every series, after the target's own labels; a target label of the same name gives way.
         self.external_labels = external_labels
         self.bounds = tuple(buckets)
         self.le_strings = _le_strings(self.bounds)
         self.label_names = tuple(sorted(label_names))
+        self.group_labels = tuple(group_labels)
         # The probers' own families, after the shared ones (a name declared by two probers is one family).
         self.extra_specs = {spec.name: spec for p in PROBERS.values() for spec in p.metrics}
         self.extra = tuple(self.extra_specs.values())
         self.extra_les = {spec.name: _le_strings(spec.buckets or self.bounds) for spec in self.extra}
         self.series: dict[Key, TargetSeries] = {}
+        self.groups: dict[GroupKey, _Group] = {}
         self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES + self.extra]
         # OpenMetrics names a counter family without its _total suffix.
         self._om_headers = [
@@ -273,6 +390,17 @@ class SeriesStore:
             series.base = self._base(target, module, labels)
             series.invalidate()
 
+    def set_group_labels(self, names: Iterable[str]) -> None:
+        """A reload may regroup: the per_group targets' histograms start again in their new groups."""
+        new = tuple(names)
+        if new == self.group_labels:
+            return
+        self.group_labels = new
+        self.groups.clear()
+        for series in self.series.values():
+            if series.group is not None:
+                series.group = series.hists = None  # sync puts them into their new groups
+
     def _base(self, target: str, module: str, labels: tuple[tuple[str, str], ...]) -> str:
         given = dict(labels)
         external = dict(self.external_labels)
@@ -280,58 +408,96 @@ class SeriesStore:
                  + list(self.external_labels))
         return ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
 
+    def _group(self, module: str, labels: tuple[tuple[str, str], ...]) -> _Group:
+        given = dict(labels)
+        key = (module, tuple(given.get(n, "") for n in self.group_labels))
+        group = self.groups.get(key)
+        if group is None:
+            external = dict(self.external_labels)
+            pairs = ([("module", module)] + [(n, v) for n, v in zip(self.group_labels, key[1]) if n not in external]
+                     + list(self.external_labels))
+            base = ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
+            group = self.groups[key] = _Group(base, len(self.bounds) + 1)
+        return group
+
     def get(self, target: str, module: str, labels: tuple[tuple[str, str], ...], phases: Iterable[str] = (),
-            families: Iterable[str] = ()) -> TargetSeries:
+            families: Iterable[str] = (), histograms: str = m.PER_TARGET) -> TargetSeries:
         """The target's series; a new one has ``phases``' histograms and the counters and histograms among the
-        prober's own ``families`` (MetricSpec names) at 0 (a gauge has no value before a probe sets it)."""
+        prober's own ``families`` (MetricSpec names) at 0 (a gauge has no value before a probe sets it).
+        ``histograms`` (metrics.HISTOGRAM_MODES) says where its histograms are kept; a change moves them
+        (the target's own start again at 0 when it returns to per_target)."""
         key = (target, module, labels)
         series = self.series.get(key)
         if series is None:
-            series = self.series[key] = TargetSeries(self._base(target, module, labels), len(self.bounds) + 1, phases)
-            for name in families:
-                spec = self.extra_specs.get(name)
-                if spec is not None and spec.type == "histogram":
-                    series.extra[name] = _Histogram(len(spec.buckets or self.bounds) + 1)
-                elif spec is not None and spec.type == "counter":
-                    series.extra[name] = 0.0
+            series = self.series[key] = TargetSeries(self._base(target, module, labels))
+        if histograms == m.PER_GROUP:
+            group = self._group(module, labels)
+            if series.group is not group:
+                series.group, series.hists = group, group.hists
+                series.invalidate()
+            if group.hists.add(self, phases, families):
+                group.invalidate()
+        elif histograms == m.PER_TARGET:
+            if series.hists is None or series.group is not None:
+                series.group, series.hists = None, _Histograms(len(self.bounds) + 1)
+                series.invalidate()
+            if series.hists.add(self, phases, families):
+                series.invalidate()
+        elif series.hists is not None:  # none
+            series.group = series.hists = None
+            series.invalidate()
+        for name in families:
+            spec = self.extra_specs.get(name)
+            if spec is not None and spec.type == "counter" and name not in series.extra:
+                series.extra[name] = 0.0
         return series
 
     def observe(self, target: str, module: str, labels: tuple[tuple[str, str], ...], result: ProbeResult,
                 seconds: float = 0.0, up_seconds: float = 0.0, interval: float | None = None) -> None:
-        series = self.get(target, module, labels)
+        key = (target, module, labels)
+        series = self.series.get(key) or self.get(target, module, labels)
         series.interval = interval
         series.observe_extra(result, self)
         series.observe(result, self.bounds, seconds, up_seconds)
 
-    def sync(self, targets: Mapping[Key, Iterable[str]], families: Mapping[Key, Iterable[str]] | None = None) -> None:
+    def sync(self, targets: Mapping[Key, Iterable[str]], families: Mapping[Key, Iterable[str]] | None = None,
+             histograms: Mapping[Key, str] | None = None) -> None:
         """Exactly the scheduled targets have series: a new one gets its counters and the histograms
         of the phases its probes go through (``targets[key]``, Prober.expected_phases) at 0 now,
         before its first probe, and so do its prober's own counters and histograms (``families[key]``,
-        Prober.metrics); a target no longer scheduled loses its series.
+        Prober.metrics); a target no longer scheduled loses its series. ``histograms[key]`` is the
+        target's histogram mode (per_target when absent); a group no target uses any more is removed.
         """
         for key in [k for k in self.series if k not in targets]:
             del self.series[key]
         for key, phases in targets.items():
-            self.get(*key, phases=phases, families=families.get(key, ()) if families else ())
+            self.get(*key, phases=phases, families=families.get(key, ()) if families else (),
+                     histograms=histograms.get(key, m.PER_TARGET) if histograms else m.PER_TARGET)
+        used = {id(s.group) for s in self.series.values() if s.group is not None}
+        for gkey in [k for k, g in self.groups.items() if id(g) not in used]:
+            del self.groups[gkey]
 
-    def render_chunks(self, chunk_targets: int = 512, openmetrics: bool = False) -> Iterator[bytes]:
+    def render_chunks(self, chunk_targets: int = RENDER_SLICE, openmetrics: bool = False) -> Iterator[bytes]:
         """The exposition in pieces of at most ``chunk_targets`` targets per family.
 
         Streaming pieces keeps a 10k-target scrape from allocating (and
-        page-faulting) one buffer of hundreds of MB.
+        page-faulting) one buffer of hundreds of MB; at most ``chunk_targets``
+        targets are rendered before the next piece is yielded.
         """
         # Dirty targets render lazily, slice by slice, during the first family,
         # so the caller can yield to the event loop between chunks. The
         # fragments taken then are reused for every family: one consistent
         # snapshot per target even if it is probed again mid-scrape.
-        series = list(self.series.values())
-        snapshot: list[list[bytes]] = []
+        series: list[_Rendered] = [*self.series.values(), *self.groups.values()]
+        # Per slice, its targets' fragments by family (zip transposes them in C: a generator
+        # picking one family's fragment from each target took a fifth of a scrape).
+        columns: list[list[tuple[bytes, ...]]] = []
         for i, header in enumerate(self._om_headers if openmetrics else self._headers):
             started = False
-            for start in range(0, len(series), chunk_targets):
+            for n, start in enumerate(range(0, len(series), chunk_targets)):
                 if i == 0:
-                    snapshot.extend(s.fragments(self, openmetrics) for s in series[start:start + chunk_targets])
-                body = b"".join(frag[i] for frag in snapshot[start:start + chunk_targets])
+                    columns.append(list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]])))
+                body = b"".join(columns[n][i])
                 if body:
                     if not started:
                         yield header
