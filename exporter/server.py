@@ -174,7 +174,8 @@ class Exporter:
         self.task_failures: dict[str, int] = dict.fromkeys(m.BACKGROUND_TASKS, 0)
         self.self_metrics = SelfMetrics(self)
         self.store = SeriesStore(_label_names(config.targets), config.scheduler.buckets or m.DEFAULT_BUCKETS,
-                                 config.scheduler.group_labels, options.external_labels)
+                                 config.scheduler.group_labels, options.external_labels,
+                                 (("worker", str(options.worker)),) if options.worker is not None else ())
         self.scheduler = Scheduler(
             config.modules, config.scheduler, self._on_result,
             on_lag=self.self_metrics.scheduler_lag.observe,

@@ -246,3 +246,28 @@ async def test_a_worker_that_cannot_start_stops_the_start_up(tmp_path):
 async def test_scale_flags_are_validated_before_anything_starts(args, message):
     code, out, err = await run_command([sys.executable, "-m", "exporter", "serve", *args])
     assert (code, err) == (2, f"connhealth: {message}\n")
+
+
+async def test_workers_keep_a_per_group_histogram_per_worker(tmp_path):
+    """Under --workers, a group's targets are split over the workers: each worker's group histograms carry
+    its ``worker`` label, so the merged /metrics has no duplicate series and their sum is the group's."""
+    peer = await HTTPServer().start()
+    urls = [peer.url(f"/ok?t={i}") for i in range(12)]
+    config = tmp_path / "targets.yml"
+    config.write_text(yaml.safe_dump({"targets": [{"target": u, "module": "http_2xx", "interval": "1s",
+                                                   "labels": {"service": "shop"}, "histograms": "per_group"}
+                                                  for u in urls]}))
+    p = await ExporterProcess(config, tmp_path, "--workers", "2").start(timeout=30)
+    try:
+        text = await p.wait_metrics(lambda t: _targets(t, probed=True) == set(urls), 60, "every target probed")
+        keys = [line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")]
+        assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)[:5]
+        counts = samples(text, "connhealth_probe_duration_seconds_count")
+        assert {(ls.get("worker"), ls["service"]) for ls, _ in counts} == {("0", "shop"), ("1", "shop")}
+        assert all("target" not in ls for ls, _ in counts)
+        attempts = sum(v for _, v in samples(text, ATTEMPTS))
+        assert sum(v for _, v in counts) <= attempts  # every finished probe counted once, in its worker's group
+        assert sum(v for _, v in counts) >= len(urls)
+    finally:
+        await p.astop()
+        await peer.stop()

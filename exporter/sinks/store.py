@@ -359,9 +359,12 @@ RENDER_SLICE = 256
 class SeriesStore:
     def __init__(self, label_names: Iterable[str] = (), buckets: tuple[float, ...] = m.DEFAULT_BUCKETS,
                  group_labels: Iterable[str] = m.DEFAULT_GROUP_LABELS,
-                 external_labels: tuple[tuple[str, str], ...] = ()) -> None:
+                 external_labels: tuple[tuple[str, str], ...] = (), group_only: tuple[tuple[str, str], ...] = ()) -> None:
         # On every series, after the target's own labels; a target label of the same name gives way.
         self.external_labels = external_labels
+        # On per_group series only: a worker's ("worker", i), so that the groups its shard of the targets
+        # shares with other workers stay series of their own in the merged /metrics.
+        self.group_only = group_only
         self.bounds = tuple(buckets)
         self.le_strings = _le_strings(self.bounds)
         self.label_names = tuple(sorted(label_names))
@@ -415,7 +418,7 @@ class SeriesStore:
         if group is None:
             external = dict(self.external_labels)
             pairs = ([("module", module)] + [(n, v) for n, v in zip(self.group_labels, key[1]) if n not in external]
-                     + list(self.external_labels))
+                     + list(self.group_only) + list(self.external_labels))
             base = ",".join(f'{k}="{escape(v)}"' for k, v in pairs)
             group = self.groups[key] = _Group(base, len(self.bounds) + 1)
         return group
