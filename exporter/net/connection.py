@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import socket
 import ssl
@@ -707,11 +708,39 @@ async def open_socket(ip: str, port: int, family: int, source: str | None = None
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         if source is not None:
             sock.bind((source, 0))
-        await loop.sock_connect(sock, (ip, port))
+        err = sock.connect_ex((ip, port))
+        if err in _CONNECT_PENDING:
+            await _writable(loop, sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"Connect call failed {(ip, port)}")
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+# Not loop.sock_connect: uvloop's resolves every address, IP literals too, with getaddrinfo on
+# its worker thread (≈ 60 µs of CPU and two thread hand-offs per connect, docs/benchmarks.md).
+# ``ip`` is always an address here, so connect_ex + wait for writable is the whole job, as
+# asyncio's selector loop does it. The error is OSError(errno) as both loops raise it
+# (ConnectionRefusedError and so on).
+_CONNECT_PENDING = frozenset((errno.EINPROGRESS, errno.EAGAIN, errno.EINTR))
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fd = sock.fileno()
+    done = loop.create_future()
+    loop.add_writer(fd, _resolve, done)
+    try:
+        await done
+    finally:
+        loop.remove_writer(fd)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 async def wrap(sock: socket.socket) -> Connection:
