@@ -710,8 +710,15 @@ async def open_socket(ip: str, port: int, family: int, source: str | None = None
             sock.bind((source, 0))
         err = sock.connect_ex((ip, port))
         if err in _CONNECT_PENDING:
-            await _writable(loop, sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            # Often the handshake is already over (loopback, a peer on the same host): the socket's
+            # TCP state says so, and waiting for the loop to report it would cost a turn for nothing.
+            state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+            if state != _ESTABLISHED:
+                if state == _SYN_SENT:
+                    await _writable(loop, sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            else:
+                err = 0
         if err:
             raise OSError(err, f"Connect call failed {(ip, port)}")
     except BaseException:
@@ -726,6 +733,9 @@ async def open_socket(ip: str, port: int, family: int, source: str | None = None
 # asyncio's selector loop does it. The error is OSError(errno) as both loops raise it
 # (ConnectionRefusedError and so on).
 _CONNECT_PENDING = frozenset((errno.EINPROGRESS, errno.EAGAIN, errno.EINTR))
+# tcp_info's first byte, tcpi_state (include/net/tcp_states.h).
+_ESTABLISHED = b"\x01"
+_SYN_SENT = b"\x02"
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
