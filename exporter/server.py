@@ -11,8 +11,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
-import dataclasses
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from .config import (MAX_TIMEOUT, Config, ConfigError, Module, TargetSpec, confi
                      module_view, shown_target, split_host_port)
 from .schema import StartupError, brief, ipv6_hint, join_host_port
 from .engine import expected_families, expected_phases, run_probe
+from .fastprobe import FastProbe, FastProbeSite
 from .net.tls import check_server_name
 from .probers import PROBERS
 from .sinks.exposition import probe_text
@@ -324,32 +324,40 @@ class Exporter:
 
     # --- handlers -----------------------------------------------------------
     async def handle_probe(self, request: web.Request) -> web.Response:
-        params = request.query
+        status, body, content_type = await self.answer_probe(request.query, request.headers)
+        return web.Response(status=status, body=body, headers={"Content-Type": content_type})
+
+    async def answer_probe(self, params: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+        """/probe: (status, body, content type). Served by aiohttp's handler and by the fast path
+        (exporter/fastprobe.py) alike; ``headers`` is looked up with lower-case names."""
         target = params.get("target", "")
         if not target:
-            return web.Response(status=400, text="Target parameter is missing\n")
+            return _text(400, "Target parameter is missing\n")
         module_name = params.get("module", "http_2xx")
         module = self.config.modules.get(module_name)
         if module is None:
             self.self_metrics.module_unknown.inc()
-            return web.Response(status=400, text=f"Unknown module {brief(module_name)}\n")
+            return _text(400, f"Unknown module {brief(module_name)}\n")
         hostname = params.get("hostname", "")
         if hostname:
             try:
                 check_server_name(hostname)
             except ValueError as exc:
-                return web.Response(status=400, text=f"Invalid hostname parameter: {exc}\n")
+                return _text(400, f"Invalid hostname parameter: {exc}\n")
             settings = PROBERS[module.prober].with_hostname(module.settings, hostname)
             if settings is not module.settings:
                 module = dataclasses.replace(module, settings=settings)
         limit = self.options.probe_concurrency
         if self.probe_endpoint_in_flight >= limit:
             self.self_metrics.probe_rejected.inc()
-            return web.Response(status=503, text=f"Too many concurrent /probe requests: {limit} are running "
-                                                 f"(--probe.concurrency); try again later\n")
-        timeout = _scrape_timeout(request, self.options.timeout_offset)
+            return _text(503, f"Too many concurrent /probe requests: {limit} are running "
+                              f"(--probe.concurrency); try again later\n")
+        try:
+            timeout = _scrape_timeout(headers.get("x-prometheus-scrape-timeout-seconds"), self.options.timeout_offset)
+        except ValueError as exc:
+            return _text(400, str(exc))
         # Prometheus can trace its scrapes: the probe then continues that trace.
-        parent = _PROPAGATOR.extract(request.headers) if "traceparent" in request.headers else None
+        parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
         self.probe_endpoint_in_flight += 1
         try:
             # A client that disconnects cancels this handler, and with it the probe.
@@ -360,8 +368,8 @@ class Exporter:
         entry = self.history.add("probe", result)
         self._observe_self_delay("probe_endpoint", result)
         if params.get("debug", "").lower() == "true":
-            return web.Response(text=self.debug_output(entry, text), content_type="text/plain")
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE_TEXT})
+            return _text(200, self.debug_output(entry, text))
+        return 200, text.encode(), CONTENT_TYPE_TEXT
 
     def debug_output(self, entry: HistoryEntry, metrics_text: str | None = None) -> str:
         result = entry.result
@@ -442,9 +450,13 @@ def _build(path: str, watcher: TargetFileWatcher) -> tuple[Config, list[TargetSp
     return config, targets
 
 
-def _scrape_timeout(request: web.Request, offset: float) -> float | None:
-    """Prometheus' scrape timeout minus the offset, clamped to 1 ms..MAX_TIMEOUT; 400 unless a positive finite number."""
-    header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+def _text(status: int, text: str) -> tuple[int, bytes, str]:
+    return status, text.encode(), "text/plain; charset=utf-8"
+
+
+def _scrape_timeout(header: str | None, offset: float) -> float | None:
+    """Prometheus' scrape timeout minus the offset, clamped to 1 ms..MAX_TIMEOUT; ValueError (the 400's text)
+    unless a positive finite number."""
     if header is None:
         return None
     try:
@@ -452,8 +464,8 @@ def _scrape_timeout(request: web.Request, offset: float) -> float | None:
     except ValueError:
         seconds = math.nan
     if not (math.isfinite(seconds) and seconds > 0):
-        raise web.HTTPBadRequest(text=f"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
-                                      f"{brief(header)} (expected a positive number of seconds)\n")
+        raise ValueError(f"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
+                         f"{brief(header)} (expected a positive number of seconds)\n")
     return min(max(seconds - offset, 0.001), MAX_TIMEOUT)
 
 
@@ -538,9 +550,13 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
     await runner.setup()
     runners.append(runner)
+    assert runner.server is not None
+    fast = FastProbe(exporter.answer_probe, runner.server, _prefix(options.route_prefix)) if FastProbe.applies(app) else None
     for host, port in listen:
         # Workers share the listen addresses: the kernel spreads connections over them (SO_REUSEPORT).
-        site = web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context, reuse_port=worker_control is not None)
+        reuse_port = worker_control is not None
+        site = (FastProbeSite(runner, fast, host, port, ssl_context=web_config.ssl_context, reuse_port=reuse_port) if fast
+                else web.TCPSite(runner, host, port, ssl_context=web_config.ssl_context, reuse_port=reuse_port))
         try:
             await site.start()
         except OSError as exc:
@@ -571,6 +587,6 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     # Together, not one after the other: runner.cleanup() closes the listeners
     # at once (no new /probe requests while scheduled probes drain), and both
     # drains share one grace period instead of taking up to twice it.
-    await asyncio.gather(exporter.stop(), *(r.cleanup() for r in runners))
+    await asyncio.gather(exporter.stop(), *(r.cleanup() for r in runners), *([fast.shutdown(options.grace)] if fast else []))
     await asyncio.get_running_loop().run_in_executor(None, shutdown_tracing, span_processor)
     return 0

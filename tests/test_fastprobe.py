@@ -1,0 +1,203 @@
+"""The /probe fast path (exporter/fastprobe.py) against a real `connhealth serve`, spoken to over raw sockets.
+
+What it must keep: the answer aiohttp's handler gives, request order on a
+connection, hand-over of anything else (other paths, debug, malformed or long
+heads) to aiohttp with no byte lost, keep-alive and Connection: close, a
+client's disconnect cancelling its probe, and bounded buffering for a client
+that sends without reading.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from tests.procs import ExporterProcess, value
+except ImportError:  # pragma: no cover
+    from procs import ExporterProcess, value
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 20.0
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[int]:
+    """A tcp port that accepts and closes every connection: what tcp_connect probes."""
+    def closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(closed, "127.0.0.1", 0, backlog=1024)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[int]:
+    """A tcp port whose handshakes the kernel completes (backlog) and that never answers: a probe that waits."""
+    sock = socket.create_server(("127.0.0.1", 0), backlog=8)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+async def exporter(tmp_path: Path) -> AsyncIterator[ExporterProcess]:
+    config = tmp_path / "connhealth.yml"
+    config.write_text("modules:\n"
+                      "  tcp: {prober: tcp, timeout: 5s}\n"
+                      "  slow: {prober: http, timeout: 30s}\n")
+    proc = await ExporterProcess(config, tmp_path).start()
+    try:
+        yield proc
+    finally:
+        await proc.astop()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, v = line.partition(":")
+            headers[name.strip().lower()] = v.strip()
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), WAIT)
+    return status, headers, body
+
+
+def _get(path: str, *extra: str) -> bytes:
+    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: connhealth", *extra]) + "\r\n\r\n").encode()
+
+
+async def test_keep_alive_pipelining_and_hand_over_keep_order_and_bytes(exporter: ExporterProcess, listener: int) -> None:
+    host, port = exporter.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    probe = f"/probe?target=127.0.0.1%3A{listener}&module=tcp"
+    try:
+        # One at a time on one connection, then three pipelined in one write: two /probe and one for aiohttp,
+        # then a /probe after the hand-over (aiohttp answers it too: the connection is its for good).
+        writer.write(_get(probe))
+        first = await _read_response(reader)
+        writer.write(_get(probe) + _get(probe) + _get("/-/healthy") + _get(probe + "&debug=true"))
+        answers = [await _read_response(reader) for _ in range(4)]
+    finally:
+        writer.close()
+    fast = [first, *answers[:2]]
+    for status, headers, body in fast:
+        assert status == 200
+        assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        assert set(headers) == {"content-type", "content-length", "date"}  # no Connection: close, no Server
+        assert value(body.decode(), "probe_success") == 1.0
+    status, headers, body = answers[2]
+    assert (status, body) == (200, b"Healthy\n") and "server" in headers  # aiohttp's answer
+    status, headers, body = answers[3]
+    assert status == 200 and headers["content-type"] == "text/plain; charset=utf-8"
+    assert body.startswith(b"Logs for the probe:\n") and b"probe_success 1" in body
+
+
+async def test_the_answer_is_the_one_aiohttp_gives(exporter: ExporterProcess, listener: int) -> None:
+    """Errors and the query as aiohttp reads it: the same status and body either way (``&debug=false``
+    sends the same request through aiohttp)."""
+    cases = [
+        "/probe?module=tcp",  # no target
+        f"/probe?target=127.0.0.1:{listener}&module=nope%21",  # unknown module, percent-decoded
+        f"/probe?target=127.0.0.1%3A{listener}&module=tc%70",  # percent-encoded, as Prometheus sends
+        f"/probe?target=127.0.0.1:{listener}&module=tcp&module=other",  # the first one counts
+    ]
+    host, port = exporter.address.rsplit(":", 1)
+    for path in cases:
+        got = []
+        for variant in (path, path + "&debug=false"):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            try:
+                writer.write(_get(variant))
+                status, _, body = await _read_response(reader)
+            finally:
+                writer.close()
+            got.append((status, body.decode().replace("probe_duration_seconds", "")))
+        (fast_status, fast_body), (slow_status, slow_body) = got
+        assert fast_status == slow_status, path
+        if fast_status != 200:
+            assert fast_body == slow_body, path
+        else:
+            assert value(fast_body, "probe_success") == value(slow_body, "probe_success") == 1.0, path
+
+
+async def test_a_timeout_header_is_read_and_checked(exporter: ExporterProcess, listener: int) -> None:
+    host, port = exporter.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(_get(f"/probe?target=127.0.0.1:{listener}&module=tcp", "X-Prometheus-Scrape-Timeout-Seconds: -1"))
+        status, headers, body = await _read_response(reader)
+    finally:
+        writer.close()
+    assert status == 400 and "date" in headers and "server" not in headers  # answered here, not by aiohttp
+    assert body == (b"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
+                    b"'-1' (expected a positive number of seconds)\n")
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /probe?target=x HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", 400),  # malformed: aiohttp's 400
+    (b"GET /probe?target=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # longer than a head may be
+    (b"POST /probe?target=x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab", 405),
+])
+async def test_what_is_not_a_plain_probe_is_aiohttps(exporter: ExporterProcess, request_bytes: bytes, status: int) -> None:
+    host, port = exporter.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request_bytes)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), WAIT)
+    finally:
+        writer.close()
+    assert head.split(b" ")[1] == b"%d" % status, head
+
+
+async def test_connection_close_is_honoured(exporter: ExporterProcess, listener: int) -> None:
+    host, port = exporter.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(_get(f"/probe?target=127.0.0.1:{listener}&module=tcp", "Connection: close"))
+        status, headers, _ = await _read_response(reader)
+        assert (status, headers.get("connection")) == (200, "close")
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""  # the server closed
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_goes_away_cancels_its_probe(exporter: ExporterProcess, silent: int) -> None:
+    host, port = exporter.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    # An http probe to a listener that never answers: it would wait its whole 30 s timeout.
+    writer.write(_get(f"/probe?target=http://127.0.0.1:{silent}/&module=slow"))
+    await exporter.wait_metrics(lambda t: value(t, "connhealth_probes_in_flight", mode="probe_endpoint") == 1.0,
+                                WAIT, "the /probe request in flight")
+    writer.close()
+    await exporter.wait_metrics(lambda t: value(t, "connhealth_probes_in_flight", mode="probe_endpoint") == 0.0,
+                                WAIT, "the probe cancelled by the client's disconnect")
+    del reader
+
+
+async def test_a_client_that_never_reads_is_not_buffered_without_bound(exporter: ExporterProcess, listener: int) -> None:
+    """1000 pipelined requests sent without reading an answer: all answered, in order, once the client reads."""
+    host, port = exporter.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    n = 1000
+    try:
+        writer.write(b"".join(_get(f"/probe?target=127.0.0.1:{listener}&module=tcp&module=n{i}") for i in range(n)))
+        await asyncio.sleep(0.5)  # the server answers into its socket buffer until write flow control stops it
+        for _ in range(n):
+            status, _, body = await _read_response(reader)
+            assert status == 200 and value(body.decode(), "probe_success") == 1.0
+        writer.write(_get("/-/healthy"))
+        assert (await _read_response(reader))[2] == b"Healthy\n"
+    finally:
+        writer.close()
