@@ -12,8 +12,9 @@ handler calls. Anything else (another path or method, a body, ``debug`` or
 limit) and the connection is handed, with every byte not yet answered, to
 aiohttp's own protocol for good. So every other behaviour (errors, limits,
 every other route) stays aiohttp's. An app with middlewares or response hooks
-(basic auth, ``http_server_config.headers``, a worker's name header) gets no
-fast path at all: ``FastProbe.applies``.
+(basic auth, ``http_server_config.headers``) gets no fast path at all
+(``FastProbe.applies``); a worker's name header, the one hook of a ``--workers``
+worker, is added here as ``headers``.
 
 As aiohttp does with ``handler_cancellation``: a client that goes away cancels
 its probe; requests on one connection are answered in order (a pipelining
@@ -54,10 +55,12 @@ class FastProbe:
     """The listener's protocol factory: a ``_Connection`` per connection, handed to ``aiohttp`` (a
     ``web.Server``, itself a protocol factory) when a request is not a plain /probe."""
 
-    def __init__(self, answer: Answer, aiohttp: Callable[[], asyncio.Protocol], prefix: str) -> None:
+    def __init__(self, answer: Answer, aiohttp: Callable[[], asyncio.Protocol], prefix: str,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.answer = answer
         self.aiohttp = aiohttp
         self.path = prefix + "/probe"
+        self.headers = "".join(f"{name}: {value}\r\n" for name, value in headers).encode()  # on every answer
         self.connections: set[_Connection] = set()
         self.closing = False
         self._date = (0, "")
@@ -251,9 +254,9 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         keep_alive = keep_alive and not fast.closing
-        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n%s" % (
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n%s%s\r\n%s" % (
             status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body), fast.date().encode(),
-            b"" if keep_alive else b"Connection: close\r\n", body))
+            fast.headers, b"" if keep_alive else b"Connection: close\r\n", body))
         if not keep_alive:
             transport.close()
             return

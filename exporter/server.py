@@ -534,12 +534,14 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
     span_processor = setup_tracing(options.tracing)
     exporter = Exporter(options, config, span_processor)
     runners = []
+    fast_headers: tuple[tuple[str, str], ...] = ()  # on every fast /probe answer
     if worker_control is not None and options.worker is not None:
-        from .workers import die_with_parent, name_worker, parent_routes, worker_app, worker_socket
+        from .workers import WORKER_HEADER, die_with_parent, name_worker, parent_routes, worker_app, worker_socket
 
         die_with_parent()
         app = build_app(exporter, web_config, parent_routes(exporter, worker_control, options.worker))
         app["worker_index"] = options.worker
+        fast_ok, fast_headers = FastProbe.applies(app), ((WORKER_HEADER, str(options.worker)),)  # name_worker's
         app.on_response_prepare.append(name_worker)
         private = web.AppRunner(worker_app(exporter), access_log=None, shutdown_timeout=options.grace)
         await private.setup()
@@ -547,11 +549,12 @@ async def serve(options: ServeOptions, config: Config | None = None, *,
         runners.append(private)
     else:
         app = build_app(exporter, web_config)
+        fast_ok = FastProbe.applies(app)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=options.grace)
     await runner.setup()
     runners.append(runner)
     assert runner.server is not None
-    fast = FastProbe(exporter.answer_probe, runner.server, _prefix(options.route_prefix)) if FastProbe.applies(app) else None
+    fast = FastProbe(exporter.answer_probe, runner.server, _prefix(options.route_prefix), fast_headers) if fast_ok else None
     for host, port in listen:
         # Workers share the listen addresses: the kernel spreads connections over them (SO_REUSEPORT).
         reuse_port = worker_control is not None
