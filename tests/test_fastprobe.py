@@ -9,16 +9,21 @@ that sends without reading.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from exporter.certs import CertFactory, Issued
+
 try:
-    from tests.procs import ExporterProcess, value
+    from tests.procs import ExporterProcess, ProcessFailed, value
 except ImportError:  # pragma: no cover
-    from procs import ExporterProcess, value
+    from procs import ExporterProcess, ProcessFailed, value
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -201,3 +206,55 @@ async def test_a_client_that_never_reads_is_not_buffered_without_bound(exporter:
         assert (await _read_response(reader))[2] == b"Healthy\n"
     finally:
         writer.close()
+
+
+class _TLSExporter(ExporterProcess):
+    """serve with only tls_server_config: the fast path runs on the TLS transport."""
+
+    def __init__(self, config: Path, workdir: Path, web_config: Path, ca: Issued) -> None:
+        super().__init__(config, workdir, "--web.config.file", str(web_config))
+        self.ssl = ssl.create_default_context(cafile=ca.cert_file)
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self.address}"
+
+    async def wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ProcessFailed(f"exited with {self.proc.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    async with session.get(self.base_url + "/-/ready", ssl=self.ssl) as resp:
+                        if resp.status == 200:
+                            return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ProcessFailed(f"not ready after {timeout:g}s:\n{self.log_tail()}")
+                await asyncio.sleep(0.1)
+
+
+async def test_over_tls_the_fast_path_and_the_hand_over_share_a_connection(tmp_path: Path, listener: int) -> None:
+    certs = CertFactory(tmp_path / "certs")
+    ca = certs.ca("web CA")
+    server = certs.leaf(ca, name="localhost", sans=("localhost", "127.0.0.1"))
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {server.cert_file}\n  key_file: {server.key_file}\n")
+    config = tmp_path / "connhealth.yml"
+    config.write_text("modules:\n  tcp: {prober: tcp, timeout: 5s}\n")
+    proc = await _TLSExporter(config, tmp_path, web, ca).start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+            seen = []
+            for path in (f"/probe?target=127.0.0.1:{listener}&module=tcp", "/-/healthy",
+                         f"/probe?target=127.0.0.1:{listener}&module=tcp"):
+                async with session.get(proc.base_url + path, ssl=proc.ssl) as resp:
+                    seen.append((resp.status, "Server" in resp.headers, await resp.text()))
+    finally:
+        await proc.astop()
+    # The third /probe has aiohttp's Server header: it came on the connection handed over (a new
+    # connection would have started on the fast path), and aiohttp kept it.
+    assert [(status, server_header) for status, server_header, _ in seen] == [(200, False), (200, True), (200, True)]
+    assert value(seen[0][2], "probe_success") == 1.0 and seen[1][2] == "Healthy\n"
+    assert value(seen[2][2], "probe_success") == 1.0
