@@ -43,6 +43,9 @@ log = logging.getLogger("connhealth.server")
 
 # aiohttp's own limit on a request line or header line: a longer head is aiohttp's to answer (431 and so on).
 HEAD_LIMIT = 8190
+# aiohttp's keepalive_timeout: a connection with no probe running closes this long after its last answer
+# (or its start: a client that trickles a head in slowly gets no more time than an idle one).
+KEEPALIVE_TIMEOUT = 75.0
 _PARAMS = frozenset(("target", "module"))
 # Headers that make a request one for aiohttp (a body, an upgrade, an expectation), and the ones /probe reads.
 _NOT_OURS = frozenset((b"content-length", b"transfer-encoding", b"expect", b"upgrade"))
@@ -56,14 +59,16 @@ class FastProbe:
     ``web.Server``, itself a protocol factory) when a request is not a plain /probe."""
 
     def __init__(self, answer: Answer, aiohttp: Callable[[], asyncio.Protocol], prefix: str,
-                 headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 headers: tuple[tuple[str, str], ...] = (), *, keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
         self.answer = answer
         self.aiohttp = aiohttp
         self.path = prefix + "/probe"
         self.headers = "".join(f"{name}: {value}\r\n" for name, value in headers).encode()  # on every answer
+        self.keepalive_timeout = keepalive_timeout
         self.connections: set[_Connection] = set()
         self.closing = False
         self._date = (0, "")
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @staticmethod
     def applies(app: web.Application) -> bool:
@@ -73,7 +78,18 @@ class FastProbe:
     def __call__(self) -> asyncio.Protocol:
         if self.closing:
             return self.aiohttp()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.keepalive_timeout / 4, self._sweep)
         return _Connection(self)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for longer than the keep-alive timeout: one timer for all of them,
+        not one per request."""
+        loop = asyncio.get_running_loop()
+        idle_before = loop.time() - self.keepalive_timeout
+        for conn in [c for c in self.connections if c.task is None and c.idle_since < idle_before]:
+            conn.close()
+        self._sweeper = loop.call_later(self.keepalive_timeout / 4, self._sweep) if self.connections else None
 
     def date(self) -> str:
         now = int(time.time())
@@ -84,6 +100,9 @@ class FastProbe:
     async def shutdown(self, timeout: float) -> None:
         """Idle connections close now; running probes get ``timeout`` seconds, then their connections close."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         running = [c.task for c in self.connections if c.task is not None]
         for conn in list(self.connections):
             if conn.task is None:
@@ -177,13 +196,14 @@ def _parse(head: bytes, path: str) -> tuple[Mapping[str, str], dict[str, str], b
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_fast", "_transport", "_buffer", "task", "_read_paused", "_write_paused", "_drained")
+    __slots__ = ("_fast", "_transport", "_buffer", "task", "idle_since", "_read_paused", "_write_paused", "_drained")
 
     def __init__(self, fast: FastProbe) -> None:
         self._fast = fast
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self.task: asyncio.Task[None] | None = None
+        self.idle_since = asyncio.get_running_loop().time()  # the start, then each answer's end
         self._read_paused = False
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -266,6 +286,7 @@ class _Connection(asyncio.Protocol):
             if self._transport is None:
                 return
         self.task = None
+        self.idle_since = asyncio.get_running_loop().time()
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()

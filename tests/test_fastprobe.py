@@ -12,13 +12,15 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from exporter.certs import CertFactory, Issued
+from exporter.fastprobe import FastProbe
 
 try:
     from tests.procs import ExporterProcess, ProcessFailed, value
@@ -258,3 +260,45 @@ async def test_over_tls_the_fast_path_and_the_hand_over_share_a_connection(tmp_p
     assert [(status, server_header) for status, server_header, _ in seen] == [(200, False), (200, True), (200, True)]
     assert value(seen[0][2], "probe_success") == 1.0 and seen[1][2] == "Healthy\n"
     assert value(seen[2][2], "probe_success") == 1.0
+
+
+# --- the keep-alive timeout, on the protocol alone (in process: the timeout is made short) ---------------------------
+# The answer is a stand-in for Exporter.answer_probe (this tests the HTTP layer, not probing): it
+# returns at once, or waits for an event when asked to, so a probe "runs" as long as the test wants.
+
+
+async def _fast_server(timeout: float, release: asyncio.Event) -> tuple[asyncio.AbstractServer, int]:
+    async def answer(query: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+        if query.get("module") == "wait":
+            await release.wait()
+        return 200, b"probe_success 1\n", "text/plain"
+
+    async def not_found(request: web.BaseRequest) -> web.Response:
+        return web.Response(status=404)
+
+    fast = FastProbe(answer, web.Server(not_found), "", keepalive_timeout=timeout)
+    server = await asyncio.get_running_loop().create_server(fast, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_idle_connections_close_after_the_keep_alive_timeout_and_running_probes_do_not() -> None:
+    release = asyncio.Event()
+    server, port = await _fast_server(0.2, release)
+    try:
+        silent_r, silent_w = await asyncio.open_connection("127.0.0.1", port)  # never sends a byte
+        trickle_r, trickle_w = await asyncio.open_connection("127.0.0.1", port)
+        trickle_w.write(b"GET /probe?target=x HTTP/1.1\r\n")  # a head never finished
+        answered_r, answered_w = await asyncio.open_connection("127.0.0.1", port)
+        answered_w.write(_get("/probe?target=x"))
+        assert (await _read_response(answered_r))[2] == b"probe_success 1\n"
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_w.write(_get("/probe?target=x&module=wait"))
+        for reader in (silent_r, trickle_r, answered_r):
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""  # closed by the server
+        await asyncio.sleep(1.0)  # five timeouts: the running probe's connection stays
+        release.set()
+        assert (await _read_response(busy_r))[2] == b"probe_success 1\n"
+        for w in (silent_w, trickle_w, answered_w, busy_w):
+            w.close()
+    finally:
+        server.close()
