@@ -81,13 +81,27 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return status, headers, body
 
 
+async def _open(exporter: ExporterProcess) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = exporter.address.rsplit(":", 1)
+    return await asyncio.open_connection(host, int(port))
+
+
+async def _ask(exporter: ExporterProcess, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own."""
+    reader, writer = await _open(exporter)
+    try:
+        writer.write(request)
+        return await _read_response(reader)
+    finally:
+        writer.close()
+
+
 def _get(path: str, *extra: str) -> bytes:
     return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: connhealth", *extra]) + "\r\n\r\n").encode()
 
 
 async def test_keep_alive_pipelining_and_hand_over_keep_order_and_bytes(exporter: ExporterProcess, listener: int) -> None:
-    host, port = exporter.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await _open(exporter)
     probe = f"/probe?target=127.0.0.1%3A{listener}&module=tcp"
     try:
         # One at a time on one connection, then three pipelined in one write: two /probe and one for aiohttp,
@@ -120,17 +134,11 @@ async def test_the_answer_is_the_one_aiohttp_gives(exporter: ExporterProcess, li
         f"/probe?target=127.0.0.1%3A{listener}&module=tc%70",  # percent-encoded, as Prometheus sends
         f"/probe?target=127.0.0.1:{listener}&module=tcp&module=other",  # the first one counts
     ]
-    host, port = exporter.address.rsplit(":", 1)
     for path in cases:
         got = []
         for variant in (path, path + "&debug=false"):
-            reader, writer = await asyncio.open_connection(host, int(port))
-            try:
-                writer.write(_get(variant))
-                status, _, body = await _read_response(reader)
-            finally:
-                writer.close()
-            got.append((status, body.decode().replace("probe_duration_seconds", "")))
+            status, _, body = await _ask(exporter, _get(variant))
+            got.append((status, body.decode()))
         (fast_status, fast_body), (slow_status, slow_body) = got
         assert fast_status == slow_status, path
         if fast_status != 200:
@@ -140,13 +148,8 @@ async def test_the_answer_is_the_one_aiohttp_gives(exporter: ExporterProcess, li
 
 
 async def test_a_timeout_header_is_read_and_checked(exporter: ExporterProcess, listener: int) -> None:
-    host, port = exporter.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(_get(f"/probe?target=127.0.0.1:{listener}&module=tcp", "X-Prometheus-Scrape-Timeout-Seconds: -1"))
-        status, headers, body = await _read_response(reader)
-    finally:
-        writer.close()
+    status, headers, body = await _ask(
+        exporter, _get(f"/probe?target=127.0.0.1:{listener}&module=tcp", "X-Prometheus-Scrape-Timeout-Seconds: -1"))
     assert status == 400 and "date" in headers and "server" not in headers  # answered here, not by aiohttp
     assert body == (b"Failed to parse timeout from Prometheus header X-Prometheus-Scrape-Timeout-Seconds: "
                     b"'-1' (expected a positive number of seconds)\n")
@@ -158,8 +161,7 @@ async def test_a_timeout_header_is_read_and_checked(exporter: ExporterProcess, l
     (b"POST /probe?target=x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab", 405),
 ])
 async def test_what_is_not_a_plain_probe_is_aiohttps(exporter: ExporterProcess, request_bytes: bytes, status: int) -> None:
-    host, port = exporter.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await _open(exporter)
     try:
         writer.write(request_bytes)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n"), WAIT)
@@ -169,8 +171,7 @@ async def test_what_is_not_a_plain_probe_is_aiohttps(exporter: ExporterProcess, 
 
 
 async def test_connection_close_is_honoured(exporter: ExporterProcess, listener: int) -> None:
-    host, port = exporter.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await _open(exporter)
     try:
         writer.write(_get(f"/probe?target=127.0.0.1:{listener}&module=tcp", "Connection: close"))
         status, headers, _ = await _read_response(reader)
@@ -181,8 +182,7 @@ async def test_connection_close_is_honoured(exporter: ExporterProcess, listener:
 
 
 async def test_a_client_that_goes_away_cancels_its_probe(exporter: ExporterProcess, silent: int) -> None:
-    host, port = exporter.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await _open(exporter)
     # An http probe to a listener that never answers: it would wait its whole 30 s timeout.
     writer.write(_get(f"/probe?target=http://127.0.0.1:{silent}/&module=slow"))
     await exporter.wait_metrics(lambda t: value(t, "connhealth_probes_in_flight", mode="probe_endpoint") == 1.0,
@@ -195,8 +195,7 @@ async def test_a_client_that_goes_away_cancels_its_probe(exporter: ExporterProce
 
 async def test_a_client_that_never_reads_is_not_buffered_without_bound(exporter: ExporterProcess, listener: int) -> None:
     """1000 pipelined requests sent without reading an answer: all answered, in order, once the client reads."""
-    host, port = exporter.address.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await _open(exporter)
     n = 1000
     try:
         writer.write(b"".join(_get(f"/probe?target=127.0.0.1:{listener}&module=tcp&module=n{i}") for i in range(n)))
