@@ -344,7 +344,10 @@ class Exporter:
                 check_server_name(hostname)
             except ValueError as exc:
                 return _text(400, f"Invalid hostname parameter: {exc}\n")
-            settings = PROBERS[module.prober].with_hostname(module.settings, hostname)
+            try:
+                settings = PROBERS[module.prober].with_hostname(module.settings, hostname)
+            except ValueError as exc:  # blackbox's words: the http prober's Host header conflict
+                return _text(400, f"{exc}\n")
             if settings is not module.settings:
                 module = dataclasses.replace(module, settings=settings)
         limit = self.options.probe_concurrency

@@ -72,6 +72,7 @@ class CompatServer:
         app.router.add_get("/enc/{coding}", self._enc)
         app.router.add_get("/bomb", self._bomb_handler)
         app.router.add_get("/redirect", self._redirect)
+        app.router.add_get("/host", self._host)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
@@ -98,6 +99,9 @@ class CompatServer:
 
     async def _bomb_handler(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self._bomb, headers={"Content-Encoding": "gzip"})
+
+    async def _host(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=f"host {request.headers.get('Host')}")
 
     async def _redirect(self, request: web.Request) -> web.StreamResponse:
         return web.Response(status=302, text="moved along", headers={"Location": "/enc/gzip"})
@@ -157,6 +161,8 @@ modules:
   deflate: {{prober: http, timeout: 5s, http: {{preferred_ip_protocol: ip4, compression: deflate}}}}
   br: {{prober: http, timeout: 5s, http: {{preferred_ip_protocol: ip4, compression: br}}}}
   bomb_limited: {{prober: http, timeout: 5s, http: {{preferred_ip_protocol: ip4, compression: gzip, body_size_limit: 1MB}}}}
+  plain: {{prober: http, timeout: 5s, http: {{preferred_ip_protocol: ip4}}}}
+  own_host: {{prober: http, timeout: 5s, http: {{preferred_ip_protocol: ip4, headers: {{Host: configured.test}}}}}}
   no_follow:
     prober: http
     timeout: 5s
@@ -241,3 +247,23 @@ async def test_proxy_cases_went_through_the_proxy(env: Env) -> None:
     for proc in (env.bb, env.ch):
         await _scrape(proc, target, "proxy")
     assert env.proxy.connects()[before:] == [f"127.0.0.1:{env.https.port}"] * 2
+
+
+async def test_hostname_parameter_is_the_host_header_as_in_blackbox(env: Env) -> None:
+    """/probe?hostname=: the Host header both exporters send; a module with its own Host: both answer 400."""
+    target = env.server.url("/host")
+    seen = []
+    for proc in (env.bb, env.ch):
+        start = len(env.server.seen)
+        status, text, _ = await procs.get_text(proc.base_url + "/probe",
+                                               params={"target": target, "module": "plain", "hostname": "vhost.test"})
+        assert status == 200 and "probe_success 1" in text, (proc.name, text)
+        seen.append([h.get("Host") for _, h in env.server.seen[start:]])
+    assert seen == [["vhost.test"], ["vhost.test"]]
+    answers = []
+    for proc in (env.bb, env.ch):
+        status, text, _ = await procs.get_text(proc.base_url + "/probe",
+                                               params={"target": target, "module": "own_host", "hostname": "vhost.test"})
+        answers.append((status, text))
+    assert answers[0] == answers[1] == (400, "host header defined both in module configuration (configured.test) "
+                                             "and with URL-parameter 'hostname' (vhost.test)\n")

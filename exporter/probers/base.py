@@ -136,7 +136,8 @@ class Prober(abc.ABC):
 
     def with_hostname(self, settings: Any, hostname: str) -> Any:
         """The settings for a /probe request with ``hostname=`` (blackbox: tcp's TLS server name, http's
-        Host header); the default ignores it, as blackbox does for its other probers."""
+        Host header); the default ignores it, as blackbox does for its other probers. ValueError: the
+        request's 400, in its message."""
         return settings
 
     def referenced_files(self, settings: Any) -> Iterable[tuple[str, str]]:

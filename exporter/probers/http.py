@@ -298,6 +298,17 @@ class HTTPProber(Prober):
     def display_target(self, target: str, settings: HTTPProbeConfig) -> str:
         return redact_url(target, settings.secret_query_params)
 
+    def with_hostname(self, settings: HTTPProbeConfig, hostname: str) -> HTTPProbeConfig:
+        """blackbox: /probe?hostname= is the Host header; a different Host in the module is an error (400)."""
+        for name, value in settings.headers:
+            if name.lower() == "host":
+                if isinstance(value, Secret) or value != hostname:
+                    shown = "<secret>" if isinstance(value, Secret) else value
+                    raise ValueError(f"host header defined both in module configuration ({shown}) and with "
+                                     f"URL-parameter 'hostname' ({hostname})")
+                return settings
+        return dataclasses.replace(settings, headers=(*settings.headers, ("Host", hostname)))
+
     def check_target(self, target: str) -> None:
         _split_target(target)
 
