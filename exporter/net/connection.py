@@ -92,6 +92,10 @@ class Connection(asyncio.Protocol):
     StreamReader does.
     """
 
+    __slots__ = ("_loop", "_transport", "_buffer", "_eof", "_exception", "_waiter", "_connection_lost",
+                 "_reading_paused", "_writing_paused", "_drain_waiter", "_state", "_incoming", "_outgoing", "_tls",
+                 "_scratch", "_scratch_view", "_answer_ns", "_tls_info")
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
