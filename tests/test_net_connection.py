@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from exporter.certs import CertFactory, Issued, server_context
-from exporter.net import resolve
+from exporter.net import connection, resolve
 from exporter.net.connection import STREAM_LIMIT, Connection, connect
 from exporter.net.tls import TLSConfig, client_context, tls_info_of
 from exporter.result import TCPInfo
@@ -191,6 +191,28 @@ def test_plain_reads_keep_stream_reader_semantics_up_to_eof(run: Any) -> None:
                 conn.close()
 
     run(main())
+
+
+def test_receive_timestamps_only_where_read_and_kept_switched_on_for_the_process(run: Any) -> None:
+    """A socket that will read asks for kernel receive timestamps, a bare connect's does not; one socket held
+    for the process keeps the host's timestamping switch on, so probes' sockets do not flip it."""
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def main() -> tuple[int, int]:
+        async with serve(server) as port:
+            with_ts = await connection.open_socket(LOCALHOST, port, socket.AF_INET)
+            without = await connection.open_socket(LOCALHOST, port, socket.AF_INET, timestamps=False)
+            try:
+                return (with_ts.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS),
+                        without.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS))
+            finally:
+                with_ts.close()
+                without.close()
+
+    assert run(main()) == (1, 0)
+    [keeper] = connection._TIMESTAMP_KEEPER
+    assert keeper.fileno() >= 0 and keeper.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS) == 1
 
 
 def test_plain_incomplete_reads_at_eof_carry_the_partial_data(run: Any) -> None:

@@ -701,15 +701,18 @@ def tcp_info_of(sock: Any) -> TCPInfo | None:
     return TCPInfo(rtt_seconds=u32[15] / 1e6, rttvar_seconds=u32[16] / 1e6, retransmits=u32[23])
 
 
-async def open_socket(ip: str, port: int, family: int, source: str | None = None) -> socket.socket:
-    """A connected non-blocking TCP socket (TCP_NODELAY, kernel receive timestamps), bound to ``source`` first
-    if given; closed again on any failure."""
+async def open_socket(ip: str, port: int, family: int, source: str | None = None, *,
+                      timestamps: bool = True) -> socket.socket:
+    """A connected non-blocking TCP socket (TCP_NODELAY; kernel receive timestamps unless ``timestamps`` is
+    False: a socket that will read nothing), bound to ``source`` first if given; closed again on any failure."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        if timestamps:
+            _keep_timestamping()
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         if source is not None:
             sock.bind((source, 0))
         err = sock.connect_ex((ip, port))
@@ -729,6 +732,21 @@ async def open_socket(ip: str, port: int, family: int, source: str | None = None
         sock.close()
         raise
     return sock
+
+
+# The kernel timestamps received packets only while some socket asks for it: the first such socket
+# switches that on for the whole host and the last one to close switches it off again, which is
+# done by a kernel worker that patches code and interrupts every CPU (0.24 s of CPU per second of a
+# continuous-mode exporter's own, docs/benchmarks.md). One socket that asks and stays open keeps the
+# switch on for the process's life, so probes' sockets come and go without flipping it.
+_TIMESTAMP_KEEPER: list[socket.socket] = []
+
+
+def _keep_timestamping() -> None:
+    if not _TIMESTAMP_KEEPER:
+        keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        keeper.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        _TIMESTAMP_KEEPER.append(keeper)
 
 
 # Not loop.sock_connect: uvloop's resolves every address, IP literals too, with getaddrinfo on

@@ -68,7 +68,7 @@ async def peer_address(ctx: ProbeContext, host: str, port: int, preferred_ip_pro
 
 
 async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool,
-                   source: str | None = None, *, peer: bool = True) -> socket.socket:
+                   source: str | None = None, *, peer: bool = True, timestamps: bool = True) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket.
 
     ``peer=False`` (a proxy): the connection is not the target's, ctx.peer stays as it is.
@@ -82,7 +82,7 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     if pacer is not None and not pacer.try_take():
         await ctx.wait_for_token(pacer)
     ctx.log("connecting to %s", join_host_port(ip, port))
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source))
+    sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source, timestamps=timestamps))
     ctx.tcp = tcp = connection.tcp_info_of(sock)
     # The kernel's RTT of the SYN / SYN-ACK exchange, untouched by how late the loop resumed us;
     # after a retransmitted SYN it measures one attempt, not the connect: the wall clock stays.
@@ -100,8 +100,9 @@ async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_
 
 async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool,
                        *, source: str | None = None) -> None:
-    """dns + connect phases on a bare socket, closed at once: a plain tcp_connect needs no transport."""
-    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source)).close()
+    """dns + connect phases on a bare socket, closed at once: a plain tcp_connect needs no transport (and,
+    reading nothing, no receive timestamps)."""
+    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source, timestamps=False)).close()
 
 
 async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, cfg: TLSConfig,
