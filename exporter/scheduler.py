@@ -89,15 +89,17 @@ class Clock(Protocol):
 
 
 # Coalesced wake-ups: a probe may start up to EARLY_FRACTION of its period, and at most the
-# clock's ``max_early`` (MonotonicClock: MAX_EARLY), before it is due, so that probes falling
-# due close together share one wake-up of the process. Waking once per probe was the largest
-# cost of continuous mode after the connect itself: at 500 probes/s, 0.54 sleeps per probe
-# and 0.34 ms of CPU per probe; with 10 ms, 0.16 and 0.22 ms (docs/benchmarks.md section 3).
-# (uvloop also fires timers up to ~1.3 ms early, as it counts whole milliseconds: with no
-# allowance, most of those wake-ups found nothing due and slept again.) Due times stay
-# planned-based, so targets do not drift; a burst is still paced by the connect bucket.
+# clock's ``max_early`` (MonotonicClock: MAX_EARLY), before it is due, when the scheduler is
+# awake anyway (it never wakes up early for one), so that probes falling due close together
+# share one wake-up of the process. Waking once per probe was the largest cost of continuous
+# mode after the connect itself: at 500 probes/s, 0.54 sleeps and ≈ 0.33 ms of CPU per probe;
+# with 25 ms, 0.09 and ≈ 0.21 ms (docs/benchmarks.md section 3). (uvloop also fires timers up
+# to ~1.3 ms early, as it counts whole milliseconds: with no allowance, many of those wake-ups
+# found nothing due and slept again.) Due times stay planned-based, so targets do not drift
+# and the lag metric still measures lateness; the connect bucket (net/pacing.py) still
+# spreads what starts together.
 EARLY_FRACTION = 0.01
-MAX_EARLY = 0.010
+MAX_EARLY = 0.025
 
 
 @dataclass(frozen=True, slots=True)
