@@ -289,12 +289,12 @@ class Scheduler:
                     if self._stopping:
                         self.on_skip(SHUTTING_DOWN)
                     return
-                self.on_lag(max(0.0, self.clock.now() - planned))
+                sampled_at = self.clock.now()
+                self.on_lag(max(0.0, sampled_at - planned))
                 module = self.modules.get(entry.spec.module)
                 if module is None:
                     return
                 self.in_flight += 1
-                sampled_at = self.clock.now()
                 try:
                     result = await self.probe(entry.spec.target, module, entry.spec.timeout)
                 except Exception:
