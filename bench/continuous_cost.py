@@ -240,7 +240,10 @@ def main() -> int:
                 cpu, kworkers, probes = run_connhealth(args, tmp, args.baseline if name == "baseline" else None)
             per_1000[name].append(1000 * cpu / probes if probes else float("nan"))
             kernel_1000[name].append(1000 * kworkers / probes if probes else float("nan"))
-            print(f"rep {rep + 1} {name:10s}: {probes:.0f} probes ({probes / args.window:.0f}/s), CPU {cpu:.2f} s "
+            planned = n * args.window / args.interval
+            behind = f" (only {100 * probes / planned:.0f} % of the planned {planned:.0f}: CPU 0 busy?)" \
+                if probes < 0.95 * planned else ""
+            print(f"rep {rep + 1} {name:10s}: {probes:.0f} probes ({probes / args.window:.0f}/s){behind}, CPU {cpu:.2f} s "
                   f"+ kernel workers {kworkers:.2f} s, {per_1000[name][-1]:.3f} + {kernel_1000[name][-1]:.3f} "
                   "CPU s per 1000 probes", flush=True)
     labels = {"connhealth": f"connhealth continuous ({args.histograms})",
