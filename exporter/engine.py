@@ -84,7 +84,7 @@ class _Deadlines:
             if deadline.state is _ENTERED:
                 self.live -= 1
                 deadline.state = _EXPIRING
-                deadline.task.cancel()
+                deadline.task.cancel()  # type: ignore[union-attr]  # set while _ENTERED
         if heap:
             self._arm(heap[0][0])
 
@@ -111,7 +111,7 @@ class _Deadline:
         task = asyncio.current_task()
         assert task is not None
         self.when = loop.time() + delay
-        self.task = task
+        self.task: asyncio.Task[object] | None = task
         self.cancelling = task.cancelling()
         self.state = _ENTERED
         self.owner = owner
@@ -122,9 +122,11 @@ class _Deadline:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         state, self.state = self.state, _DONE
+        task, self.task = self.task, None  # it may wait in the heap a while: hold no finished task
         if state is _ENTERED:
             self.owner.live -= 1
-        elif state is _EXPIRING and self.task.uncancel() <= self.cancelling and exc_type is asyncio.CancelledError:
+        elif state is _EXPIRING and task is not None and task.uncancel() <= self.cancelling \
+                and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
 
