@@ -9,9 +9,12 @@ The finished result goes to the traces sink; spans are built from it there.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+import math
 import time
 import traceback
+from types import TracebackType
 
 from opentelemetry.context import Context
 
@@ -26,6 +29,105 @@ from .sinks import traces
 log = logging.getLogger("connhealth.probe")
 
 DEFAULT_TIMEOUT = 10.0
+
+# A _Deadline's states.
+_ENTERED, _EXPIRING, _DONE = 0, 1, 2
+
+
+class _Deadlines:
+    """The probe deadlines of one event loop: a heap, and one loop timer for the earliest.
+
+    A loop timer per probe (asyncio.timeout) cost ≈ 10 µs of a ≈ 200 µs continuous
+    tcp_connect probe on uvloop (docs/benchmarks.md section 3). Most probes end long before
+    their deadline, so their entries are left in the heap and dropped when they reach its top
+    (probes that start later mostly end later); the heap is rebuilt from the running ones when
+    finished ones make up most of it, so a probe that hangs until its deadline cannot make it grow.
+    """
+
+    __slots__ = ("loop", "heap", "handle", "armed", "live", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Deadline]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed = math.inf  # when the timer fires
+        self.live = 0  # entries of the heap still running
+        self.seq = 0
+
+    def add(self, deadline: _Deadline) -> None:
+        heap = self.heap
+        while heap and heap[0][2].state is not _ENTERED:
+            heapq.heappop(heap)
+        if len(heap) > 2 * self.live + 64:
+            heap[:] = [item for item in heap if item[2].state is _ENTERED]
+            heapq.heapify(heap)
+        self.seq += 1
+        heapq.heappush(heap, (deadline.when, self.seq, deadline))
+        self.live += 1
+        if deadline.when < self.armed:
+            self._arm(deadline.when)
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        # A timer that fires early (uvloop counts whole milliseconds) expires what it was set
+        # for, as asyncio.timeout's own timer would.
+        limit = max(self.loop.time(), self.armed)
+        self.handle, self.armed = None, math.inf
+        heap = self.heap
+        while heap and (heap[0][2].state is not _ENTERED or heap[0][0] <= limit):
+            deadline = heapq.heappop(heap)[2]
+            if deadline.state is _ENTERED:
+                self.live -= 1
+                deadline.state = _EXPIRING
+                deadline.task.cancel()  # type: ignore[union-attr]  # set while _ENTERED
+        if heap:
+            self._arm(heap[0][0])
+
+
+_deadlines: _Deadlines | None = None  # the running loop's (one loop per process, bar tests)
+
+
+class _Deadline:
+    """``with _Deadline(delay):`` is ``async with asyncio.timeout(delay):`` on the loop's shared timer.
+
+    The same contract: when the deadline passes, the task is cancelled, and that cancellation
+    leaves the block as TimeoutError, unless the task was also cancelled from outside
+    (Task.uncancel counts them), which then propagates.
+    """
+
+    __slots__ = ("when", "task", "cancelling", "state", "owner")
+
+    def __init__(self, delay: float) -> None:
+        global _deadlines
+        loop = asyncio.get_running_loop()
+        owner = _deadlines
+        if owner is None or owner.loop is not loop:
+            owner = _deadlines = _Deadlines(loop)
+        task = asyncio.current_task()
+        assert task is not None
+        self.when = loop.time() + delay
+        self.task: asyncio.Task[object] | None = task
+        self.cancelling = task.cancelling()
+        self.state = _ENTERED
+        self.owner = owner
+
+    def __enter__(self) -> None:
+        self.owner.add(self)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        state, self.state = self.state, _DONE
+        task, self.task = self.task, None  # it may wait in the heap a while: hold no finished task
+        if state is _ENTERED:
+            self.owner.live -= 1
+        elif state is _EXPIRING and task is not None and task.uncancel() <= self.cancelling \
+                and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 def expected_phases(target: str, module: Module | None) -> tuple[str, ...]:
@@ -79,7 +181,7 @@ async def run_probe(target: str, module: Module, timeout: float | None = None, p
         log.debug("probe started", extra={"kv": {"target": shown, "module": module.name}})
     try:
         # The outer deadline catches time spent outside any phase.
-        async with asyncio.timeout(max(ctx.remaining(), 0)):
+        with _Deadline(max(ctx.remaining(), 0)):
             await prober.probe(ctx, target, module.settings)
     except Exception as exc:  # noqa: BLE001 - every failure is attributed, see classify
         if isinstance(exc, TimeoutError) and ctx.remaining() <= 0:

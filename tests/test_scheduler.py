@@ -28,8 +28,8 @@ from exporter.config import Module, SchedulerConfig, TargetSpec, builtin_modules
 from exporter.engine import run_probe
 from exporter.result import Failure, ProbeResult
 from exporter.scheduler import (
-    CANCEL_WAIT, JITTER, MAX_GAP_INTERVALS, PROBE_ERROR, SHUTTING_DOWN, SKIP_REASONS, STILL_RUNNING, Coverage,
-    MonotonicClock, Scheduler,
+    CANCEL_WAIT, EARLY_FRACTION, JITTER, MAX_EARLY, MAX_GAP_INTERVALS, PROBE_ERROR, SHUTTING_DOWN, SKIP_REASONS,
+    STILL_RUNNING, Coverage, MonotonicClock, Scheduler,
 )
 
 try:
@@ -251,6 +251,47 @@ async def test_jitter_extremes_give_exactly_85_and_115_percent(env: NewEnv, frac
     assert times[0] == pytest.approx(e.t0 + frac * 2.0, abs=EPS)
     assert gaps(times) == pytest.approx([2.0 * period] * 3, abs=EPS)
 
+
+# --- coalesced wake-ups ---------------------------------------------------------
+
+class CoalescingClock(FakeClock):
+    """Virtual time with the real clock's allowance: probes due within max_early of a wake-up start on it."""
+
+    max_early = MAX_EARLY
+
+
+async def _coalescing(specs: list[TargetSpec], until: Callable[[FakeProbe], bool]) -> tuple[FakeProbe, Recorder, float]:
+    clock = CoalescingClock()
+    probe, rec = FakeProbe(clock), Recorder()
+    # FixedRandom(0.5): the first probe is due at interval / 2, then one every interval exactly.
+    sched = Scheduler(MODULES, SchedulerConfig(), rec.sink, on_lag=rec.on_lag, rng=FixedRandom(0.5),
+                      clock=clock, probe=probe)
+    t0 = clock.now()
+    sched.update(specs)
+    sched.start()
+    try:
+        await clock.run_until(lambda: until(probe), limit=40.0, what="the probes")
+    finally:
+        await sched.stop(0.0)
+    return probe, rec, t0
+
+
+async def test_probes_due_close_together_share_a_wake_up_without_drifting() -> None:
+    assert (EARLY_FRACTION, MAX_EARLY) == (0.01, 0.025) and MonotonicClock.max_early == MAX_EARLY
+    a, b = spec("a:1", 10.0), spec("b:1", 10.04)  # due at 5.0 and 5.02: within b's 25 ms (capped) allowance
+    probe, rec, t0 = await _coalescing([a, b], lambda p: len(p.times(b.target)) >= 3)
+    assert rel(probe.times(a.target)[:3], t0) == pytest.approx([5.0, 15.0, 25.0], abs=EPS)
+    # b starts with a; then at its own planned times (15.06: 40 ms after a), so it does not drift.
+    assert rel(probe.times(b.target)[:3], t0) == pytest.approx([5.0, 5.02 + 10.04, 5.02 + 2 * 10.04], abs=EPS)
+    assert set(rec.lags) == {0.0}  # starting early is not lateness
+
+
+async def test_a_probe_starts_at_most_one_percent_of_its_period_early() -> None:
+    c, d = spec("c:1", 0.97), spec("d:1", 1.0)  # due at 0.485 and 0.5; d's allowance: 1 % of 1 s = 10 ms
+    probe, _, t0 = await _coalescing([c, d], lambda p: len(p.times(d.target)) >= 2)
+    # d, due 15 ms after c, is not taken along; and nothing wakes up early for it on its own.
+    assert rel(probe.times(c.target)[:2], t0) == pytest.approx([0.485, 0.485 + 0.97], abs=EPS)
+    assert rel(probe.times(d.target)[:2], t0) == pytest.approx([0.5, 1.5], abs=EPS)
 
 # --- failing targets ----------------------------------------------------------
 
