@@ -79,7 +79,9 @@ async def test_http_ip_literal_phases(web):
     result = await run_probe(web.url("/ok"), mod("http"), 5)
     assert result.success, result.failure
     assert set(result.phases) == HTTP_PHASES  # no "dns" key for an IP, no "tls" for http://
-    assert all(v > 0 for v in result.phases.values())
+    # transfer runs from the first byte's arrival to the body end's (kernel timestamps): 0 when both came in
+    # one read, which a loaded machine makes likely.
+    assert all(v > 0 for k, v in result.phases.items() if k != "transfer") and result.phases["transfer"] >= 0
     assert result.tls is None
     assert result.peer == Peer(ip="127.0.0.1", family="ipv4", port=web.port)
     assert result.tcp is not None and result.tcp.rtt_seconds > 0 and result.tcp.retransmits == 0
