@@ -16,8 +16,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 from exporter import metrics as m
 from exporter.result import Failure, KeepAlive, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
+from exporter.sinks import store as store_module
 from exporter.sinks.store import SeriesStore
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -99,12 +102,17 @@ def test_the_exposition_is_byte_identical_to_the_stored_one() -> None:
     assert b"".join(store.render_chunks(openmetrics=True)).decode() == OPENMETRICS.read_text()
 
 
-def test_a_cached_render_and_a_render_in_small_slices_are_the_same_bytes() -> None:
+def test_a_cached_render_and_a_render_in_small_slices_and_pieces_are_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     store = build_store()
     first = store.render()
     assert store.render() == first  # every target's lines from its cache now
     assert b"".join(store.render_chunks(chunk_targets=1)) == first
     assert b"".join(store.render_chunks(chunk_targets=3, openmetrics=True)).decode() == OPENMETRICS.read_text()
+    monkeypatch.setattr(store_module, "CHUNK_BYTES", 300)  # a family in several pieces, some of them empty
+    pieces = list(store.render_chunks(chunk_targets=2))
+    assert b"".join(pieces) == first
+    first_family = -(-(len(store.series) + len(store.groups)) // 2)  # one piece per slice of 2
+    assert any(p and not p.startswith(b"# HELP") for p in pieces[first_family:])  # a family's second piece
 
 
 def test_a_changed_value_is_rendered_after_the_cached_render() -> None:

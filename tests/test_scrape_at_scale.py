@@ -64,13 +64,17 @@ async def test_a_10k_target_scrape_renders_at_most_one_slice_per_turn_of_the_loo
             turn += 1
 
     rendered: Counter[int] = Counter()
-    encode = store_module._Rendered._encode
+    def counting(cls: type[store_module._Rendered]) -> None:
+        strings = cls._strings
 
-    def counting_encode(self: store_module._Rendered, store: store_module.SeriesStore, om: bool) -> list[bytes]:
-        rendered[turn] += 1
-        return encode(self, store, om)
+        def counting_strings(self: store_module._Rendered, store: store_module.SeriesStore, om: bool) -> list[str]:
+            rendered[turn] += 1
+            return strings(self, store, om)
 
-    monkeypatch.setattr(store_module._Rendered, "_encode", counting_encode)
+        monkeypatch.setattr(cls, "_strings", counting_strings)
+
+    counting(store_module.TargetSeries)
+    counting(store_module._Group)
     async with TestClient(TestServer(build_app(exporter))) as client:
         task = asyncio.create_task(ticker())
         started = time.perf_counter()

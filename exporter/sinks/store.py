@@ -33,6 +33,21 @@ Key = tuple[str, str, tuple[tuple[str, str], ...]]
 
 _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
 _INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
+# Each family's place in a target's fragments and, for the ones on every probed target, the start of its
+# lines (name and "{"): module constants, as the render of every target reads them.
+_ATTEMPTS, _SUCCESSES, _OBSERVED, _UP, _FAILURES, _DURATION, _PHASES, _SUCCESS, _LAST_SUCCESS, _LAST_PROBE = (
+    _INDEX[n] for n in (m.PROBE_ATTEMPTS, m.PROBE_SUCCESSES, m.OBSERVED_SECONDS, m.UP_SECONDS, m.PROBE_FAILURES,
+                        m.PROBE_DURATION, m.PHASE_DURATION, m.PROBE_SUCCESS, m.LAST_SUCCESS, m.LAST_PROBE))
+_INTERVAL, _CERT_EXPIRY, _TLS_VERSION, _RTT, _RETRANSMITS, _SYN_RETRANSMITS = (
+    _INDEX[n] for n in (m.PROBE_INTERVAL, m.CERT_EXPIRY, m.TLS_VERSION, m.TCP_RTT, m.TCP_RETRANSMITS, m.TCP_SYN_RETRANSMITS))
+_KA_REUSED, _KA_CLIENT_IDLE, _KA_SERVER_IDLE, _RESUMED, _HANDSHAKE = (
+    _INDEX[n] for n in (m.KEEPALIVE_REUSED, m.KEEPALIVE_CLIENT_IDLE, m.KEEPALIVE_SERVER_IDLE, m.TLS_SESSION_RESUMED,
+                        m.TLS_HANDSHAKE))
+_ATTEMPTS_, _SUCCESSES_, _OBSERVED_, _UP_, _SUCCESS_, _LAST_SUCCESS_, _LAST_PROBE_, _INTERVAL_ = (
+    n + "{" for n in (m.PROBE_ATTEMPTS, m.PROBE_SUCCESSES, m.OBSERVED_SECONDS, m.UP_SECONDS, m.PROBE_SUCCESS,
+                      m.LAST_SUCCESS, m.LAST_PROBE, m.PROBE_INTERVAL))
+_CERT_EXPIRY_, _TLS_VERSION_, _RTT_, _RETRANSMITS_, _SYN_RETRANSMITS_ = (
+    n + "{" for n in (m.CERT_EXPIRY, m.TLS_VERSION, m.TCP_RTT, m.TCP_RETRANSMITS, m.TCP_SYN_RETRANSMITS))
 
 
 Exemplar = tuple[str, float, float]  # (trace_id, value, unix time)
@@ -147,17 +162,18 @@ class _Histograms:
             hist = self.extra[spec.name] = _Histogram(len(bounds) + 1)
         hist.observe(bounds, value, None)
 
-    def render(self, out: list[list[str]], b: str, store: SeriesStore, om: bool) -> None:
-        """Append the lines of every histogram, labelled ``b``, to their families in ``out``."""
+    def render(self, out: list[str], b: str, store: SeriesStore, om: bool) -> None:
+        """Set the families of every histogram in ``out`` (one string per family) to their lines, labelled ``b``."""
         les = store.le_strings
-        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
-        phase_lines = out[_INDEX[m.PHASE_DURATION]]
-        for phase, hist in self.phases.items():
-            phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
-        for i, spec in enumerate(store.extra, len(_FAMILIES)):
-            extra = self.extra.get(spec.name)
-            if extra is not None:
-                out[i].extend(extra.lines(spec.name, b, store.extra_les[spec.name], om))
+        out[_DURATION] = "\n".join(self.duration.lines(m.PROBE_DURATION, b, les, om)) + "\n"
+        if self.phases:
+            out[_PHASES] = "\n".join([line for phase, hist in self.phases.items()
+                                      for line in hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om)]) + "\n"
+        if self.extra:
+            for i, spec in enumerate(store.extra, len(_FAMILIES)):
+                extra = self.extra.get(spec.name)
+                if extra is not None:
+                    out[i] = "\n".join(extra.lines(spec.name, b, store.extra_les[spec.name], om)) + "\n"
 
 
 class _Rendered:
@@ -166,27 +182,25 @@ class _Rendered:
     __slots__ = ("_fragments", "_om_fragments")
 
     def __init__(self) -> None:
-        self._fragments: list[bytes] | None = None
-        self._om_fragments: list[bytes] | None = None
+        self._fragments: list[str] | None = None
+        self._om_fragments: list[str] | None = None
 
     def invalidate(self) -> None:
         self._fragments = self._om_fragments = None
 
-    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
+    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[str]:
+        """One string per family (``store.families``): "" or its lines, each ending with a newline.
+        Strings, not bytes: a scrape encodes a slice's family at once (one encode per target and
+        family cost a quarter of a scrape)."""
         if openmetrics:
             if self._om_fragments is None:
-                self._om_fragments = self._encode(store, True)
+                self._om_fragments = self._strings(store, True)
             return self._om_fragments
         if self._fragments is None:
-            self._fragments = self._encode(store, False)
+            self._fragments = self._strings(store, False)
         return self._fragments
 
-    def _encode(self, store: SeriesStore, om: bool) -> list[bytes]:
-        out: list[list[str]] = [[] for _ in range(len(_FAMILIES) + len(store.extra))]
-        self._render(out, store, om)
-        return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
-
-    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+    def _strings(self, store: SeriesStore, om: bool) -> list[str]:
         raise NotImplementedError
 
 
@@ -200,8 +214,10 @@ class _Group(_Rendered):
         self.base = base
         self.hists = _Histograms(n_buckets)
 
-    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+    def _strings(self, store: SeriesStore, om: bool) -> list[str]:
+        out = [""] * store.families
         self.hists.render(out, self.base, store, om)
+        return out
 
 
 class TargetSeries(_Rendered):
@@ -239,54 +255,61 @@ class TargetSeries(_Rendered):
         self.resumption: TLSResumption | None = None  # the last resumption check
         self.extra: dict[str, float] = {}  # the probers' own counters and gauges (store.extra), by name
 
-    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+    def _strings(self, store: SeriesStore, om: bool) -> list[str]:
+        # One f-string per line straight into its family's slot: this runs for every target probed since the
+        # last scrape (all of them at a 15 s interval), so it avoids what is not needed (lists per family,
+        # joins, a float formatted twice: last_success is last_probe and up is observed while a target is up).
+        out = [""] * store.families
         b = self.base
-        out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
-        out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
-        out[_INDEX[m.OBSERVED_SECONDS]].append(f"{m.OBSERVED_SECONDS}{{{b}}} {fmt(self.observed)}")
-        out[_INDEX[m.UP_SECONDS]].append(f"{m.UP_SECONDS}{{{b}}} {fmt(self.up)}")
-        ex = self.failure_exemplars if om else {}
-        out[_INDEX[m.PROBE_FAILURES]].extend(
-            f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}'
-            for (phase, reason), n in self.failures.items()
-        )
+        out[_ATTEMPTS] = f"{_ATTEMPTS_}{b}}} {self.attempts}\n"
+        out[_SUCCESSES] = f"{_SUCCESSES_}{b}}} {self.successes}\n"
+        observed = fmt(self.observed)
+        out[_OBSERVED] = f"{_OBSERVED_}{b}}} {observed}\n"
+        out[_UP] = f"{_UP_}{b}}} {observed if self.up == self.observed else fmt(self.up)}\n"
+        if self.failures:
+            ex = self.failure_exemplars if om else {}
+            out[_FAILURES] = "".join([
+                f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}\n'
+                for (phase, reason), n in self.failures.items()])
         if self.hists is not None and self.group is None:
             self.hists.render(out, b, store, om)
         if self.success is not None:
-            out[_INDEX[m.PROBE_SUCCESS]].append(f"{m.PROBE_SUCCESS}{{{b}}} {1 if self.success else 0}")
+            out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n"
+        last_probe = self.last_probe
+        probed = fmt(last_probe) if last_probe is not None else ""
         if self.last_success is not None:
-            out[_INDEX[m.LAST_SUCCESS]].append(f"{m.LAST_SUCCESS}{{{b}}} {fmt(self.last_success)}")
-        if self.last_probe is not None:
-            out[_INDEX[m.LAST_PROBE]].append(f"{m.LAST_PROBE}{{{b}}} {fmt(self.last_probe)}")
+            out[_LAST_SUCCESS] = f"{_LAST_SUCCESS_}{b}}} {probed if self.last_success == last_probe else fmt(self.last_success)}\n"
+        if last_probe is not None:
+            out[_LAST_PROBE] = f"{_LAST_PROBE_}{b}}} {probed}\n"
         if self.interval is not None:
-            out[_INDEX[m.PROBE_INTERVAL]].append(f"{m.PROBE_INTERVAL}{{{b}}} {fmt(self.interval)}")
+            out[_INTERVAL] = f"{_INTERVAL_}{b}}} {fmt(self.interval)}\n"
         if self.cert_expiry is not None:
-            out[_INDEX[m.CERT_EXPIRY]].append(f"{m.CERT_EXPIRY}{{{b}}} {fmt(self.cert_expiry)}")
+            out[_CERT_EXPIRY] = f"{_CERT_EXPIRY_}{b}}} {fmt(self.cert_expiry)}\n"
         if self.tls_version is not None:
-            out[_INDEX[m.TLS_VERSION]].append(f'{m.TLS_VERSION}{{{b},version="{escape(self.tls_version)}"}} 1')
+            out[_TLS_VERSION] = f'{_TLS_VERSION_}{b},version="{escape(self.tls_version)}"}} 1\n'
         if self.rtt is not None:
-            out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
+            out[_RTT] = f"{_RTT_}{b}}} {fmt(self.rtt)}\n"
         if self.retransmits is not None:
-            out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
+            out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n"
         # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
-        out[_INDEX[m.TCP_SYN_RETRANSMITS]].append(f"{m.TCP_SYN_RETRANSMITS}{{{b}}} {self.syn_retransmits}")
+        out[_SYN_RETRANSMITS] = f"{_SYN_RETRANSMITS_}{b}}} {self.syn_retransmits}\n"
         ka = self.keepalive
         if ka is not None:
-            out[_INDEX[m.KEEPALIVE_REUSED]].append(f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}")
-            out[_INDEX[m.KEEPALIVE_CLIENT_IDLE]].append(f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}")
+            out[_KA_REUSED] = f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}\n"
+            out[_KA_CLIENT_IDLE] = f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}\n"
             if ka.server_idle_seconds is not None:
-                out[_INDEX[m.KEEPALIVE_SERVER_IDLE]].append(f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}")
+                out[_KA_SERVER_IDLE] = f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}\n"
         r = self.resumption
         if r is not None:
-            out[_INDEX[m.TLS_SESSION_RESUMED]].append(f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}")
-            lines = out[_INDEX[m.TLS_HANDSHAKE]]
-            lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}')
-            if r.resumed_seconds is not None:
-                lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}')
-        for i, spec in enumerate(store.extra, len(_FAMILIES)):
-            value = self.extra.get(spec.name)
-            if value is not None:
-                out[i].append(f"{spec.name}{{{b}}} {fmt(value)}")
+            out[_RESUMED] = f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}\n"
+            out[_HANDSHAKE] = f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}\n' + (
+                f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}\n' if r.resumed_seconds is not None else "")
+        if self.extra:
+            for i, spec in enumerate(store.extra, len(_FAMILIES)):
+                value = self.extra.get(spec.name)
+                if value is not None:
+                    out[i] = f"{spec.name}{{{b}}} {fmt(value)}\n"
+        return out
 
     def observe_extra(self, result: ProbeResult, store: SeriesStore) -> None:
         prober = PROBERS.get(result.prober)
@@ -354,6 +377,9 @@ GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
 # 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
 # about 4-9 ms, well under the 20 ms bound of issue 15.
 RENDER_SLICE = 256
+# The size of the pieces a scrape writes once every target is rendered (characters; the body is ASCII
+# but for non-ASCII label values).
+CHUNK_BYTES = 1 << 20
 
 
 class SeriesStore:
@@ -372,13 +398,14 @@ class SeriesStore:
         # The probers' own families, after the shared ones (a name declared by two probers is one family).
         self.extra_specs = {spec.name: spec for p in PROBERS.values() for spec in p.metrics}
         self.extra = tuple(self.extra_specs.values())
+        self.families = len(_FAMILIES) + len(self.extra)  # a target's fragments: one per family
         self.extra_les = {spec.name: _le_strings(spec.buckets or self.bounds) for spec in self.extra}
         self.series: dict[Key, TargetSeries] = {}
         self.groups: dict[GroupKey, _Group] = {}
-        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES + self.extra]
+        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n" for s in _FAMILIES + self.extra]
         # OpenMetrics names a counter family without its _total suffix.
         self._om_headers = [
-            f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n".encode()
+            f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n"
             for s in _FAMILIES + self.extra
             for n in [s.name.removesuffix("_total") if s.type == "counter" else s.name]
         ]
@@ -481,31 +508,46 @@ class SeriesStore:
             del self.groups[gkey]
 
     def render_chunks(self, chunk_targets: int = RENDER_SLICE, openmetrics: bool = False) -> Iterator[bytes]:
-        """The exposition in pieces of at most ``chunk_targets`` targets per family.
+        """The exposition in pieces, rendering at most ``chunk_targets`` targets per piece.
 
-        Streaming pieces keeps a 10k-target scrape from allocating (and
-        page-faulting) one buffer of hundreds of MB; at most ``chunk_targets``
-        targets are rendered before the next piece is yielded.
+        Dirty targets render lazily, slice by slice, while the first family is
+        yielded, so the caller can yield to the event loop between pieces. The
+        fragments taken then are reused for every family: one consistent
+        snapshot per target even if it is probed again mid-scrape. The other
+        families are rendered by then: they go in pieces of about CHUNK_BYTES,
+        which keeps a 10k-target scrape from allocating (and page-faulting) one
+        buffer of hundreds of MB, in a few dozen writes instead of one per
+        slice and family.
         """
-        # Dirty targets render lazily, slice by slice, during the first family,
-        # so the caller can yield to the event loop between chunks. The
-        # fragments taken then are reused for every family: one consistent
-        # snapshot per target even if it is probed again mid-scrape.
         series: list[_Rendered] = [*self.series.values(), *self.groups.values()]
+        headers = self._om_headers if openmetrics else self._headers
         # Per slice, its targets' fragments by family (zip transposes them in C: a generator
         # picking one family's fragment from each target took a fifth of a scrape).
-        columns: list[list[tuple[bytes, ...]]] = []
-        for i, header in enumerate(self._om_headers if openmetrics else self._headers):
+        columns: list[list[tuple[str, ...]]] = []
+        started = False
+        for start in range(0, len(series), chunk_targets):
+            column = list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]]))
+            columns.append(column)
+            body = "".join(column[0])
+            if body and not started:
+                body, started = headers[0] + body, True
+            yield body.encode()  # also b"": the caller gives the loop a turn after every slice
+        # The other families, rendered by now: pieces of about CHUNK_BYTES, each joined at once (one copy,
+        # then one encode).
+        for i, header in enumerate(headers[1:], 1):
+            pending = [header]
+            size = 0
             started = False
-            for n, start in enumerate(range(0, len(series), chunk_targets)):
-                if i == 0:
-                    columns.append(list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]])))
-                body = b"".join(columns[n][i])
-                if body:
-                    if not started:
-                        yield header
+            for n, column in enumerate(columns, 1):
+                fragments = column[i]
+                pending += fragments
+                size += len(fragments[0]) * len(fragments)  # an estimate that reads one target's fragment
+                if size >= CHUNK_BYTES or n == len(columns):
+                    text = "".join(pending)
+                    if len(text) > (0 if started else len(header)):  # a family with no samples has no header
+                        yield text.encode()
                         started = True
-                    yield body
+                    pending, size = ([] if started else [header]), 0
 
     def render(self) -> bytes:
         return b"".join(self.render_chunks())
