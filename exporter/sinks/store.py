@@ -266,10 +266,14 @@ class TargetSeries(_Rendered):
         # One f-string per line straight into its family's slot: this runs for every target probed since the
         # last scrape (all of them at a 15 s interval), so it avoids what is not needed (lists per family,
         # joins, a float formatted twice: last_success is last_probe and up is observed while a target is up).
+        # The floats that change with every probe are formatted inline: repr is fmt's result unless the
+        # value is integral or not finite (fmt's exceptions), which the end of repr's text tells.
         b = self.base
         out[_ATTEMPTS] = f"{_ATTEMPTS_}{b}}} {self.attempts}\n"
         out[_SUCCESSES] = f"{_SUCCESSES_}{b}}} {self.successes}\n"
-        observed = fmt(self.observed)
+        observed = repr(self.observed)
+        if observed[-2:] == ".0" or observed[-1] > "9":
+            observed = fmt(self.observed)
         out[_OBSERVED] = f"{_OBSERVED_}{b}}} {observed}\n"
         out[_UP] = f"{_UP_}{b}}} {observed if self.up == self.observed else fmt(self.up)}\n"
         if self.failures:
@@ -282,7 +286,9 @@ class TargetSeries(_Rendered):
         if self.success is not None:
             out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n"
         last_probe = self.last_probe
-        probed = fmt(last_probe) if last_probe is not None else ""
+        probed = repr(last_probe)
+        if probed[-2:] == ".0" or probed[-1] > "9":
+            probed = fmt(last_probe) if last_probe is not None else ""
         if self.last_success is not None:
             out[_LAST_SUCCESS] = f"{_LAST_SUCCESS_}{b}}} {probed if self.last_success == last_probe else fmt(self.last_success)}\n"
         if last_probe is not None:
@@ -293,8 +299,12 @@ class TargetSeries(_Rendered):
             out[_CERT_EXPIRY] = f"{_CERT_EXPIRY_}{b}}} {fmt(self.cert_expiry)}\n"
         if self.tls_version is not None:
             out[_TLS_VERSION] = f'{_TLS_VERSION_}{b},version="{escape(self.tls_version)}"}} 1\n'
-        if self.rtt is not None:
-            out[_RTT] = f"{_RTT_}{b}}} {fmt(self.rtt)}\n"
+        rtt = self.rtt
+        if rtt is not None:
+            text = repr(rtt)
+            if text[-2:] == ".0" or text[-1] > "9":
+                text = fmt(rtt)
+            out[_RTT] = f"{_RTT_}{b}}} {text}\n"
         if self.retransmits is not None:
             out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n"
         # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
@@ -526,33 +536,26 @@ class SeriesStore:
         """
         series: list[_Rendered] = [*self.series.values(), *self.groups.values()]
         headers = self._om_headers if openmetrics else self._headers
-        # Per slice, its targets' fragments by family (zip transposes them in C: a generator
-        # picking one family's fragment from each target took a fifth of a scrape).
-        columns: list[list[tuple[str, ...]]] = []
+        # Per slice, its families' lines: joined right after the slice is rendered, while they are
+        # in the CPU's cache (zip transposes the targets' fragments in C).
+        slices: list[list[str]] = []
         started = False
         for start in range(0, len(series), chunk_targets):
-            column = list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]]))
-            columns.append(column)
-            body = "".join(column[0])
+            joined = [*map("".join, zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]]))]
+            slices.append(joined)
+            body = joined[0]
             if body and not started:
                 body, started = headers[0] + body, True
             yield body.encode()  # also b"": the caller gives the loop a turn after every slice
-        # The other families, rendered by now: pieces of about CHUNK_BYTES, each joined at once (one copy,
-        # then one encode).
+        # The other families, rendered by now: pieces of about CHUNK_BYTES (one join, one encode).
         for i, header in enumerate(headers[1:], 1):
-            pending = [header]
-            size = 0
-            started = False
-            for n, column in enumerate(columns, 1):
-                fragments = column[i]
-                pending += fragments
-                size += len(fragments[0]) * len(fragments)  # an estimate that reads one target's fragment
-                if size >= CHUNK_BYTES or n == len(columns):
-                    text = "".join(pending)
-                    if len(text) > (0 if started else len(header)):  # a family with no samples has no header
-                        yield text.encode()
-                        started = True
-                    pending, size = ([] if started else [header]), 0
+            pending, size = [header], 0  # a family with no samples has no header
+            for n, joined in enumerate(slices, 1):
+                pending.append(joined[i])
+                size += len(joined[i])
+                if size and (size >= CHUNK_BYTES or n == len(slices)):
+                    yield "".join(pending).encode()
+                    pending, size = [], 0
 
     def render(self) -> bytes:
         return b"".join(self.render_chunks())
