@@ -17,10 +17,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter import metrics as m
 from exporter.result import Failure, KeepAlive, Phase, ProbeResult, TCPInfo, TLSInfo, TLSResumption
 from exporter.sinks import store as store_module
+from exporter.sinks.exposition import fmt
 from exporter.sinks.store import SeriesStore
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -125,6 +128,44 @@ def test_a_changed_value_is_rendered_after_the_cached_render() -> None:
     assert f"{m.PROBE_ATTEMPTS}{{{base}}} 3\n" in text
     assert f"{m.LAST_PROBE}{{{base}}} 1764540100.501\n" in text
     assert f"{m.OBSERVED_SECONDS}{{{base}}} 45\n" in text
+
+
+def test_lines_kept_between_renders_follow_a_change_of_their_value_or_labels() -> None:
+    store = build_store()
+    store.render()
+    key = ("127.0.0.1:9000", "tcp_connect", (("cluster", "c1"), ("service", "api")))
+    base = 'target="127.0.0.1:9000",module="tcp_connect",cluster="c1",service="api",team="",region="eu-1"'
+    store.observe(*key, _result(key[0], "tcp_connect", "tcp", 1_764_540_100.5, 0.001, phases=TCP_PHASES, retransmits=3),
+                  15.0, 15.0, 15.0)  # only the retransmits change among the lines kept
+    text = store.render().decode()
+    for line in (f"{m.PROBE_SUCCESS}{{{base}}} 1", f"{m.PROBE_INTERVAL}{{{base}}} 15", f"{m.TCP_RETRANSMITS}{{{base}}} 3",
+                 f"{m.TCP_SYN_RETRANSMITS}{{{base}}} 3"):
+        assert line + "\n" in text, line
+    store.observe(*key, _result(key[0], "tcp_connect", "tcp", 1_764_540_115.5, 0.001, phases=(),
+                                failure=Failure("connect", "connect_refused", "no"), retransmits=0), 15.0, 7.5, 20.0)
+    text = store.render().decode()
+    for line in (f"{m.PROBE_SUCCESS}{{{base}}} 0", f"{m.PROBE_INTERVAL}{{{base}}} 20", f"{m.TCP_RETRANSMITS}{{{base}}} 0",
+                 f"{m.TCP_SYN_RETRANSMITS}{{{base}}} 3", f"{m.LAST_SUCCESS}{{{base}}} 1764540100.501"):
+        assert line + "\n" in text, line
+    store.set_label_names(["cluster", "service", "team", "zone"])
+    text = store.render().decode()
+    relabelled = base.replace(",region", ',zone="",region')
+    assert f"{m.PROBE_SUCCESS}{{{relabelled}}} 0\n" in text
+    assert base + "}" not in text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(allow_infinity=False), st.sampled_from([0.0, -0.0, 1e15, 1e15 - 1, 1e16, 123456789012345.0,
+                                                                  float("inf"), float("nan"), 1e-7, 5e-324])))
+def test_a_float_that_changes_with_every_probe_is_written_as_fmt_writes_it(value: float) -> None:
+    """observed seconds, the last probe's time and the rtt skip fmt when repr already is its result."""
+    store = SeriesStore()
+    store.sync({("t", "m", ()): ()})
+    series = store.series[("t", "m", ())]
+    series.observed, series.up, series.last_probe, series.rtt = value, 0.0, value, value
+    text = store.render().decode()
+    for name in (m.OBSERVED_SECONDS, m.LAST_PROBE, m.TCP_RTT):
+        assert f'{name}{{target="t",module="m"}} {fmt(value)}\n' in text
 
 
 if __name__ == "__main__":  # rewrite the stored expectation

@@ -234,6 +234,7 @@ class TargetSeries(_Rendered):
         "base", "attempts", "successes", "observed", "up", "failures", "hists", "group", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits",
         "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption", "interval",
+        "_stable", "_stable_lines",
     )
 
     def __init__(self, base: str) -> None:
@@ -261,6 +262,8 @@ class TargetSeries(_Rendered):
         self.keepalive: KeepAlive | None = None  # the last keep-alive check
         self.resumption: TLSResumption | None = None  # the last resumption check
         self.extra: dict[str, float] = {}  # the probers' own counters and gauges (store.extra), by name
+        self._stable: tuple[object, ...] = ()  # rendering: what _stable_lines show
+        self._stable_lines: tuple[str, ...] = ()
 
     def _strings(self, store: SeriesStore, om: bool, out: list[str]) -> None:
         # One f-string per line straight into its family's slot: this runs for every target probed since the
@@ -283,8 +286,20 @@ class TargetSeries(_Rendered):
                 for (phase, reason), n in self.failures.items()])
         if self.hists is not None and self.group is None:
             self.hists.render(out, b, store, om)
-        if self.success is not None:
-            out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n"
+        # The lines that seldom change are kept with what they show, and reused while it stays the same.
+        stable = (b, self.success, self.interval, self.retransmits, self.syn_retransmits)
+        if stable == self._stable:
+            out[_SUCCESS], out[_INTERVAL], out[_RETRANSMITS], out[_SYN_RETRANSMITS] = self._stable_lines
+        else:
+            if self.success is not None:
+                out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n"
+            if self.interval is not None:
+                out[_INTERVAL] = f"{_INTERVAL_}{b}}} {fmt(self.interval)}\n"
+            if self.retransmits is not None:
+                out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n"
+            # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
+            out[_SYN_RETRANSMITS] = f"{_SYN_RETRANSMITS_}{b}}} {self.syn_retransmits}\n"
+            self._stable, self._stable_lines = stable, (out[_SUCCESS], out[_INTERVAL], out[_RETRANSMITS], out[_SYN_RETRANSMITS])
         last_probe = self.last_probe
         probed = repr(last_probe)
         if probed[-2:] == ".0" or probed[-1] > "9":
@@ -293,8 +308,6 @@ class TargetSeries(_Rendered):
             out[_LAST_SUCCESS] = f"{_LAST_SUCCESS_}{b}}} {probed if self.last_success == last_probe else fmt(self.last_success)}\n"
         if last_probe is not None:
             out[_LAST_PROBE] = f"{_LAST_PROBE_}{b}}} {probed}\n"
-        if self.interval is not None:
-            out[_INTERVAL] = f"{_INTERVAL_}{b}}} {fmt(self.interval)}\n"
         if self.cert_expiry is not None:
             out[_CERT_EXPIRY] = f"{_CERT_EXPIRY_}{b}}} {fmt(self.cert_expiry)}\n"
         if self.tls_version is not None:
@@ -305,10 +318,6 @@ class TargetSeries(_Rendered):
             if text[-2:] == ".0" or text[-1] > "9":
                 text = fmt(rtt)
             out[_RTT] = f"{_RTT_}{b}}} {text}\n"
-        if self.retransmits is not None:
-            out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n"
-        # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
-        out[_SYN_RETRANSMITS] = f"{_SYN_RETRANSMITS_}{b}}} {self.syn_retransmits}\n"
         ka = self.keepalive
         if ka is not None:
             out[_KA_REUSED] = f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}\n"
