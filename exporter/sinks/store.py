@@ -208,6 +208,10 @@ class _Rendered:
             self._fresh = True
         return self._fragments
 
+    def stale(self, openmetrics: bool) -> bool:
+        """Changed since its last render in this format."""
+        return not (self._om_fresh if openmetrics else self._fresh)
+
     def _strings(self, store: SeriesStore, om: bool, out: list[str]) -> None:
         """Set the families this series has in ``out`` (all "" when called) to their lines."""
         raise NotImplementedError
@@ -401,6 +405,8 @@ GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
 # 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
 # about 4-9 ms, well under the 20 ms bound of issue 15.
 RENDER_SLICE = 256
+# Series refresh() checks between two turns of the event loop (a check is an attribute read).
+REFRESH_LOOKS = 4096
 # The size of the pieces a scrape writes once every target is rendered (characters; the body is ASCII
 # but for non-ASCII label values).
 CHUNK_BYTES = 1 << 20
@@ -569,6 +575,26 @@ class SeriesStore:
                     if len(text) > (len(header) if pending[0] is header else 0):
                         yield text.encode()
                         pending, size = [], 0
+
+    def refresh(self, openmetrics: bool = False, chunk_targets: int = RENDER_SLICE) -> Iterator[None]:
+        """Render the series changed since their last render (in the text format, or OpenMetrics), ahead of
+        the next scrape, which then finds them rendered; yields after every ``chunk_targets`` rendered
+        (and every REFRESH_LOOKS looked at), so the caller can give the event loop a turn.
+
+        A scrape would render them anyway (the same bytes: a render reads only the series' state, and any
+        change of it invalidates the render): done in between, a scrape of 10k targets probed since the
+        last one is a third of the time. A result is rendered once either way unless it is replaced
+        before the next scrape.
+        """
+        rendered = looked = 0
+        for series in [*self.series.values(), *self.groups.values()]:
+            looked += 1
+            if series.stale(openmetrics):
+                series.fragments(self, openmetrics)
+                rendered += 1
+            if rendered >= chunk_targets or looked >= REFRESH_LOOKS:
+                yield
+                rendered = looked = 0
 
     def render(self) -> bytes:
         return b"".join(self.render_chunks())
