@@ -53,7 +53,7 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Renders by kind of series (target, group), counted at the renderer."""
     counts: Counter[str] = Counter()
     for cls, kind in ((store_module.TargetSeries, "target"), (store_module._Group, "group")):
-        def counting(self: store_module._Rendered, store: SeriesStore, om: bool, out: list[str],
+        def counting(self: store_module._Rendered, store: SeriesStore, om: bool, out: list[bytes],
                      _strings=cls._strings, _kind=kind) -> None:
             counts[_kind] += 1
             _strings(self, store, om, out)
@@ -127,7 +127,7 @@ async def test_serve_renders_new_results_between_scrapes_in_the_format_scraped(
             await until(lambda: series.attempts > attempts and not series.stale(False), "a new result rendered ahead")
             # ... and the lines are what a scrape would render now.
             expected = f'{m.PROBE_ATTEMPTS}{{target="{listener}",module="tcp_connect"}} {series.attempts}\n'
-            assert expected in "".join(series.fragments(exporter.store))
+            assert expected.encode() in b"".join(series.fragments(exporter.store))
             assert series.stale(True)  # OpenMetrics was never scraped: not rendered ahead
             assert exporter.task_failures["prerender"] == 0
         finally:

@@ -67,7 +67,7 @@ async def test_a_10k_target_scrape_renders_at_most_one_slice_per_turn_of_the_loo
     def counting(cls: type[store_module._Rendered]) -> None:
         strings = cls._strings
 
-        def counting_strings(self: store_module._Rendered, store: store_module.SeriesStore, om: bool, out: list[str]) -> None:
+        def counting_strings(self: store_module._Rendered, store: store_module.SeriesStore, om: bool, out: list[bytes]) -> None:
             rendered[turn] += 1
             strings(self, store, om, out)
 

@@ -162,18 +162,22 @@ class _Histograms:
             hist = self.extra[spec.name] = _Histogram(len(bounds) + 1)
         hist.observe(bounds, value, None)
 
-    def render(self, out: list[str], b: str, store: SeriesStore, om: bool) -> None:
-        """Set the families of every histogram in ``out`` (one string per family) to their lines, labelled ``b``."""
+    def render(self, out: list[bytes], b: str, store: SeriesStore, om: bool) -> None:
+        """Set the families of every histogram in ``out`` (one piece per family) to their lines, labelled ``b``."""
         les = store.le_strings
-        out[_DURATION] = "\n".join(self.duration.lines(m.PROBE_DURATION, b, les, om)) + "\n"
+        out[_DURATION] = _encoded(self.duration.lines(m.PROBE_DURATION, b, les, om))
         if self.phases:
-            out[_PHASES] = "\n".join([line for phase, hist in self.phases.items()
-                                      for line in hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om)]) + "\n"
+            out[_PHASES] = _encoded([line for phase, hist in self.phases.items()
+                                     for line in hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om)])
         if self.extra:
             for i, spec in enumerate(store.extra, len(_FAMILIES)):
                 extra = self.extra.get(spec.name)
                 if extra is not None:
-                    out[i] = "\n".join(extra.lines(spec.name, b, store.extra_les[spec.name], om)) + "\n"
+                    out[i] = _encoded(extra.lines(spec.name, b, store.extra_les[spec.name], om))
+
+
+def _encoded(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
 
 
 class _Rendered:
@@ -182,19 +186,18 @@ class _Rendered:
     __slots__ = ("_fragments", "_om_fragments", "_fresh", "_om_fresh")
 
     def __init__(self) -> None:
-        self._fragments: list[str] = []
-        self._om_fragments: list[str] = []
+        self._fragments: list[bytes] = []
+        self._om_fragments: list[bytes] = []
         self._fresh = self._om_fresh = False
 
     def invalidate(self) -> None:
         self._fresh = self._om_fresh = False
 
-    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[str]:
-        """One string per family (``store.blank``'s length): "" or its lines, each ending with a newline.
+    def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
+        """One piece per family (``store.blank``'s length): b"" or its lines, each ending with a newline.
 
-        Strings, not bytes: a scrape encodes a slice's family at once (one encode per target and
-        family cost a quarter of a scrape). A new render refills the same list: a 10k-target scrape
-        then allocates no container per target, which kept the garbage collector busy for a tenth of it.
+        A new render refills the same list: a 10k-target scrape then allocates no container per target,
+        which kept the garbage collector busy for a tenth of it.
         """
         if openmetrics:
             if not self._om_fresh:
@@ -212,8 +215,8 @@ class _Rendered:
         """Changed since its last render in this format."""
         return not (self._om_fresh if openmetrics else self._fresh)
 
-    def _strings(self, store: SeriesStore, om: bool, out: list[str]) -> None:
-        """Set the families this series has in ``out`` (all "" when called) to their lines."""
+    def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+        """Set the families this series has in ``out`` (all b"" when called) to their lines."""
         raise NotImplementedError
 
 
@@ -227,7 +230,7 @@ class _Group(_Rendered):
         self.base = base
         self.hists = _Histograms(n_buckets)
 
-    def _strings(self, store: SeriesStore, om: bool, out: list[str]) -> None:
+    def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
         self.hists.render(out, self.base, store, om)
 
 
@@ -267,27 +270,27 @@ class TargetSeries(_Rendered):
         self.resumption: TLSResumption | None = None  # the last resumption check
         self.extra: dict[str, float] = {}  # the probers' own counters and gauges (store.extra), by name
         self._stable: tuple[object, ...] = ()  # rendering: what _stable_lines show
-        self._stable_lines: tuple[str, ...] = ()
+        self._stable_lines: tuple[bytes, ...] = ()
 
-    def _strings(self, store: SeriesStore, om: bool, out: list[str]) -> None:
+    def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
         # One f-string per line straight into its family's slot: this runs for every target probed since the
         # last scrape (all of them at a 15 s interval), so it avoids what is not needed (lists per family,
         # joins, a float formatted twice: last_success is last_probe and up is observed while a target is up).
         # The floats that change with every probe are formatted inline: repr is fmt's result unless the
         # value is integral or not finite (fmt's exceptions), which the end of repr's text tells.
         b = self.base
-        out[_ATTEMPTS] = f"{_ATTEMPTS_}{b}}} {self.attempts}\n"
-        out[_SUCCESSES] = f"{_SUCCESSES_}{b}}} {self.successes}\n"
+        out[_ATTEMPTS] = f"{_ATTEMPTS_}{b}}} {self.attempts}\n".encode()
+        out[_SUCCESSES] = f"{_SUCCESSES_}{b}}} {self.successes}\n".encode()
         observed = repr(self.observed)
         if observed[-2:] == ".0" or observed[-1] > "9":
             observed = fmt(self.observed)
-        out[_OBSERVED] = f"{_OBSERVED_}{b}}} {observed}\n"
-        out[_UP] = f"{_UP_}{b}}} {observed if self.up == self.observed else fmt(self.up)}\n"
+        out[_OBSERVED] = f"{_OBSERVED_}{b}}} {observed}\n".encode()
+        out[_UP] = f"{_UP_}{b}}} {observed if self.up == self.observed else fmt(self.up)}\n".encode()
         if self.failures:
             ex = self.failure_exemplars if om else {}
             out[_FAILURES] = "".join([
                 f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}\n'
-                for (phase, reason), n in self.failures.items()])
+                for (phase, reason), n in self.failures.items()]).encode()
         if self.hists is not None and self.group is None:
             self.hists.render(out, b, store, om)
         # The lines that seldom change are kept with what they show, and reused while it stays the same.
@@ -296,48 +299,48 @@ class TargetSeries(_Rendered):
             out[_SUCCESS], out[_INTERVAL], out[_RETRANSMITS], out[_SYN_RETRANSMITS] = self._stable_lines
         else:
             if self.success is not None:
-                out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n"
+                out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n".encode()
             if self.interval is not None:
-                out[_INTERVAL] = f"{_INTERVAL_}{b}}} {fmt(self.interval)}\n"
+                out[_INTERVAL] = f"{_INTERVAL_}{b}}} {fmt(self.interval)}\n".encode()
             if self.retransmits is not None:
-                out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n"
+                out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n".encode()
             # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
-            out[_SYN_RETRANSMITS] = f"{_SYN_RETRANSMITS_}{b}}} {self.syn_retransmits}\n"
+            out[_SYN_RETRANSMITS] = f"{_SYN_RETRANSMITS_}{b}}} {self.syn_retransmits}\n".encode()
             self._stable, self._stable_lines = stable, (out[_SUCCESS], out[_INTERVAL], out[_RETRANSMITS], out[_SYN_RETRANSMITS])
         last_probe = self.last_probe
         probed = repr(last_probe)
         if probed[-2:] == ".0" or probed[-1] > "9":
             probed = fmt(last_probe) if last_probe is not None else ""
         if self.last_success is not None:
-            out[_LAST_SUCCESS] = f"{_LAST_SUCCESS_}{b}}} {probed if self.last_success == last_probe else fmt(self.last_success)}\n"
+            out[_LAST_SUCCESS] = f"{_LAST_SUCCESS_}{b}}} {probed if self.last_success == last_probe else fmt(self.last_success)}\n".encode()
         if last_probe is not None:
-            out[_LAST_PROBE] = f"{_LAST_PROBE_}{b}}} {probed}\n"
+            out[_LAST_PROBE] = f"{_LAST_PROBE_}{b}}} {probed}\n".encode()
         if self.cert_expiry is not None:
-            out[_CERT_EXPIRY] = f"{_CERT_EXPIRY_}{b}}} {fmt(self.cert_expiry)}\n"
+            out[_CERT_EXPIRY] = f"{_CERT_EXPIRY_}{b}}} {fmt(self.cert_expiry)}\n".encode()
         if self.tls_version is not None:
-            out[_TLS_VERSION] = f'{_TLS_VERSION_}{b},version="{escape(self.tls_version)}"}} 1\n'
+            out[_TLS_VERSION] = f'{_TLS_VERSION_}{b},version="{escape(self.tls_version)}"}} 1\n'.encode()
         rtt = self.rtt
         if rtt is not None:
             text = repr(rtt)
             if text[-2:] == ".0" or text[-1] > "9":
                 text = fmt(rtt)
-            out[_RTT] = f"{_RTT_}{b}}} {text}\n"
+            out[_RTT] = f"{_RTT_}{b}}} {text}\n".encode()
         ka = self.keepalive
         if ka is not None:
-            out[_KA_REUSED] = f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}\n"
-            out[_KA_CLIENT_IDLE] = f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}\n"
+            out[_KA_REUSED] = f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}\n".encode()
+            out[_KA_CLIENT_IDLE] = f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}\n".encode()
             if ka.server_idle_seconds is not None:
-                out[_KA_SERVER_IDLE] = f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}\n"
+                out[_KA_SERVER_IDLE] = f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}\n".encode()
         r = self.resumption
         if r is not None:
-            out[_RESUMED] = f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}\n"
-            out[_HANDSHAKE] = f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}\n' + (
-                f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}\n' if r.resumed_seconds is not None else "")
+            out[_RESUMED] = f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}\n".encode()
+            out[_HANDSHAKE] = (f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}\n' + (
+                f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}\n' if r.resumed_seconds is not None else "")).encode()
         if self.extra:
             for i, spec in enumerate(store.extra, len(_FAMILIES)):
                 value = self.extra.get(spec.name)
                 if value is not None:
-                    out[i] = f"{spec.name}{{{b}}} {fmt(value)}\n"
+                    out[i] = f"{spec.name}{{{b}}} {fmt(value)}\n".encode()
 
     def observe_extra(self, result: ProbeResult, store: SeriesStore) -> None:
         prober = PROBERS.get(result.prober)
@@ -407,8 +410,7 @@ GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
 RENDER_SLICE = 256
 # Series refresh() checks between two turns of the event loop (a check is an attribute read).
 REFRESH_LOOKS = 4096
-# The size of the pieces a scrape writes once every target is rendered (characters; the body is ASCII
-# but for non-ASCII label values).
+# The size of the pieces a scrape writes once every target is rendered.
 CHUNK_BYTES = 1 << 20
 
 
@@ -428,14 +430,14 @@ class SeriesStore:
         # The probers' own families, after the shared ones (a name declared by two probers is one family).
         self.extra_specs = {spec.name: spec for p in PROBERS.values() for spec in p.metrics}
         self.extra = tuple(self.extra_specs.values())
-        self.blank = [""] * (len(_FAMILIES) + len(self.extra))  # a target's fragments (one per family) before a render
+        self.blank = [b""] * (len(_FAMILIES) + len(self.extra))  # a target's fragments (one per family) before a render
         self.extra_les = {spec.name: _le_strings(spec.buckets or self.bounds) for spec in self.extra}
         self.series: dict[Key, TargetSeries] = {}
         self.groups: dict[GroupKey, _Group] = {}
-        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n" for s in _FAMILIES + self.extra]
+        self._headers = [f"# HELP {s.name} {s.help}\n# TYPE {s.name} {s.type}\n".encode() for s in _FAMILIES + self.extra]
         # OpenMetrics names a counter family without its _total suffix.
         self._om_headers = [
-            f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n"
+            f"# HELP {n} {s.help}\n# TYPE {n} {s.type}\n".encode()
             for s in _FAMILIES + self.extra
             for n in [s.name.removesuffix("_total") if s.type == "counter" else s.name]
         ]
@@ -554,16 +556,16 @@ class SeriesStore:
         # Per slice, its targets' fragments by family (zip transposes them in C: a generator
         # picking one family's fragment from each target took a fifth of a scrape). References only:
         # joining every slice's families here would hold a second copy of the body until its end.
-        columns: list[list[tuple[str, ...]]] = []
+        columns: list[list[tuple[bytes, ...]]] = []
         started = False
         for start in range(0, len(series), chunk_targets):
             column = list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]]))
             columns.append(column)
-            body = "".join(column[0])
+            body = b"".join(column[0])
             if body and not started:
                 body, started = headers[0] + body, True
-            yield body.encode()  # also b"": the caller gives the loop a turn after every slice
-        # The other families, rendered by now: pieces of about CHUNK_BYTES (one join, one encode).
+            yield body  # also b"": the caller gives the loop a turn after every slice
+        # The other families, rendered by now: pieces of about CHUNK_BYTES, each one join.
         for i, header in enumerate(headers[1:], 1):
             pending, size = [header], 0  # a family with no samples has no header
             for n, column in enumerate(columns, 1):
@@ -571,9 +573,9 @@ class SeriesStore:
                 pending += fragments
                 size += len(fragments[0]) * len(fragments)  # an estimate that reads one target's fragment
                 if size >= CHUNK_BYTES or n == len(columns):
-                    text = "".join(pending)
+                    text = b"".join(pending)
                     if len(text) > (len(header) if pending[0] is header else 0):
-                        yield text.encode()
+                        yield text
                         pending, size = [], 0
 
     def refresh(self, openmetrics: bool = False, chunk_targets: int = RENDER_SLICE) -> Iterator[None]:
