@@ -83,6 +83,7 @@ def test_refresh_renders_what_changed_a_slice_per_turn_and_a_scrape_then_renders
     # Only what changed is rendered again, in the format asked for; the other stays for its own scrape.
     for key in keys[:10]:
         store.observe(*key, _result(key[0], 1_764_540_100.0), 15.0, 15.0, 15.0)
+    assert store.series[keys[0]]._fragments == []  # a change drops the old lines at once (no stale copy kept)
     list(store.refresh())
     assert renders == {"target": 10, "group": 3}  # the odd ones are per_group, in s1, s0, s2, s1, s0
     renders.clear()

@@ -183,15 +183,17 @@ def _encoded(lines: list[str]) -> bytes:
 class _Rendered:
     """Rendered lines per metric family, cached until the next change (``invalidate``)."""
 
-    __slots__ = ("_fragments", "_om_fragments", "_fresh", "_om_fresh")
+    __slots__ = ("_fragments", "_om_fragments")
 
     def __init__(self) -> None:
+        # Per format: empty until rendered, and again after a change.
         self._fragments: list[bytes] = []
         self._om_fragments: list[bytes] = []
-        self._fresh = self._om_fresh = False
 
     def invalidate(self) -> None:
-        self._fresh = self._om_fresh = False
+        # The old lines go now, not at the next render: a format no longer scraped keeps no stale copy.
+        self._fragments.clear()
+        self._om_fragments.clear()
 
     def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
         """One piece per family (``store.blank``'s length): b"" or its lines, each ending with a newline.
@@ -199,21 +201,15 @@ class _Rendered:
         A new render refills the same list: a 10k-target scrape then allocates no container per target,
         which kept the garbage collector busy for a tenth of it.
         """
-        if openmetrics:
-            if not self._om_fresh:
-                self._om_fragments[:] = store.blank
-                self._strings(store, True, self._om_fragments)
-                self._om_fresh = True
-            return self._om_fragments
-        if not self._fresh:
-            self._fragments[:] = store.blank
-            self._strings(store, False, self._fragments)
-            self._fresh = True
-        return self._fragments
+        fragments = self._om_fragments if openmetrics else self._fragments
+        if not fragments:
+            fragments += store.blank
+            self._strings(store, openmetrics, fragments)
+        return fragments
 
     def stale(self, openmetrics: bool) -> bool:
-        """Changed since its last render in this format."""
-        return not (self._om_fresh if openmetrics else self._fresh)
+        """Changed since its last render in this format (or never rendered in it)."""
+        return not (self._om_fragments if openmetrics else self._fragments)
 
     def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
         """Set the families this series has in ``out`` (all b"" when called) to their lines."""
