@@ -54,10 +54,10 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counts: Counter[str] = Counter()
     for cls, kind in ((store_module.TargetSeries, "target"), (store_module._Group, "group")):
         def counting(self: store_module._Rendered, store: SeriesStore, om: bool, out: list[bytes],
-                     _strings=cls._strings, _kind=kind) -> None:
+                     _render=cls._render, _kind=kind) -> None:
             counts[_kind] += 1
-            _strings(self, store, om, out)
-        monkeypatch.setattr(cls, "_strings", counting)
+            _render(self, store, om, out)
+        monkeypatch.setattr(cls, "_render", counting)
     return counts
 
 

@@ -64,14 +64,15 @@ async def test_a_10k_target_scrape_renders_at_most_one_slice_per_turn_of_the_loo
             turn += 1
 
     rendered: Counter[int] = Counter()
+
     def counting(cls: type[store_module._Rendered]) -> None:
-        strings = cls._strings
+        render = cls._render
 
-        def counting_strings(self: store_module._Rendered, store: store_module.SeriesStore, om: bool, out: list[bytes]) -> None:
+        def counting_render(self: store_module._Rendered, store: store_module.SeriesStore, om: bool, out: list[bytes]) -> None:
             rendered[turn] += 1
-            strings(self, store, om, out)
+            render(self, store, om, out)
 
-        monkeypatch.setattr(cls, "_strings", counting_strings)
+        monkeypatch.setattr(cls, "_render", counting_render)
 
     counting(store_module.TargetSeries)
     counting(store_module._Group)

@@ -9,7 +9,8 @@ pre-creating every pair would add dozens of series per target.
 
 A scrape of 10k targets must not rebuild 10k targets' worth of samples: each
 target keeps its rendered lines per metric family and re-renders them only
-after a new probe result. A scrape then joins cached strings.
+after a new probe result, and ``connhealth serve`` renders those results
+between scrapes (``refresh``). A scrape then joins cached bytes.
 
 Histograms are most of a scrape (30 of a tcp target's 41 lines): each target's
 ``histograms`` mode (metrics.HISTOGRAM_MODES) keeps them per target, folds them
@@ -204,14 +205,14 @@ class _Rendered:
         fragments = self._om_fragments if openmetrics else self._fragments
         if not fragments:
             fragments += store.blank
-            self._strings(store, openmetrics, fragments)
+            self._render(store, openmetrics, fragments)
         return fragments
 
     def stale(self, openmetrics: bool) -> bool:
         """Changed since its last render in this format (or never rendered in it)."""
         return not (self._om_fragments if openmetrics else self._fragments)
 
-    def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+    def _render(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
         """Set the families this series has in ``out`` (all b"" when called) to their lines."""
         raise NotImplementedError
 
@@ -226,7 +227,7 @@ class _Group(_Rendered):
         self.base = base
         self.hists = _Histograms(n_buckets)
 
-    def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+    def _render(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
         self.hists.render(out, self.base, store, om)
 
 
@@ -268,12 +269,11 @@ class TargetSeries(_Rendered):
         self._stable: tuple[object, ...] = ()  # rendering: what _stable_lines show
         self._stable_lines: tuple[bytes, ...] = ()
 
-    def _strings(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
-        # One f-string per line straight into its family's slot: this runs for every target probed since the
-        # last scrape (all of them at a 15 s interval), so it avoids what is not needed (lists per family,
-        # joins, a float formatted twice: last_success is last_probe and up is observed while a target is up).
-        # The floats that change with every probe are formatted inline: repr is fmt's result unless the
-        # value is integral or not finite (fmt's exceptions), which the end of repr's text tells.
+    def _render(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+        # Runs once per probe result: one f-string per line straight into its family's slot, no list per
+        # family, no float formatted twice (last_success is last_probe, and up is observed while the target
+        # is up). The floats that change with every probe are formatted inline: repr is fmt's result unless
+        # the value is integral or not finite (fmt's exceptions), which the end of repr's text tells.
         b = self.base
         out[_ATTEMPTS] = f"{_ATTEMPTS_}{b}}} {self.attempts}\n".encode()
         out[_SUCCESSES] = f"{_SUCCESSES_}{b}}} {self.successes}\n".encode()
@@ -399,10 +399,10 @@ def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
-# Targets rendered between two pieces of a scrape, i.e. between two turns of the event loop
-# (server.handle_metrics yields after each piece): a tcp target with per-target histograms takes
-# 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
-# about 4-9 ms, well under the 20 ms bound of issue 15.
+# Targets rendered between two turns of the event loop, by a scrape (server.handle_metrics yields
+# after each piece) or refresh(): a tcp target takes about 5 us to render on this 2-core machine,
+# 16 us with per-target histograms (docs/benchmarks.md), so a slice holds the loop for 1-4 ms,
+# well under the 20 ms bound of issue 15.
 RENDER_SLICE = 256
 # Series refresh() checks between two turns of the event loop (a check is an attribute read).
 REFRESH_LOOKS = 4096
@@ -567,7 +567,8 @@ class SeriesStore:
             for n, column in enumerate(columns, 1):
                 fragments = column[i]
                 pending += fragments
-                size += len(fragments[0]) * len(fragments)  # an estimate that reads one target's fragment
+                # An estimate that reads one target's fragment, exact when that one lacks the family.
+                size += len(fragments[0]) * len(fragments) or sum(map(len, fragments))
                 if size >= CHUNK_BYTES or n == len(columns):
                     text = b"".join(pending)
                     if len(text) > (len(header) if pending[0] is header else 0):
