@@ -10,10 +10,9 @@ it looks for (bounded), with a real scheduler probing a real listener on loopbac
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,11 @@ from exporter.result import Phase, ProbeResult
 from exporter.server import Exporter, ServeOptions, build_app
 from exporter.sinks import store as store_module
 from exporter.sinks.store import SeriesStore
+
+try:
+    from tests.peers import LOCALHOST, RawTCPServer
+except ImportError:  # pragma: no cover - depends on how pytest put us on sys.path
+    from peers import LOCALHOST, RawTCPServer  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,19 +95,17 @@ def test_refresh_renders_what_changed_a_slice_per_turn_and_a_scrape_then_renders
     assert renders == {"target": N, "group": groups}  # OpenMetrics was not refreshed
 
 
-@pytest.fixture
-def listener() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(64)
-        yield f"127.0.0.1:{s.getsockname()[1]}"
-
-
 async def until(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + WAIT
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[str]:
+    async with RawTCPServer("close") as peer:  # accepts: a tcp probe (connect only) succeeds
+        yield f"{LOCALHOST}:{peer.port}"
 
 
 async def test_serve_renders_new_results_between_scrapes_in_the_format_scraped(
