@@ -135,3 +135,20 @@ async def test_serve_renders_new_results_between_scrapes_in_the_format_scraped(
             assert exporter.task_failures["prerender"] == 0
         finally:
             await exporter.stop()
+
+
+def test_a_render_that_raised_leaves_nothing_half_rendered(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, keys = _store()
+    expected = _store()[0].render()
+    render = store_module.TargetSeries._render
+
+    def failing(self: store_module.TargetSeries, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+        out[0] = b"half\n"
+        raise RuntimeError("a bug in a render")
+
+    monkeypatch.setattr(store_module.TargetSeries, "_render", failing)
+    with pytest.raises(RuntimeError):
+        store.render()
+    assert store.series[keys[0]].stale(False)
+    monkeypatch.setattr(store_module.TargetSeries, "_render", render)
+    assert store.render() == expected

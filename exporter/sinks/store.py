@@ -205,7 +205,11 @@ class _Rendered:
         fragments = self._om_fragments if openmetrics else self._fragments
         if not fragments:
             fragments += store.blank
-            self._render(store, openmetrics, fragments)
+            try:
+                self._render(store, openmetrics, fragments)
+            except BaseException:
+                fragments.clear()  # not half rendered: the next scrape tries again
+                raise
         return fragments
 
     def stale(self, openmetrics: bool) -> bool:
@@ -582,8 +586,8 @@ class SeriesStore:
 
         A scrape would render them anyway (the same bytes: a render reads only the series' state, and any
         change of it invalidates the render): done in between, a scrape of 10k targets probed since the
-        last one is a third of the time. A result is rendered once either way unless it is replaced
-        before the next scrape.
+        last one takes about a quarter of the time (docs/benchmarks.md). A result is rendered once either
+        way unless a newer one replaces it before the next scrape.
         """
         rendered = looked = 0
         for series in [*self.series.values(), *self.groups.values()]:
