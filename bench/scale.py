@@ -16,7 +16,8 @@ timing each scrape (wall time until the full body is read), and reports:
     deltas between the first and last scrape of the window (the bucket that
     holds the 99th percentile, and histogram_quantile-style interpolation);
     the same for ``connhealth_event_loop_lag_seconds``;
-  * the median / max scrape time and body size;
+  * the median / max scrape time and body size, and the CPU time of connhealth's
+    event-loop thread during each scrape (the scrape and the probes meanwhile);
   * probe attempts / successes in the window (all must succeed), and attempts
     against the probes the interval schedules in the window (executed/scheduled);
   * process RSS and CPU% over the window.
@@ -24,7 +25,7 @@ timing each scrape (wall time until the full body is read), and reports:
 Usage:
   .venv/bin/python bench/scale.py [--per-address 100] [--addresses 100]
       [--interval 30] [--warmup 40] [--window 90] [--scrape-every 15] [--pin split|none]
-      [--histograms per_target|per_group|none] [--services 10]
+      [--histograms per_target|per_group|none] [--services 10] [--as-prometheus]
   100k targets at 60 s (issue 15):
   .venv/bin/python bench/scale.py --addresses 250 --per-address 400 --interval 60 --warmup 75 --window 120 \
       --scrape-every 30 [--histograms per_group]
