@@ -16,7 +16,8 @@ timing each scrape (wall time until the full body is read), and reports:
     deltas between the first and last scrape of the window (the bucket that
     holds the 99th percentile, and histogram_quantile-style interpolation);
     the same for ``connhealth_event_loop_lag_seconds``;
-  * the median / max scrape time and body size;
+  * the median / max scrape time and body size, and the CPU time of connhealth's
+    event-loop thread during each scrape (the scrape and the probes meanwhile);
   * probe attempts / successes in the window (all must succeed), and attempts
     against the probes the interval schedules in the window (executed/scheduled);
   * process RSS and CPU% over the window.
@@ -24,7 +25,7 @@ timing each scrape (wall time until the full body is read), and reports:
 Usage:
   .venv/bin/python bench/scale.py [--per-address 100] [--addresses 100]
       [--interval 30] [--warmup 40] [--window 90] [--scrape-every 15] [--pin split|none]
-      [--histograms per_target|per_group|none] [--services 10]
+      [--histograms per_target|per_group|none] [--services 10] [--as-prometheus]
   100k targets at 60 s (issue 15):
   .venv/bin/python bench/scale.py --addresses 250 --per-address 400 --interval 60 --warmup 75 --window 120 \
       --scrape-every 30 [--histograms per_group]
@@ -63,6 +64,17 @@ target_files:
     interval: {interval}s
     histograms: {histograms}
 """
+
+
+# What Prometheus 2.42 (the one installed here) sends with a scrape: OpenMetrics preferred, gzip accepted
+# (--compressed: curl decodes a gzip body, if the exporter sent one).
+PROMETHEUS_HEADERS = ("-H", "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "-H", "Accept-Encoding: gzip", "--compressed")
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """CPU time of the process' main thread (the event loop's), from /proc/<pid>/schedstat (nanoseconds)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def parse_histogram(body: bytes, name: str) -> dict[str, float]:
@@ -146,6 +158,9 @@ def main() -> int:
                     help="split: connhealth on CPU 0, the listener on CPU 1 (default); none: no pinning")
     ap.add_argument("--uvloop", metavar="DIR", help="experiment: run connhealth on uvloop, importable from DIR "
                     "(pip install --target DIR uvloop); exporter/ is not modified")
+    ap.add_argument("--as-prometheus", action="store_true",
+                    help="scrape with the headers Prometheus 2.42 sends (Accept: OpenMetrics first, Accept-Encoding: gzip) "
+                    "instead of curl's (text format, no compression)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--profile", help="record connhealth with py-spy during the window (collapsed stacks to this file)")
     args = ap.parse_args()
@@ -204,14 +219,18 @@ def main() -> int:
         t0 = time.monotonic()
         # curl (C) reads the body: the wall time is the server's, not a Python client's.
         dump = tmp / "scrape.txt"
-        out = subprocess.run(["curl", "-sS", "--max-time", "60", "-o", str(dump), "-w", "%{http_code} %{time_total}",
+        cpu_before = thread_cpu_seconds(proc.pid)
+        out = subprocess.run(["curl", "-sS", "--max-time", "60", "-o", str(dump), "-w", "%{http_code} %{time_total} %{size_download}",
+                              *(PROMETHEUS_HEADERS if args.as_prometheus else ()),
                               f"http://{LOCALHOST}:{port}/metrics"], capture_output=True, text=True, timeout=90).stdout
-        status_text, dt_text = out.split()
+        cpu = thread_cpu_seconds(proc.pid) - cpu_before
+        status_text, dt_text, size_text = out.split()
         assert status_text == "200", out
         dt = float(dt_text)
         body = dump.read_bytes()
-        scrapes.append({"seconds": dt, "bytes": len(body), "at": t0 - w0})
-        print(f"scrape at +{t0 - w0:5.1f}s: {dt:.3f} s, {len(body) / 1e6:.1f} MB", flush=True)
+        scrapes.append({"seconds": dt, "bytes": len(body), "wire_bytes": int(size_text), "at": t0 - w0, "cpu_seconds": cpu})
+        print(f"scrape at +{t0 - w0:5.1f}s: {dt:.3f} s, {len(body) / 1e6:.1f} MB ({int(size_text) / 1e6:.1f} MB on the wire), "
+              f"connhealth's event-loop thread on CPU {cpu:.3f} s meanwhile", flush=True)
         bodies = [bodies[0], (t0, body)] if bodies else [(t0, body)]
         next_at += args.scrape_every
         if next_at - w0 > args.window + 1e-6:
@@ -237,6 +256,7 @@ def main() -> int:
     times = [s["seconds"] for s in scrapes]
     report.update({
         "scrape_median_s": median(times), "scrape_max_s": max(times), "scrape_count": len(times),
+        "scrape_cpu_median_s": median(s["cpu_seconds"] for s in scrapes),
         "body_mb": scrapes[-1]["bytes"] / 1e6,
         "probes_per_s": attempts / span if span else float("nan"), "attempts": attempts, "successes": successes,
         "skipped": skipped, "executed_per_scheduled": attempts / (n_targets * span / args.interval) if span else float("nan"),
@@ -255,6 +275,9 @@ def main() -> int:
     print(f"| event-loop lag p50 / p99 | {el['p50'] * 1e3:.1f} ms / {el['p99'] * 1e3:.1f} ms, bucket {el['p99_bucket']} s |")
     print(f"| /metrics scrape wall time median / max (n={len(times)}) | {report['scrape_median_s']:.3f} s / "
           f"{report['scrape_max_s']:.3f} s |")
+    print(f"| connhealth's event-loop thread on CPU during a scrape, median | {report['scrape_cpu_median_s']:.3f} s "
+          f"(the scrape and the probes meanwhile) |")
+    print(f"| scrape request | {'as Prometheus 2.42: OpenMetrics, Accept-Encoding gzip' if args.as_prometheus else 'curl: text format, no compression'} |")
     print(f"| /metrics body | {report['body_mb']:.1f} MB |")
     print(f"| connhealth CPU (window, incl. scrapes) | {report['cpu_pct']:.0f}% of one core |")
     print(f"| connhealth RSS | {rss:.0f} MiB |")

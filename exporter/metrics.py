@@ -91,7 +91,7 @@ WORKERS_CONFIGURED = "connhealth_workers"
 WORKERS_READY = "connhealth_workers_ready"
 WORKER_RESTARTS = "connhealth_worker_restarts_total"
 # The supervised background tasks, as the task label names them.
-BACKGROUND_TASKS: tuple[str, ...] = ("scheduler", "file_watcher", "loop_lag", "trace_export")
+BACKGROUND_TASKS: tuple[str, ...] = ("scheduler", "file_watcher", "loop_lag", "trace_export", "prerender")
 
 # Where a target's histograms (probe duration, phases, the probers' own) are kept
 # (``histograms:`` of a target group): per target, summed per group (the module and
@@ -146,7 +146,7 @@ SELF: tuple[MetricSpec, ...] = (
     MetricSpec(SCHEDULED_TARGETS, "gauge", (), "Targets the scheduler runs."),
     MetricSpec(TARGET_FILE_ERRORS, "counter", (), "Target files that could not be read or parsed."),
     MetricSpec(TRACE_EXPORT_DROPS, "counter", ("reason",), "Trace spans dropped instead of exported, by reason (queue_full, export_failed)."),
-    MetricSpec(BACKGROUND_FAILURES, "counter", ("task",), "Failures of a background task (scheduler, file_watcher, loop_lag, trace_export); each is logged and the task restarts with backoff."),
+    MetricSpec(BACKGROUND_FAILURES, "counter", ("task",), "Failures of a background task (scheduler, file_watcher, loop_lag, trace_export, prerender); each is logged and the task restarts with backoff."),
     MetricSpec(PROBE_REJECTED, "counter", (), "/probe requests answered 503 because --probe.concurrency requests were already running."),
 )
 

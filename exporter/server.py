@@ -53,6 +53,10 @@ log = logging.getLogger("connhealth.server")
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 LOOP_LAG_INTERVAL = 0.25
+# How often the targets probed since are rendered ahead of the next scrape, and for how long after a
+# format's last scrape (Exporter._prerender).
+PRERENDER_INTERVAL = 1.0
+PRERENDER_FOR = 600.0
 _PROPAGATOR = TraceContextTextMapPropagator()
 # Beyond this many /probe requests at once, more are answered 503 (--probe.concurrency): 2000
 # concurrent probes to a blackhole took 4017 fds and, at nofile 1024, a thousand internal errors.
@@ -190,6 +194,8 @@ class Exporter:
         # Reloads and target-file scans take turns: each builds its result in a thread, then commits.
         self._targets_lock = asyncio.Lock()
         self._rescan = asyncio.Event()
+        # /metrics formats (OpenMetrics or not) by the loop time of their last scrape: the ones _prerender keeps rendered.
+        self.scraped_formats: dict[bool, float] = {}
         self.self_metrics.reload_ok.set(1)
         self.self_metrics.reload_ts.set(time.time())
 
@@ -199,6 +205,7 @@ class Exporter:
         self.scheduler.start()
         self._spawn(supervise("loop_lag", self._loop_lag, self._task_failed))
         self._spawn(supervise("file_watcher", self._watch_files, self._task_failed))
+        self._spawn(supervise("prerender", self._prerender, self._task_failed))
         self.ready = True
 
     def _task_failed(self, task: str) -> None:
@@ -300,6 +307,17 @@ class Exporter:
                 async with asyncio.timeout(self.config.scheduler.file_refresh_interval):
                     await self._rescan.wait()
 
+    async def _prerender(self) -> None:
+        """Every PRERENDER_INTERVAL, render the targets probed since (store.refresh) in each format scraped
+        in the last PRERENDER_FOR seconds, a slice per turn of the loop: the next scrape finds them rendered."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PRERENDER_INTERVAL)
+            for openmetrics, scraped_at in list(self.scraped_formats.items()):
+                if loop.time() - scraped_at <= PRERENDER_FOR:
+                    for _ in self.store.refresh(openmetrics):
+                        await asyncio.sleep(0)
+
     async def _loop_lag(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -387,6 +405,7 @@ class Exporter:
     async def handle_metrics(self, request: web.Request) -> web.StreamResponse:
         # Exemplars (trace ids) exist only in OpenMetrics, which Prometheus asks for.
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+        self.scraped_formats[openmetrics] = asyncio.get_running_loop().time()
         response = web.StreamResponse(headers={"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else CONTENT_TYPE_TEXT})
         await response.prepare(request)
         for chunk in self.store.render_chunks(openmetrics=openmetrics):

@@ -544,7 +544,7 @@ def test_zz_exporter_still_up_no_task_failed_fds_and_rss_back_to_baseline(env: E
     assert env.proc.proc is not None and env.proc.proc.poll() is None, "the exporter died"
     assert env.get("/-/healthy") == (200, "Healthy\n")
     text = env.metrics()
-    for task in ("scheduler", "file_watcher", "loop_lag", "trace_export"):
+    for task in ("scheduler", "file_watcher", "loop_lag", "trace_export", "prerender"):
         assert value(text, "connhealth_background_task_failures_total", task=task) == 0, task
     assert not [ls for ls, _ in samples(text, "connhealth_probe_failures_total") if ls.get("reason") == "internal_error"]
     # Let connections of the cases above close, then compare with the baseline.

@@ -152,11 +152,11 @@ async def test_file_watcher_failure_is_counted_and_it_restarts(tmp_path: Path, m
         await until(lambda: exporter.task_failures["file_watcher"] == 1, "the watcher's failure to be counted")
         (sd / "a.yml").write_text(f"- targets: ['{LOCALHOST}:1']\n")
         await until(lambda: len(exporter.scheduler.entries) == 1, "the restarted watcher to load a new file")
-        assert exporter.task_failures == {"scheduler": 0, "file_watcher": 1, "loop_lag": 0, "trace_export": 0}
+        assert exporter.task_failures == {"scheduler": 0, "file_watcher": 1, "loop_lag": 0, "trace_export": 0, "prerender": 0}
         collected = {s.labels["task"]: s.value for metric in exporter.self_metrics.registry.collect()
                      if metric.name == m.BACKGROUND_FAILURES.removesuffix("_total") for s in metric.samples
                      if s.name.endswith("_total")}
-        assert collected == {"scheduler": 0, "file_watcher": 1, "loop_lag": 0, "trace_export": 0}
+        assert collected == {"scheduler": 0, "file_watcher": 1, "loop_lag": 0, "trace_export": 0, "prerender": 0}
     finally:
         await exporter.stop()
 

@@ -64,13 +64,18 @@ async def test_a_10k_target_scrape_renders_at_most_one_slice_per_turn_of_the_loo
             turn += 1
 
     rendered: Counter[int] = Counter()
-    encode = store_module._Rendered._encode
 
-    def counting_encode(self: store_module._Rendered, store: store_module.SeriesStore, om: bool) -> list[bytes]:
-        rendered[turn] += 1
-        return encode(self, store, om)
+    def counting(cls: type[store_module._Rendered]) -> None:
+        render = cls._render
 
-    monkeypatch.setattr(store_module._Rendered, "_encode", counting_encode)
+        def counting_render(self: store_module._Rendered, store: store_module.SeriesStore, om: bool, out: list[bytes]) -> None:
+            rendered[turn] += 1
+            render(self, store, om, out)
+
+        monkeypatch.setattr(cls, "_render", counting_render)
+
+    counting(store_module.TargetSeries)
+    counting(store_module._Group)
     async with TestClient(TestServer(build_app(exporter))) as client:
         task = asyncio.create_task(ticker())
         started = time.perf_counter()

@@ -217,7 +217,7 @@ async def _soak(exporter: ExporterProcess, http: HTTPServer, reset: RawTCPServer
     assert tally.executed >= 0.9 * expected, report
     assert rss < baseline[0] * 1.10, report
     assert fds <= baseline[1], f"{report}\nfds now: {describe_fds(pid)}"
-    for task in ("scheduler", "file_watcher", "loop_lag", "trace_export"):
+    for task in ("scheduler", "file_watcher", "loop_lag", "trace_export", "prerender"):
         assert value(text, "connhealth_background_task_failures_total", task=task) == 0, report
     assert value(text, "connhealth_config_last_reload_successful") == 1
     # The collector was gone and came back: spans were dropped while it was away, and exported again after.

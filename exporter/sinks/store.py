@@ -9,7 +9,8 @@ pre-creating every pair would add dozens of series per target.
 
 A scrape of 10k targets must not rebuild 10k targets' worth of samples: each
 target keeps its rendered lines per metric family and re-renders them only
-after a new probe result. A scrape then joins cached strings.
+after a new probe result, and ``connhealth serve`` renders those results
+between scrapes (``refresh``). A scrape then joins cached bytes.
 
 Histograms are most of a scrape (30 of a tcp target's 41 lines): each target's
 ``histograms`` mode (metrics.HISTOGRAM_MODES) keeps them per target, folds them
@@ -33,6 +34,21 @@ Key = tuple[str, str, tuple[tuple[str, str], ...]]
 
 _FAMILIES: tuple[m.MetricSpec, ...] = m.CONTINUOUS
 _INDEX = {spec.name: i for i, spec in enumerate(_FAMILIES)}
+# Each family's place in a target's fragments and, for the ones on every probed target, the start of its
+# lines (name and "{"): module constants, as the render of every target reads them.
+_ATTEMPTS, _SUCCESSES, _OBSERVED, _UP, _FAILURES, _DURATION, _PHASES, _SUCCESS, _LAST_SUCCESS, _LAST_PROBE = (
+    _INDEX[n] for n in (m.PROBE_ATTEMPTS, m.PROBE_SUCCESSES, m.OBSERVED_SECONDS, m.UP_SECONDS, m.PROBE_FAILURES,
+                        m.PROBE_DURATION, m.PHASE_DURATION, m.PROBE_SUCCESS, m.LAST_SUCCESS, m.LAST_PROBE))
+_INTERVAL, _CERT_EXPIRY, _TLS_VERSION, _RTT, _RETRANSMITS, _SYN_RETRANSMITS = (
+    _INDEX[n] for n in (m.PROBE_INTERVAL, m.CERT_EXPIRY, m.TLS_VERSION, m.TCP_RTT, m.TCP_RETRANSMITS, m.TCP_SYN_RETRANSMITS))
+_KA_REUSED, _KA_CLIENT_IDLE, _KA_SERVER_IDLE, _RESUMED, _HANDSHAKE = (
+    _INDEX[n] for n in (m.KEEPALIVE_REUSED, m.KEEPALIVE_CLIENT_IDLE, m.KEEPALIVE_SERVER_IDLE, m.TLS_SESSION_RESUMED,
+                        m.TLS_HANDSHAKE))
+_ATTEMPTS_, _SUCCESSES_, _OBSERVED_, _UP_, _SUCCESS_, _LAST_SUCCESS_, _LAST_PROBE_, _INTERVAL_ = (
+    n + "{" for n in (m.PROBE_ATTEMPTS, m.PROBE_SUCCESSES, m.OBSERVED_SECONDS, m.UP_SECONDS, m.PROBE_SUCCESS,
+                      m.LAST_SUCCESS, m.LAST_PROBE, m.PROBE_INTERVAL))
+_CERT_EXPIRY_, _TLS_VERSION_, _RTT_, _RETRANSMITS_, _SYN_RETRANSMITS_ = (
+    n + "{" for n in (m.CERT_EXPIRY, m.TLS_VERSION, m.TCP_RTT, m.TCP_RETRANSMITS, m.TCP_SYN_RETRANSMITS))
 
 
 Exemplar = tuple[str, float, float]  # (trace_id, value, unix time)
@@ -147,17 +163,22 @@ class _Histograms:
             hist = self.extra[spec.name] = _Histogram(len(bounds) + 1)
         hist.observe(bounds, value, None)
 
-    def render(self, out: list[list[str]], b: str, store: SeriesStore, om: bool) -> None:
-        """Append the lines of every histogram, labelled ``b``, to their families in ``out``."""
+    def render(self, out: list[bytes], b: str, store: SeriesStore, om: bool) -> None:
+        """Set the families of every histogram in ``out`` (one piece per family) to their lines, labelled ``b``."""
         les = store.le_strings
-        out[_INDEX[m.PROBE_DURATION]].extend(self.duration.lines(m.PROBE_DURATION, b, les, om))
-        phase_lines = out[_INDEX[m.PHASE_DURATION]]
-        for phase, hist in self.phases.items():
-            phase_lines.extend(hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om))
-        for i, spec in enumerate(store.extra, len(_FAMILIES)):
-            extra = self.extra.get(spec.name)
-            if extra is not None:
-                out[i].extend(extra.lines(spec.name, b, store.extra_les[spec.name], om))
+        out[_DURATION] = _encoded(self.duration.lines(m.PROBE_DURATION, b, les, om))
+        if self.phases:
+            out[_PHASES] = _encoded([line for phase, hist in self.phases.items()
+                                     for line in hist.lines(m.PHASE_DURATION, f'{b},phase="{escape(phase)}"', les, om)])
+        if self.extra:
+            for i, spec in enumerate(store.extra, len(_FAMILIES)):
+                extra = self.extra.get(spec.name)
+                if extra is not None:
+                    out[i] = _encoded(extra.lines(spec.name, b, store.extra_les[spec.name], om))
+
+
+def _encoded(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
 
 
 class _Rendered:
@@ -166,27 +187,37 @@ class _Rendered:
     __slots__ = ("_fragments", "_om_fragments")
 
     def __init__(self) -> None:
-        self._fragments: list[bytes] | None = None
-        self._om_fragments: list[bytes] | None = None
+        # Per format: empty until rendered, and again after a change.
+        self._fragments: list[bytes] = []
+        self._om_fragments: list[bytes] = []
 
     def invalidate(self) -> None:
-        self._fragments = self._om_fragments = None
+        # The old lines go now, not at the next render: a format no longer scraped keeps no stale copy.
+        self._fragments.clear()
+        self._om_fragments.clear()
 
     def fragments(self, store: SeriesStore, openmetrics: bool = False) -> list[bytes]:
-        if openmetrics:
-            if self._om_fragments is None:
-                self._om_fragments = self._encode(store, True)
-            return self._om_fragments
-        if self._fragments is None:
-            self._fragments = self._encode(store, False)
-        return self._fragments
+        """One piece per family (``store.blank``'s length): b"" or its lines, each ending with a newline.
 
-    def _encode(self, store: SeriesStore, om: bool) -> list[bytes]:
-        out: list[list[str]] = [[] for _ in range(len(_FAMILIES) + len(store.extra))]
-        self._render(out, store, om)
-        return [("\n".join(lines) + "\n").encode() if lines else b"" for lines in out]
+        A new render refills the same list: a 10k-target scrape then allocates no container per target,
+        which kept the garbage collector busy for a tenth of it.
+        """
+        fragments = self._om_fragments if openmetrics else self._fragments
+        if not fragments:
+            fragments += store.blank
+            try:
+                self._render(store, openmetrics, fragments)
+            except BaseException:
+                fragments.clear()  # not half rendered: the next scrape tries again
+                raise
+        return fragments
 
-    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+    def stale(self, openmetrics: bool) -> bool:
+        """Changed since its last render in this format (or never rendered in it)."""
+        return not (self._om_fragments if openmetrics else self._fragments)
+
+    def _render(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+        """Set the families this series has in ``out`` (all b"" when called) to their lines."""
         raise NotImplementedError
 
 
@@ -200,7 +231,7 @@ class _Group(_Rendered):
         self.base = base
         self.hists = _Histograms(n_buckets)
 
-    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+    def _render(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
         self.hists.render(out, self.base, store, om)
 
 
@@ -211,6 +242,7 @@ class TargetSeries(_Rendered):
         "base", "attempts", "successes", "observed", "up", "failures", "hists", "group", "last_success", "last_probe",
         "success", "cert_expiry", "tls_version", "rtt", "retransmits",
         "last_failure", "failure_exemplars", "extra", "syn_retransmits", "keepalive", "resumption", "interval",
+        "_stable", "_stable_lines",
     )
 
     def __init__(self, base: str) -> None:
@@ -238,55 +270,77 @@ class TargetSeries(_Rendered):
         self.keepalive: KeepAlive | None = None  # the last keep-alive check
         self.resumption: TLSResumption | None = None  # the last resumption check
         self.extra: dict[str, float] = {}  # the probers' own counters and gauges (store.extra), by name
+        self._stable: tuple[object, ...] = ()  # rendering: what _stable_lines show
+        self._stable_lines: tuple[bytes, ...] = ()
 
-    def _render(self, out: list[list[str]], store: SeriesStore, om: bool) -> None:
+    def _render(self, store: SeriesStore, om: bool, out: list[bytes]) -> None:
+        # Runs once per probe result: one f-string per line straight into its family's slot, no list per
+        # family, no float formatted twice (last_success is last_probe, and up is observed while the target
+        # is up). The floats that change with every probe are formatted inline: repr is fmt's result unless
+        # the value is integral or not finite (fmt's exceptions), which the end of repr's text tells.
         b = self.base
-        out[_INDEX[m.PROBE_ATTEMPTS]].append(f"{m.PROBE_ATTEMPTS}{{{b}}} {self.attempts}")
-        out[_INDEX[m.PROBE_SUCCESSES]].append(f"{m.PROBE_SUCCESSES}{{{b}}} {self.successes}")
-        out[_INDEX[m.OBSERVED_SECONDS]].append(f"{m.OBSERVED_SECONDS}{{{b}}} {fmt(self.observed)}")
-        out[_INDEX[m.UP_SECONDS]].append(f"{m.UP_SECONDS}{{{b}}} {fmt(self.up)}")
-        ex = self.failure_exemplars if om else {}
-        out[_INDEX[m.PROBE_FAILURES]].extend(
-            f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}'
-            for (phase, reason), n in self.failures.items()
-        )
+        out[_ATTEMPTS] = f"{_ATTEMPTS_}{b}}} {self.attempts}\n".encode()
+        out[_SUCCESSES] = f"{_SUCCESSES_}{b}}} {self.successes}\n".encode()
+        observed = repr(self.observed)
+        if observed[-2:] == ".0" or observed[-1] > "9":
+            observed = fmt(self.observed)
+        out[_OBSERVED] = f"{_OBSERVED_}{b}}} {observed}\n".encode()
+        out[_UP] = f"{_UP_}{b}}} {observed if self.up == self.observed else fmt(self.up)}\n".encode()
+        if self.failures:
+            ex = self.failure_exemplars if om else {}
+            out[_FAILURES] = "".join([
+                f'{m.PROBE_FAILURES}{{{b},phase="{phase}",reason="{reason}"}} {n}{exemplar_suffix(ex.get((phase, reason)))}\n'
+                for (phase, reason), n in self.failures.items()]).encode()
         if self.hists is not None and self.group is None:
             self.hists.render(out, b, store, om)
-        if self.success is not None:
-            out[_INDEX[m.PROBE_SUCCESS]].append(f"{m.PROBE_SUCCESS}{{{b}}} {1 if self.success else 0}")
+        # The lines that seldom change are kept with what they show, and reused while it stays the same.
+        stable = (b, self.success, self.interval, self.retransmits, self.syn_retransmits)
+        if stable == self._stable:
+            out[_SUCCESS], out[_INTERVAL], out[_RETRANSMITS], out[_SYN_RETRANSMITS] = self._stable_lines
+        else:
+            if self.success is not None:
+                out[_SUCCESS] = f"{_SUCCESS_}{b}}} {1 if self.success else 0}\n".encode()
+            if self.interval is not None:
+                out[_INTERVAL] = f"{_INTERVAL_}{b}}} {fmt(self.interval)}\n".encode()
+            if self.retransmits is not None:
+                out[_RETRANSMITS] = f"{_RETRANSMITS_}{b}}} {self.retransmits}\n".encode()
+            # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
+            out[_SYN_RETRANSMITS] = f"{_SYN_RETRANSMITS_}{b}}} {self.syn_retransmits}\n".encode()
+            self._stable, self._stable_lines = stable, (out[_SUCCESS], out[_INTERVAL], out[_RETRANSMITS], out[_SYN_RETRANSMITS])
+        last_probe = self.last_probe
+        probed = repr(last_probe)
+        if probed[-2:] == ".0" or probed[-1] > "9":
+            probed = fmt(last_probe) if last_probe is not None else ""
         if self.last_success is not None:
-            out[_INDEX[m.LAST_SUCCESS]].append(f"{m.LAST_SUCCESS}{{{b}}} {fmt(self.last_success)}")
-        if self.last_probe is not None:
-            out[_INDEX[m.LAST_PROBE]].append(f"{m.LAST_PROBE}{{{b}}} {fmt(self.last_probe)}")
-        if self.interval is not None:
-            out[_INDEX[m.PROBE_INTERVAL]].append(f"{m.PROBE_INTERVAL}{{{b}}} {fmt(self.interval)}")
+            out[_LAST_SUCCESS] = f"{_LAST_SUCCESS_}{b}}} {probed if self.last_success == last_probe else fmt(self.last_success)}\n".encode()
+        if last_probe is not None:
+            out[_LAST_PROBE] = f"{_LAST_PROBE_}{b}}} {probed}\n".encode()
         if self.cert_expiry is not None:
-            out[_INDEX[m.CERT_EXPIRY]].append(f"{m.CERT_EXPIRY}{{{b}}} {fmt(self.cert_expiry)}")
+            out[_CERT_EXPIRY] = f"{_CERT_EXPIRY_}{b}}} {fmt(self.cert_expiry)}\n".encode()
         if self.tls_version is not None:
-            out[_INDEX[m.TLS_VERSION]].append(f'{m.TLS_VERSION}{{{b},version="{escape(self.tls_version)}"}} 1')
-        if self.rtt is not None:
-            out[_INDEX[m.TCP_RTT]].append(f"{m.TCP_RTT}{{{b}}} {fmt(self.rtt)}")
-        if self.retransmits is not None:
-            out[_INDEX[m.TCP_RETRANSMITS]].append(f"{m.TCP_RETRANSMITS}{{{b}}} {self.retransmits}")
-        # A counter: at 0 from the series' creation, so increase() counts the first probe's retransmits.
-        out[_INDEX[m.TCP_SYN_RETRANSMITS]].append(f"{m.TCP_SYN_RETRANSMITS}{{{b}}} {self.syn_retransmits}")
+            out[_TLS_VERSION] = f'{_TLS_VERSION_}{b},version="{escape(self.tls_version)}"}} 1\n'.encode()
+        rtt = self.rtt
+        if rtt is not None:
+            text = repr(rtt)
+            if text[-2:] == ".0" or text[-1] > "9":
+                text = fmt(rtt)
+            out[_RTT] = f"{_RTT_}{b}}} {text}\n".encode()
         ka = self.keepalive
         if ka is not None:
-            out[_INDEX[m.KEEPALIVE_REUSED]].append(f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}")
-            out[_INDEX[m.KEEPALIVE_CLIENT_IDLE]].append(f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}")
+            out[_KA_REUSED] = f"{m.KEEPALIVE_REUSED}{{{b}}} {1 if ka.reused else 0}\n".encode()
+            out[_KA_CLIENT_IDLE] = f"{m.KEEPALIVE_CLIENT_IDLE}{{{b}}} {fmt(ka.idle_seconds)}\n".encode()
             if ka.server_idle_seconds is not None:
-                out[_INDEX[m.KEEPALIVE_SERVER_IDLE]].append(f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}")
+                out[_KA_SERVER_IDLE] = f"{m.KEEPALIVE_SERVER_IDLE}{{{b}}} {fmt(ka.server_idle_seconds)}\n".encode()
         r = self.resumption
         if r is not None:
-            out[_INDEX[m.TLS_SESSION_RESUMED]].append(f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}")
-            lines = out[_INDEX[m.TLS_HANDSHAKE]]
-            lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}')
-            if r.resumed_seconds is not None:
-                lines.append(f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}')
-        for i, spec in enumerate(store.extra, len(_FAMILIES)):
-            value = self.extra.get(spec.name)
-            if value is not None:
-                out[i].append(f"{spec.name}{{{b}}} {fmt(value)}")
+            out[_RESUMED] = f"{m.TLS_SESSION_RESUMED}{{{b}}} {1 if r.resumed else 0}\n".encode()
+            out[_HANDSHAKE] = (f'{m.TLS_HANDSHAKE}{{{b},kind="full"}} {fmt(r.full_seconds)}\n' + (
+                f'{m.TLS_HANDSHAKE}{{{b},kind="resumed"}} {fmt(r.resumed_seconds)}\n' if r.resumed_seconds is not None else "")).encode()
+        if self.extra:
+            for i, spec in enumerate(store.extra, len(_FAMILIES)):
+                value = self.extra.get(spec.name)
+                if value is not None:
+                    out[i] = f"{spec.name}{{{b}}} {fmt(value)}\n".encode()
 
     def observe_extra(self, result: ProbeResult, store: SeriesStore) -> None:
         prober = PROBERS.get(result.prober)
@@ -349,11 +403,15 @@ def _le_strings(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 GroupKey = tuple[str, tuple[str, ...]]  # (module, the group labels' values)
-# Targets rendered between two pieces of a scrape, i.e. between two turns of the event loop
-# (server.handle_metrics yields after each piece): a tcp target with per-target histograms takes
-# 15-35 us to render on this 2-core machine (docs/benchmarks.md), so a slice blocks the loop for
-# about 4-9 ms, well under the 20 ms bound of issue 15.
+# Targets rendered between two turns of the event loop, by a scrape (server.handle_metrics yields
+# after each piece) or refresh(): a tcp target takes about 5 us to render on this 2-core machine,
+# 16 us with per-target histograms (docs/benchmarks.md), so a slice holds the loop for 1-4 ms,
+# well under the 20 ms bound of issue 15.
 RENDER_SLICE = 256
+# Series refresh() checks between two turns of the event loop (a check is an attribute read).
+REFRESH_LOOKS = 4096
+# The size of the pieces a scrape writes once every target is rendered.
+CHUNK_BYTES = 1 << 20
 
 
 class SeriesStore:
@@ -372,6 +430,7 @@ class SeriesStore:
         # The probers' own families, after the shared ones (a name declared by two probers is one family).
         self.extra_specs = {spec.name: spec for p in PROBERS.values() for spec in p.metrics}
         self.extra = tuple(self.extra_specs.values())
+        self.blank = [b""] * (len(_FAMILIES) + len(self.extra))  # a target's fragments (one per family) before a render
         self.extra_les = {spec.name: _le_strings(spec.buckets or self.bounds) for spec in self.extra}
         self.series: dict[Key, TargetSeries] = {}
         self.groups: dict[GroupKey, _Group] = {}
@@ -481,31 +540,64 @@ class SeriesStore:
             del self.groups[gkey]
 
     def render_chunks(self, chunk_targets: int = RENDER_SLICE, openmetrics: bool = False) -> Iterator[bytes]:
-        """The exposition in pieces of at most ``chunk_targets`` targets per family.
+        """The exposition in pieces, rendering at most ``chunk_targets`` targets per piece.
 
-        Streaming pieces keeps a 10k-target scrape from allocating (and
-        page-faulting) one buffer of hundreds of MB; at most ``chunk_targets``
-        targets are rendered before the next piece is yielded.
+        Dirty targets render lazily, slice by slice, while the first family is
+        yielded, so the caller can yield to the event loop between pieces. The
+        fragments taken then are reused for every family: one consistent
+        snapshot per target even if it is probed again mid-scrape. The other
+        families are rendered by then: they go in pieces of about CHUNK_BYTES,
+        which keeps a 10k-target scrape from allocating (and page-faulting) one
+        buffer of hundreds of MB, in a few dozen writes instead of one per
+        slice and family.
         """
-        # Dirty targets render lazily, slice by slice, during the first family,
-        # so the caller can yield to the event loop between chunks. The
-        # fragments taken then are reused for every family: one consistent
-        # snapshot per target even if it is probed again mid-scrape.
         series: list[_Rendered] = [*self.series.values(), *self.groups.values()]
+        headers = self._om_headers if openmetrics else self._headers
         # Per slice, its targets' fragments by family (zip transposes them in C: a generator
-        # picking one family's fragment from each target took a fifth of a scrape).
+        # picking one family's fragment from each target took a fifth of a scrape). References only:
+        # joining every slice's families here would hold a second copy of the body until its end.
         columns: list[list[tuple[bytes, ...]]] = []
-        for i, header in enumerate(self._om_headers if openmetrics else self._headers):
-            started = False
-            for n, start in enumerate(range(0, len(series), chunk_targets)):
-                if i == 0:
-                    columns.append(list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]])))
-                body = b"".join(columns[n][i])
-                if body:
-                    if not started:
-                        yield header
-                        started = True
-                    yield body
+        started = False
+        for start in range(0, len(series), chunk_targets):
+            column = list(zip(*[s.fragments(self, openmetrics) for s in series[start:start + chunk_targets]]))
+            columns.append(column)
+            body = b"".join(column[0])
+            if body and not started:
+                body, started = headers[0] + body, True
+            yield body  # also b"": the caller gives the loop a turn after every slice
+        # The other families, rendered by now: pieces of about CHUNK_BYTES, each one join.
+        for i, header in enumerate(headers[1:], 1):
+            pending, size = [header], 0  # a family with no samples has no header
+            for n, column in enumerate(columns, 1):
+                fragments = column[i]
+                pending += fragments
+                # An estimate that reads one target's fragment, exact when that one lacks the family.
+                size += len(fragments[0]) * len(fragments) or sum(map(len, fragments))
+                if size >= CHUNK_BYTES or n == len(columns):
+                    text = b"".join(pending)
+                    if len(text) > (len(header) if pending[0] is header else 0):
+                        yield text
+                        pending, size = [], 0
+
+    def refresh(self, openmetrics: bool = False, chunk_targets: int = RENDER_SLICE) -> Iterator[None]:
+        """Render the series changed since their last render (in the text format, or OpenMetrics), ahead of
+        the next scrape, which then finds them rendered; yields after every ``chunk_targets`` rendered
+        (and every REFRESH_LOOKS looked at), so the caller can give the event loop a turn.
+
+        A scrape would render them anyway (the same bytes: a render reads only the series' state, and any
+        change of it invalidates the render): done in between, a scrape of 10k targets probed since the
+        last one takes about a quarter of the time (docs/benchmarks.md). A result is rendered once either
+        way unless a newer one replaces it before the next scrape.
+        """
+        rendered = looked = 0
+        for series in [*self.series.values(), *self.groups.values()]:
+            looked += 1
+            if series.stale(openmetrics):
+                series.fragments(self, openmetrics)
+                rendered += 1
+            if rendered >= chunk_targets or looked >= REFRESH_LOOKS:
+                yield
+                rendered = looked = 0
 
     def render(self) -> bytes:
         return b"".join(self.render_chunks())
