@@ -23,7 +23,7 @@ import heapq
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -182,6 +182,13 @@ class Scheduler:
     def update(self, specs: list[TargetSpec] | tuple[TargetSpec, ...], modules: dict[str, Module] | None = None,
                config: SchedulerConfig | None = None) -> None:
         """Adopt a new target set; unchanged targets keep their schedule and counters."""
+        for _ in self.update_steps(specs, modules, config):
+            pass
+
+    def update_steps(self, specs: list[TargetSpec] | tuple[TargetSpec, ...], modules: dict[str, Module] | None = None,
+                     config: SchedulerConfig | None = None, slice_size: int = 0) -> Iterator[None]:
+        """``update`` in steps: yields after every ``slice_size`` targets (0: never), so that a caller on the
+        loop can let it turn between slices (100k targets took seconds in one go)."""
         if modules is not None:
             self.modules = modules
         if config is not None and config.concurrency != self.config.concurrency:
@@ -189,12 +196,17 @@ class Scheduler:
         if config is not None:
             self.config = config
         wanted = {spec.key: spec for spec in specs}
-        for key, entry in list(self.entries.items()):
+        for i, (key, entry) in enumerate(list(self.entries.items()), 1):
             if key not in wanted:
                 entry.removed = True
                 del self.entries[key]
+            if slice_size and i % slice_size == 0:
+                yield
         now = self.clock.now()
-        for key, spec in wanted.items():
+        for i, (key, spec) in enumerate(wanted.items(), 1):
+            if slice_size and i % slice_size == 0:
+                yield
+                now = self.clock.now()
             existing = self.entries.get(key)
             if existing is not None:
                 entry = existing

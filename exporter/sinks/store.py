@@ -530,11 +530,19 @@ class SeriesStore:
         Prober.metrics); a target no longer scheduled loses its series. ``histograms[key]`` is the
         target's histogram mode (per_target when absent); a group no target uses any more is removed.
         """
+        for _ in self.sync_steps(targets, families, histograms):
+            pass
+
+    def sync_steps(self, targets: Mapping[Key, Iterable[str]], families: Mapping[Key, Iterable[str]] | None = None,
+                   histograms: Mapping[Key, str] | None = None, slice_size: int = 0) -> Iterator[None]:
+        """``sync`` in steps: yields after every ``slice_size`` targets (0: never), for a caller on the loop."""
         for key in [k for k in self.series if k not in targets]:
             del self.series[key]
-        for key, phases in targets.items():
+        for i, (key, phases) in enumerate(targets.items(), 1):
             self.get(*key, phases=phases, families=families.get(key, ()) if families else (),
                      histograms=histograms.get(key, m.PER_TARGET) if histograms else m.PER_TARGET)
+            if slice_size and i % slice_size == 0:
+                yield
         used = {id(s.group) for s in self.series.values() if s.group is not None}
         for gkey in [k for k, g in self.groups.items() if id(g) not in used]:
             del self.groups[gkey]
