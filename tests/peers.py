@@ -668,6 +668,16 @@ class TLSTerminator(StreamPeer):
 _BODYLESS = {204, 304}
 
 
+async def start_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, int]:
+    """``app`` served on ``host`` at a free port, as test peers run it: no access log (its lines only bury
+    real failures in pytest output), no signal handlers, and a short shutdown_timeout (so stopping does
+    not wait the default 60 s for an in-flight slow request). Returns the runner and the port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+    await runner.setup()
+    await web.TCPSite(runner, host, 0).start()
+    return runner, runner.addresses[0][1]
+
+
 class HTTPServer(_AsyncPeer):
     """aiohttp server with the routes the HTTP prober tests need.
 
@@ -723,17 +733,10 @@ class HTTPServer(_AsyncPeer):
         r.add_route("*", "/echo-headers", self._echo_headers)
         r.add_route("*", "/echo-body", self._echo_body)
         r.add_route("*", "/to-http", self._to_http)
-        # access_log=None: the per-request log lines only bury real failures
-        # in pytest output. A short shutdown_timeout keeps stop() from waiting
-        # the default 60 s for an in-flight /slow request.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
-        await self._runner.setup()
         # TLS is terminated in front of a plain site rather than by aiohttp
         # itself, so that handshake failures reach the client as proper
         # alerts (see TLSTerminator).
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        self.backend_port = self._runner.addresses[0][1]
+        self._runner, self.backend_port = await start_app(app, self.host)
         if self.ssl_context is None:
             self.port = self.backend_port
         else:

@@ -24,11 +24,11 @@ from exporter.certs import CertFactory, server_context
 
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
-    from tests.peers import HTTPServer
+    from tests.peers import HTTPServer, start_app
     from tests.proxypeer import TinyProxy
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
-    from peers import HTTPServer  # type: ignore[no-redef]
+    from peers import HTTPServer, start_app  # type: ignore[no-redef]
     from proxypeer import TinyProxy  # type: ignore[no-redef]
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
@@ -73,10 +73,7 @@ class CompatServer:
         app.router.add_get("/bomb", self._bomb_handler)
         app.router.add_get("/redirect", self._redirect)
         app.router.add_get("/host", self._host)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await start_app(app)
         return self
 
     async def stop(self) -> None:

@@ -20,11 +20,11 @@ from exporter.engine import run_probe
 
 try:  # works whether or not tests/ becomes a package later
     from tests import procs
-    from tests.peers import HTTPServer
+    from tests.peers import HTTPServer, start_app
     from tests.proxypeer import TinyProxy
 except ImportError:  # pragma: no cover
     import procs  # type: ignore[no-redef]
-    from peers import HTTPServer  # type: ignore[no-redef]
+    from peers import HTTPServer, start_app  # type: ignore[no-redef]
     from proxypeer import TinyProxy  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,10 +52,7 @@ class ExampleApp:
         r.add_get("/api", self._api)
         r.add_get("/gzip", self._gzip)
         r.add_post("/oauth/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await start_app(app)
         return self
 
     async def stop(self) -> None:

@@ -28,10 +28,12 @@ from exporter.schema import SECRET_MASK, Secret, plain, reveal
 
 try:  # works whether or not tests/ becomes a package later
     from tests.otlp_receiver import OTLPReceiver
+    from tests.peers import start_app
     from tests.procs import REPO, ExporterProcess, refused_port
     from tests.test_traces import clean_env
 except ImportError:  # pragma: no cover
     from otlp_receiver import OTLPReceiver
+    from peers import start_app  # type: ignore[no-redef]
     from procs import REPO, ExporterProcess, refused_port
     from test_traces import clean_env
 
@@ -95,11 +97,7 @@ class Peers:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handle)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.http_port = self.runner.addresses[0][1]
+        self.runner, self.http_port = await start_app(app)
 
         async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.tcp.append(await reader.readline())
