@@ -108,7 +108,7 @@ class _Deadline:
         owner = _deadlines
         if owner is None or owner.loop is not loop:
             owner = _deadlines = _Deadlines(loop)
-        task = asyncio.current_task()
+        task = asyncio.current_task(loop)  # with the loop: one fork check (getpid) less
         assert task is not None
         self.when = loop.time() + delay
         self.task: asyncio.Task[object] | None = task

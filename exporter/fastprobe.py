@@ -196,14 +196,17 @@ def _parse(head: bytes, path: str) -> tuple[Mapping[str, str], dict[str, str], b
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_fast", "_transport", "_buffer", "task", "idle_since", "_read_paused", "_write_paused", "_drained")
+    __slots__ = ("_fast", "_loop", "_transport", "_buffer", "task", "idle_since", "_read_paused", "_write_paused",
+                 "_drained")
 
     def __init__(self, fast: FastProbe) -> None:
         self._fast = fast
+        # Kept: each asyncio.get_running_loop() is a getpid() system call (its fork check).
+        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self.task: asyncio.Task[None] | None = None
-        self.idle_since = asyncio.get_running_loop().time()  # the start, then each answer's end
+        self.idle_since = self._loop.time()  # the start, then each answer's end
         self._read_paused = False
         self._write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -261,7 +264,7 @@ class _Connection(asyncio.Protocol):
             self._hand_over()
             return
         del buffer[:end]
-        self.task = asyncio.get_running_loop().create_task(self._serve(*request))
+        self.task = self._loop.create_task(self._serve(*request))
 
     async def _serve(self, query: Mapping[str, str], headers: Mapping[str, str], keep_alive: bool) -> None:
         fast = self._fast
@@ -281,12 +284,12 @@ class _Connection(asyncio.Protocol):
             transport.close()
             return
         if self._write_paused:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self._loop.create_future()
             await self._drained
             if self._transport is None:
                 return
         self.task = None
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self._loop.time()
         if self._read_paused:
             self._read_paused = False
             transport.resume_reading()

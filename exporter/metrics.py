@@ -174,13 +174,14 @@ PROBE_ENDPOINT_EXTRA: tuple[MetricSpec, ...] = (
 class ProbeFamily:
     """A /probe gauge family a prober declares; its '# HELP'/'# TYPE' header is built once, not per probe."""
 
-    __slots__ = ("name", "help", "type", "header")
+    __slots__ = ("name", "help", "type", "header", "unlabelled")
 
     def __init__(self, name: str, help: str, type: str = "gauge") -> None:  # noqa: A002 - Prometheus' words
         self.name = name
         self.help = help
         self.type = type
         self.header = f"# HELP {name} {help}\n# TYPE {name} {type}\n"
+        self.unlabelled = f"{self.header}{name} "  # the family with one unlabelled sample, up to its value
 
     def __repr__(self) -> str:
         return f"ProbeFamily({self.name!r})"

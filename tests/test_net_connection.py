@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import socket
 import ssl
 import struct
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -193,24 +195,87 @@ def test_plain_reads_keep_stream_reader_semantics_up_to_eof(run: Any) -> None:
     run(main())
 
 
+def test_the_poller_is_level_triggered_and_skips_a_dropped_descriptors_stale_event(run: Any) -> None:
+    """The probes' sockets are watched through one epoll set of ours (connection._Poller), with
+    add_reader's semantics: a socket left readable is reported again on the next turn, and when a
+    callback closes a socket and a new one gets its number during the same dispatch, the closed
+    one's event does not reach the new socket's callback."""
+    async def main() -> tuple[list[str], int]:
+        loop = asyncio.get_running_loop()
+        poller = connection._poller_of(loop)
+        assert connection._poller_of(loop) is poller  # one per loop
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        calls: list[str] = []
+        got_a = asyncio.Event()
+        reused: list[socket.socket] = []
+
+        def on_a() -> None:
+            calls.append("a")
+            if calls.count("a") == 2:  # reported again: not read, still readable
+                got_a.set()
+
+        def on_c() -> None:
+            calls.append("c")
+            # Close c and open a socket that takes its number, while c's event may still be pending.
+            poller.remove_reader(c.fileno())
+            number = c.fileno()
+            c.close()
+            x, y = socket.socketpair()
+            reused.extend((x, y))
+            if number in (x.fileno(), y.fileno()):
+                poller.add_reader(number, lambda: calls.append("stale"))
+
+        poller.add_reader(a.fileno(), on_a)
+        poller.add_reader(c.fileno(), on_c)
+        b.send(b"1")
+        d.send(b"1")
+        await asyncio.wait_for(got_a.wait(), T)
+        for _ in range(3):  # a few more turns: the new socket is not readable, nothing may call it
+            await asyncio.sleep(0)
+        poller.remove_reader(a.fileno())
+        for sock in (a, b, d, *reused):
+            poller.remove_reader(sock.fileno())
+            sock.close()
+        return calls, len(poller._masks)
+
+    calls, left = run(main())
+    assert calls.count("c") == 1 and "stale" not in calls and calls.count("a") >= 2
+    assert left == 0
+
+
+def test_a_poller_and_its_epoll_set_go_with_their_loop(run: Any) -> None:
+    async def main() -> weakref.ref[Any]:
+        return weakref.ref(connection._poller_of(asyncio.get_running_loop()))
+
+    poller = run(main())
+    gc.collect()
+    assert poller() is None  # the loop is gone, and with it its poller (whose epoll set closes with it)
+
+
 def test_receive_timestamps_only_where_read_and_kept_switched_on_for_the_process(run: Any) -> None:
-    """A socket that will read asks for kernel receive timestamps, a bare connect's does not; one socket held
-    for the process keeps the host's timestamping switch on, so probes' sockets do not flip it."""
+    """A socket that will carry data asks for kernel receive timestamps (and TCP_NODELAY), a bare connect's
+    for neither; one socket held for the process keeps the host's timestamping switch on, so probes'
+    sockets do not flip it. Both come non-blocking, with the TCP_INFO read when the connect was seen over."""
     async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()
 
-    async def main() -> tuple[int, int]:
+    def options(sock: socket.socket) -> tuple[int, int, bool]:
+        return (sock.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), sock.getblocking())
+
+    async def main() -> tuple[tuple[int, int, bool], tuple[int, int, bool], list[bytes]]:
         async with serve(server) as port:
-            with_ts = await connection.open_socket(LOCALHOST, port, socket.AF_INET)
-            without = await connection.open_socket(LOCALHOST, port, socket.AF_INET, timestamps=False)
+            with_ts, info1 = await connection.open_socket(LOCALHOST, port, socket.AF_INET)
+            without, info2 = await connection.open_socket(LOCALHOST, port, socket.AF_INET, data=False)
             try:
-                return (with_ts.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS),
-                        without.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS))
+                return options(with_ts), options(without), [info1[:1], info2[:1]]
             finally:
                 with_ts.close()
                 without.close()
 
-    assert run(main()) == (1, 0)
+    # On loopback the handshake is over when connect returns: TCP_INFO then said ESTABLISHED (1).
+    assert run(main()) == ((1, 1, False), (0, 0, False), [b"\x01", b"\x01"])
     [keeper] = connection._TIMESTAMP_KEEPER
     assert keeper.fileno() >= 0 and keeper.getsockopt(socket.SOL_SOCKET, connection._SO_TIMESTAMPNS) == 1
 

@@ -69,7 +69,7 @@ class EchoProber(Prober):
     async def probe(self, ctx: ProbeContext, target: str, settings: EchoSettings) -> None:
         host, port = split_host_port(target)
         ctx.peer = Peer(host, "ipv4", port)
-        sock = await ctx.phase("connect", connection.open_socket(host, port, 2))
+        sock, _ = await ctx.phase("connect", connection.open_socket(host, port, 2))
         conn = await connection.wrap(sock)
         try:
             conn.write(settings.word.reveal().encode() + b"\n")

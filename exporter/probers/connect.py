@@ -68,7 +68,7 @@ async def peer_address(ctx: ProbeContext, host: str, port: int, preferred_ip_pro
 
 
 async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, fallback: bool,
-                   source: str | None = None, *, peer: bool = True, timestamps: bool = True) -> socket.socket:
+                   source: str | None = None, *, peer: bool = True, data: bool = True) -> socket.socket:
     """dns (absent for an IP literal: nothing to await) and connect phases on a bare socket.
 
     ``peer=False`` (a proxy): the connection is not the target's, ctx.peer stays as it is.
@@ -82,8 +82,8 @@ async def _connect(ctx: ProbeContext, host: str, port: int, preferred_ip_protoco
     if pacer is not None and not pacer.try_take():
         await ctx.wait_for_token(pacer)
     ctx.log("connecting to %s", join_host_port(ip, port))
-    sock = await ctx.phase("connect", connection.open_socket(ip, port, family, source, timestamps=timestamps))
-    ctx.tcp = tcp = connection.tcp_info_of(sock)
+    sock, info = await ctx.phase("connect", connection.open_socket(ip, port, family, source, data=data))
+    ctx.tcp = tcp = connection.tcp_info_of(sock, info)
     # The kernel's RTT of the SYN / SYN-ACK exchange, untouched by how late the loop resumed us;
     # after a retransmitted SYN it measures one attempt, not the connect: the wall clock stays.
     if tcp is not None and not tcp.retransmits:
@@ -101,8 +101,8 @@ async def open_connection(ctx: ProbeContext, host: str, port: int, preferred_ip_
 async def connect_only(ctx: ProbeContext, host: str, port: int, preferred_ip_protocol: str, ip_protocol_fallback: bool,
                        *, source: str | None = None) -> None:
     """dns + connect phases on a bare socket, closed at once: a plain tcp_connect needs no transport (and,
-    reading nothing, no receive timestamps)."""
-    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source, timestamps=False)).close()
+    carrying nothing, neither TCP_NODELAY nor receive timestamps)."""
+    (await _connect(ctx, host, port, preferred_ip_protocol, ip_protocol_fallback, source, data=False)).close()
 
 
 async def start_tls(ctx: ProbeContext, conn: connection.Connection, host: str, cfg: TLSConfig,

@@ -15,7 +15,7 @@ import ipaddress
 from .. import metrics as m
 from ..metrics import ProbeFamily, ProbeSamples, label_text
 from ..probers import PROBERS
-from ..result import ProbeResult, TLSResumption
+from ..result import Certificate, ProbeResult, TLSResumption
 
 # time.Time{}.Unix() in Go: what blackbox reports for a chain expiry it does not know.
 _GO_ZERO_TIME_UNIX = -62135596800.0
@@ -32,6 +32,7 @@ _COMMON_VALUES = {float(v): str(v) for v in (-1, 0, 1, 4, 5, 6, 10, 15, 30, 60, 
 
 
 def fmt(value: float) -> str:
+    """A sample value as Go's strconv 'g' -1 writes it (so blackbox and the Prometheus client)."""
     text = _COMMON_VALUES.get(value)
     if text is not None:
         return text
@@ -39,9 +40,11 @@ def fmt(value: float) -> str:
         return "NaN"
     if value == _INF:
         return "+Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+    if value == -_INF:
+        return "-Inf"
+    if value % 1 or abs(value) >= 1e15:  # a fraction (a duration), or large: Python's shortest repr is Go's
+        return repr(float(value))
+    return str(int(value))
 
 
 def fnv32a(data: bytes | str) -> int:
@@ -90,27 +93,17 @@ _TIMEOUT = _gauge("probe_timeout_seconds", "Returns how long the probe timeout i
 _EXTRA = {s.name: _gauge(s.name, s.help) for s in m.PROBE_ENDPOINT_EXTRA}
 
 
-class _Writer:
-    __slots__ = ("parts",)
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []  # each ends with a newline
-
-    def gauge(self, family: ProbeFamily, value: float) -> None:
-        self.parts.append(f"{family.header}{family.name} {fmt(value)}\n")
-
-    def family(self, family: ProbeFamily, samples: ProbeSamples) -> None:
-        parts = self.parts
-        if not isinstance(samples, list):  # one unlabelled value
-            parts.append(f"{family.header}{family.name} {fmt(samples)}\n")
-            return
-        parts.append(family.header)
-        name = family.name
-        for pairs, value in samples:
-            if not pairs:
-                parts.append(f"{name} {fmt(value)}\n")
-            else:
-                parts.append(f"{name}{{{pairs if type(pairs) is str else labels(pairs)}}} {fmt(value)}\n")
+def _family(parts: list[str], family: ProbeFamily, samples: ProbeSamples) -> None:
+    if not isinstance(samples, list):  # one unlabelled value
+        parts.append(f"{family.unlabelled}{fmt(samples)}\n")
+        return
+    parts.append(family.header)
+    name = family.name
+    for pairs, value in samples:
+        if not pairs:
+            parts.append(f"{name} {fmt(value)}\n")
+        else:
+            parts.append(f"{name}{{{pairs if type(pairs) is str else labels(pairs)}}} {fmt(value)}\n")
 
 
 @functools.lru_cache(maxsize=256)
@@ -129,57 +122,63 @@ def _handshakes(r: TLSResumption) -> ProbeSamples:
 
 def probe_text(result: ProbeResult) -> str:
     """blackbox's /probe body for ``result``: the shared families, the prober's own, then connhealth's extras."""
-    w = _Writer()
-    w.gauge(_DNS_LOOKUP, result.total_phases().get("dns", 0.0))
-    w.gauge(_DURATION, result.duration_seconds)
-    w.gauge(_FAILED_DUE_TO_REGEX, 1.0 if result.failed_due_to_regex else 0.0)
-    if result.peer is not None:
-        w.gauge(_IP_ADDR_HASH, float(ip_hash(result.peer.ip)))
-        w.gauge(_IP_PROTOCOL, 6.0 if result.peer.family == "ipv6" else 4.0)
+    peer = result.peer
+    parts = [f"{_DNS_LOOKUP.unlabelled}{fmt(result.total_phases().get('dns', 0.0))}\n"
+             f"{_DURATION.unlabelled}{fmt(result.duration_seconds)}\n"
+             f"{_FAILED_DUE_TO_REGEX.unlabelled}{'1' if result.failed_due_to_regex else '0'}\n"]
+    if peer is not None:
+        parts.append(f"{_IP_ADDR_HASH.unlabelled}{ip_hash(peer.ip)}\n"
+                     f"{_IP_PROTOCOL.unlabelled}{'6' if peer.family == 'ipv6' else '4'}\n")
     for family, samples in PROBERS[result.prober].exposition(result):
-        w.family(family, samples)
+        _family(parts, family, samples)
     tls = result.tls
     if tls is not None:
         expiry = tls.earliest_expiry
         if expiry is not None:
             # blackbox: earliest notAfter of the presented certificates (also
             # when verification failed: blackbox #1119, which we fix) ...
-            w.gauge(_SSL_EARLIEST_EXPIRY, expiry)
+            parts.append(f"{_SSL_EARLIEST_EXPIRY.unlabelled}{fmt(expiry)}\n")
             if tls.completed:
                 # ... and, of the verified chain(s), including the trust anchor the
                 # server did not send. Without verification (insecure_skip_verify)
                 # blackbox has no verified chain and reports Go's zero time.
                 last_chain = tls.verified_chain_expiry
-                w.gauge(_SSL_LAST_CHAIN_EXPIRY, last_chain if last_chain is not None else _GO_ZERO_TIME_UNIX)
+                parts.append(f"{_SSL_LAST_CHAIN_EXPIRY.unlabelled}"
+                             f"{fmt(last_chain if last_chain is not None else _GO_ZERO_TIME_UNIX)}\n")
         if tls.chain and tls.completed:
-            leaf = tls.chain[0]
-            w.family(_SSL_LAST_CHAIN_INFO, [((("fingerprint_sha256", leaf.fingerprint_sha256), ("issuer", leaf.issuer),
-                                              ("subject", leaf.subject), ("subjectalternative", ",".join(_dns_sans(leaf.sans)))), 1.0)])
+            parts.append(f"{_SSL_LAST_CHAIN_INFO.header}{_SSL_LAST_CHAIN_INFO.name}{{{_chain_info(tls.chain[0])}}} 1\n")
         if tls.version:
-            w.family(_TLS_VERSION_INFO, [((("version", tls.version),), 1.0)])
+            _family(parts, _TLS_VERSION_INFO, [((("version", tls.version),), 1.0)])
         if tls.cipher:
-            w.family(_TLS_CIPHER_INFO, [((("cipher", tls.cipher),), 1.0)])
-    w.gauge(_SUCCESS, 1.0 if result.success else 0.0)
-    w.gauge(_TIMEOUT, result.timeout_seconds)
+            _family(parts, _TLS_CIPHER_INFO, [((("cipher", tls.cipher),), 1.0)])
+    parts.append(f"{_SUCCESS.unlabelled}{'1' if result.failure is None else '0'}\n"
+                 f"{_TIMEOUT.unlabelled}{fmt(result.timeout_seconds)}\n")
     extra = _EXTRA
     if result.failure is not None:
         f = result.failure
-        w.family(extra[m.FAILURE_INFO], [((("phase", f.phase), ("reason", f.reason)), 1.0)])
+        _family(parts, extra[m.FAILURE_INFO], [((("phase", f.phase), ("reason", f.reason)), 1.0)])
     if result.timeline:
-        w.family(extra[m.PROBE_PHASE_SECONDS], [(_phase_label(p), s) for p, s in result.phases.items()])
+        _family(parts, extra[m.PROBE_PHASE_SECONDS], [(_phase_label(p), s) for p, s in result.phases.items()])
     if len(result.hops) > 1:
-        w.family(extra[m.PROBE_HOP_PHASE_SECONDS],
-                 [((("hop", str(i)), ("phase", p)), s) for i in range(len(result.hops)) for p, s in result.hop_phases(i).items()])
-    if result.tcp is not None:
-        w.gauge(extra[m.PROBE_TCP_RTT], result.tcp.rtt_seconds)
-        w.gauge(extra[m.PROBE_TCP_RETRANSMITS], float(result.tcp.retransmits))
+        _family(parts, extra[m.PROBE_HOP_PHASE_SECONDS],
+                [((("hop", str(i)), ("phase", p)), s) for i in range(len(result.hops)) for p, s in result.hop_phases(i).items()])
+    tcp = result.tcp
+    if tcp is not None:
+        parts.append(f"{extra[m.PROBE_TCP_RTT].unlabelled}{fmt(tcp.rtt_seconds)}\n"
+                     f"{extra[m.PROBE_TCP_RETRANSMITS].unlabelled}{tcp.retransmits}\n")
     ka = result.keepalive
     if ka is not None:
-        w.gauge(extra[m.PROBE_KEEPALIVE_REUSED], 1.0 if ka.reused else 0.0)
+        parts.append(f"{extra[m.PROBE_KEEPALIVE_REUSED].unlabelled}{'1' if ka.reused else '0'}\n")
         if ka.server_idle_seconds is not None:
-            w.gauge(extra[m.PROBE_KEEPALIVE_SERVER_IDLE], ka.server_idle_seconds)
+            _family(parts, extra[m.PROBE_KEEPALIVE_SERVER_IDLE], ka.server_idle_seconds)
     resumption = result.resumption
     if resumption is not None:
-        w.gauge(extra[m.PROBE_TLS_SESSION_RESUMED], 1.0 if resumption.resumed else 0.0)
-        w.family(extra[m.PROBE_TLS_HANDSHAKE], _handshakes(resumption))
-    return "".join(w.parts)
+        parts.append(f"{extra[m.PROBE_TLS_SESSION_RESUMED].unlabelled}{'1' if resumption.resumed else '0'}\n")
+        _family(parts, extra[m.PROBE_TLS_HANDSHAKE], _handshakes(resumption))
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)  # the same leaf comes back every probe
+def _chain_info(leaf: Certificate) -> str:
+    return labels((("fingerprint_sha256", leaf.fingerprint_sha256), ("issuer", leaf.issuer),
+                   ("subject", leaf.subject), ("subjectalternative", ",".join(_dns_sans(leaf.sans)))))

@@ -39,13 +39,15 @@ class History:
     def add(self, source: str, result: ProbeResult) -> HistoryEntry:
         entry = HistoryEntry(next(self._ids), source, result)
         self._entries.append(entry)
-        ring = self._by_target.get(entry.key)
+        key = (source, result.target, result.module)
+        by_target = self._by_target
+        ring = by_target.get(key)
         if ring is None:
-            ring = self._by_target[entry.key] = deque(maxlen=self.per_target)
-            while len(self._by_target) > self.max_targets:
-                self._by_target.popitem(last=False)
+            ring = by_target[key] = deque(maxlen=self.per_target)
+            while len(by_target) > self.max_targets:
+                by_target.popitem(last=False)
         else:
-            self._by_target.move_to_end(entry.key)
+            by_target.move_to_end(key)
         ring.append(entry)
         return entry
 
