@@ -26,6 +26,7 @@ the grace period, then every connection closes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -67,7 +68,7 @@ class FastProbe:
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[_Connection] = set()
         self.closing = False
-        self._date = (0, "")
+        self._date = (0, b"")
         self._sweeper: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -91,10 +92,10 @@ class FastProbe:
             conn.close()
         self._sweeper = loop.call_later(self.keepalive_timeout / 4, self._sweep) if self.connections else None
 
-    def date(self) -> str:
+    def date(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
-            self._date = (now, formatdate(now, usegmt=True))
+            self._date = (now, formatdate(now, usegmt=True).encode())
         return self._date[1]
 
     async def shutdown(self, timeout: float) -> None:
@@ -111,6 +112,11 @@ class FastProbe:
             await asyncio.wait(running, timeout=timeout)
         for conn in list(self.connections):
             conn.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
 
 
 class FastProbeSite(web.TCPSite):
@@ -277,9 +283,9 @@ class _Connection(asyncio.Protocol):
         if transport is None:
             return
         keep_alive = keep_alive and not fast.closing
-        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n%s%s\r\n%s" % (
-            status, HTTPStatus(status).phrase.encode(), content_type.encode(), len(body), fast.date().encode(),
-            fast.headers, b"" if keep_alive else b"Connection: close\r\n", body))
+        transport.write(b"%sContent-Type: %s\r\nContent-Length: %d\r\nDate: %s\r\n%s%s\r\n%s" % (
+            _status_line(status), content_type.encode(), len(body), fast.date(), fast.headers,
+            b"" if keep_alive else b"Connection: close\r\n", body))
         if not keep_alive:
             transport.close()
             return
