@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 _T = TypeVar("_T")
 
 
-def _fast_init(cls: type[_T]) -> type[_T]:
+def fast_init(cls: type[_T]) -> type[_T]:
     """Give a frozen, slotted dataclass an ``__init__`` that stores each field through its slot.
 
     The generated one calls ``object.__setattr__`` per field, and every probe
@@ -116,7 +116,7 @@ class TLSInfo:
         return self.version is not None
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Peer:
     ip: str
@@ -124,7 +124,7 @@ class Peer:
     port: int
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class TCPInfo:
     """The kernel's view of the connection, read from TCP_INFO right after connect."""
@@ -134,7 +134,7 @@ class TCPInfo:
     retransmits: int  # tcpi_total_retrans: includes SYN retransmissions
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class KeepAlive:
     """A keep-alive check: request 1, idle, request 2 on the same connection (http keepalive)."""
@@ -196,7 +196,7 @@ def durations(phases: tuple[Phase, ...], hop: int | None = None) -> dict[str, fl
     return out
 
 
-@_fast_init
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     target: str

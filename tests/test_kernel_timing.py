@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -151,3 +152,36 @@ async def test_the_exporter_observes_each_probes_self_delay_by_mode(tmp_path: An
     assert value(metrics, "connhealth_probe_self_delay_seconds_count", mode="probe_endpoint") == 3
     total = value(metrics, "connhealth_probe_self_delay_seconds_sum", mode="probe_endpoint")
     assert total is not None and 0 <= total < 3.0
+
+
+@pytest.mark.parametrize("created", [False, True])
+def test_the_self_delay_histogram_is_exposed_as_prometheus_clients_would_expose_it(created: bool) -> None:
+    """connhealth_probe_self_delay_seconds is server.LoopHistogram (no locks: it is observed per probe);
+    its text and OpenMetrics exposition are those of a prometheus_client Histogram with the same
+    label, buckets and observations (including the boundaries, which land in the bucket they bound)."""
+    import prometheus_client.metrics
+    from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, enable_created_metrics, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from exporter.server import LoopHistogram
+
+    was = prometheus_client.metrics._use_created
+    (enable_created_metrics if created else disable_created_metrics)()
+    try:
+        buckets = (0.0001, 0.0005, 0.001, 0.5)
+        ours_registry, theirs_registry = CollectorRegistry(auto_describe=True), CollectorRegistry(auto_describe=True)
+        ours = LoopHistogram("x_seconds", "What x took", "mode", ("scheduled", "probe_endpoint"), buckets, created=created)
+        ours_registry.register(ours)
+        theirs = Histogram("x_seconds", "What x took", ["mode"], buckets=buckets, registry=theirs_registry)
+        children = {mode: theirs.labels(mode) for mode in ("scheduled", "probe_endpoint")}
+        for mode, amount in [("scheduled", 0.00005), ("scheduled", 0.0001), ("probe_endpoint", 0.0007),
+                             ("scheduled", 3.0), ("probe_endpoint", 0.5), ("probe_endpoint", 0.0)]:
+            ours.observe(mode, amount)
+            children[mode].observe(amount)
+        for render in (generate_latest, generate_openmetrics):
+            mine, reference = (re.sub(rb"(_created\{[^}]*\}) \S+", rb"\1 T", render(r)) for r in (ours_registry, theirs_registry))
+            assert mine == reference
+            assert (b"_created" in mine) is created
+        assert b'x_seconds_bucket{le="0.0001",mode="scheduled"} 2.0' in generate_latest(ours_registry)
+    finally:
+        (enable_created_metrics if was else disable_created_metrics)()

@@ -333,7 +333,7 @@ async def test_effective_timeout_is_the_smallest(web, module_timeout, given, eff
     assert result.timeout_seconds == effective
 
 
-# --- the result types' own __init__ (result._fast_init) -------------------------------------
+# --- the result types' own __init__ (result.fast_init) -------------------------------------
 
 def test_fast_init_keeps_the_dataclass_contract() -> None:
     """Same signature and defaults as the generated __init__, frozen, replace() and equality work."""
@@ -341,8 +341,9 @@ def test_fast_init_keeps_the_dataclass_contract() -> None:
     import inspect
 
     from exporter.result import Hop, ProbeResult, TCPInfo
+    from exporter.sinks.history import HistoryEntry
 
-    for cls in (Peer, TCPInfo, Hop, ProbeResult):
+    for cls in (Peer, TCPInfo, Hop, ProbeResult, HistoryEntry):
         params = inspect.signature(cls).parameters
         fields = [f for f in dataclasses.fields(cls) if f.init]
         assert list(params) == [f.name for f in fields], cls

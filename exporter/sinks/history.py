@@ -12,11 +12,12 @@ import itertools
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ..result import ProbeResult
+from ..result import ProbeResult, fast_init
 
 Key = tuple[str, str, str]  # (source, target, module)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     id: int
