@@ -244,6 +244,38 @@ def test_the_poller_is_level_triggered_and_skips_a_dropped_descriptors_stale_eve
     assert left == 0
 
 
+def test_the_poller_recovers_a_descriptor_closed_while_watched(run: Any) -> None:
+    """A socket closed while still watched leaves the epoll set with it; the next socket with its number
+    is watched all the same (the poller's bookkeeping gives way to the kernel's)."""
+    async def main() -> bytes:
+        poller = connection._poller_of(asyncio.get_running_loop())
+        a, b = socket.socketpair()
+        number = a.fileno()
+        poller.add_reader(number, lambda: None)
+        a.close()  # not removed first
+        b.close()
+        c, d = socket.socketpair()
+        try:
+            reused = c if c.fileno() == number else d if d.fileno() == number else None
+            assert reused is not None  # the lowest free number comes back
+            other = d if reused is c else c
+            got = asyncio.get_running_loop().create_future()
+            # The bookkeeping still has the closed socket watched for reading: a change of what the
+            # number is watched for tries epoll's modify, which the kernel refuses, then registers it.
+            poller.add_writer(number, lambda: None)
+            poller.add_reader(number, lambda: got.done() or got.set_result(reused.recv(10)))
+            other.send(b"hello")
+            data = await asyncio.wait_for(got, T)
+            poller.remove_writer(number)
+            poller.remove_reader(number)
+            return data
+        finally:
+            c.close()
+            d.close()
+
+    assert run(main()) == b"hello"
+
+
 def test_a_poller_and_its_epoll_set_go_with_their_loop(run: Any) -> None:
     async def main() -> weakref.ref[Any]:
         return weakref.ref(connection._poller_of(asyncio.get_running_loop()))

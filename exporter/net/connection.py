@@ -832,11 +832,14 @@ class _Poller:
                 self._epoll.unregister(fd)
             except OSError:  # already closed: the kernel dropped it with the socket
                 pass
-        elif old:
-            self._epoll.modify(fd, mask)
-            self._masks[fd] = mask
         else:
-            self._epoll.register(fd, mask)
+            # Registered or not as our bookkeeping says; the other way if the kernel disagrees (a
+            # descriptor closed while watched leaves the set with it, and its number can come back).
+            first, second = (self._epoll.modify, self._epoll.register) if old else (self._epoll.register, self._epoll.modify)
+            try:
+                first(fd, mask)
+            except (FileNotFoundError, FileExistsError):
+                second(fd, mask)
             self._masks[fd] = mask
 
     def _dispatch(self) -> None:
