@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import re
 import resource
 import socket
 import zlib
@@ -89,6 +90,22 @@ async def test_configured_authorization_header_wins_over_basic_auth() -> None:
         m = mod("http", http={"basic_auth": {"username": "u", "password": "p"}, "headers": {"Authorization": "Custom x"}})
         assert (await run_probe(web_.url("/ok"), m, 5)).success
     assert received_auth(web_) == ["Custom x"]
+
+
+async def test_a_configured_trace_header_is_sent_instead_of_the_probes_own() -> None:
+    """connhealth injects traceparent and baggage into each request, unless the module sets that header
+    itself (any case): the configured one is then sent, once, and the other still injected."""
+    configured = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with HTTPServer() as web_:
+        for headers in ({}, {"TraceParent": configured}, {"baggage": "team=sre"}):
+            assert (await run_probe(web_.url("/ok"), mod("http", http={"headers": headers}), 5)).success
+    sent = [{name: [v for k, v in h.items() if k.lower() == name] for name in ("traceparent", "baggage")}
+            for _, h in web_.requests]
+    [own, theirs_tp, theirs_bag] = sent
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", own["traceparent"][0]), own
+    assert own["baggage"] == ["synthetic=true,probe.module=m"]
+    assert theirs_tp == {"traceparent": [configured], "baggage": ["synthetic=true,probe.module=m"]}
+    assert theirs_bag["baggage"] == ["team=sre"] and len(theirs_bag["traceparent"]) == 1
 
 
 async def test_missing_credential_file_fails_the_probe_with_config_file_missing(tmp_path: Path) -> None:

@@ -471,7 +471,10 @@ async def _exchange(ctx: ProbeContext, url: str, method: str, config_headers: li
         if tls:
             await start_tls(ctx, conn, host, cfg.tls_config, ("h2", "http/1.1") if cfg.enable_http2 else ("http/1.1",))
         # Per-probe values (traceparent) travel apart from the headers: the request head is built once per URL.
-        propagation = [(k, v) for k, v in ctx.propagation_headers() if not any(k == h.lower() for h, _ in config_headers)]
+        propagation = ctx.propagation_headers()
+        if config_headers:  # a configured traceparent (or baggage) is the user's, and stays
+            configured = {h.lower() for h, _ in config_headers}
+            propagation = [(k, v) for k, v in propagation if k not in configured]
         keep_limit = cfg.body_size_limit or DEFAULT_KEEP_LIMIT
         if tls and ctx.tls is not None and ctx.tls.alpn == "h2":
             await _h2(ctx, conn, method, _authority(host, port, tls), target, headers + propagation, body, cfg, keep_limit,
