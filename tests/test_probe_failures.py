@@ -549,6 +549,23 @@ async def test_probe_timeout_stalled_body():
     assert_deadline(result, elapsed, 1, before=3.0)
 
 
+async def test_stalling_targets_leave_no_socket_watched_behind():
+    """Hundreds of probes cut off by their deadline mid-response (a target that sends a head and then
+    stalls, one that never answers): every socket is closed, and the poller that watched them
+    (connection._Poller, one per loop) holds nothing afterwards, so a stalling target costs no memory
+    once its probes are over."""
+    from exporter.net import connection
+
+    async with RawTCPServer("stall_body") as body, RawTCPServer("stall") as head:
+        targets = [f"http://127.0.0.1:{srv.port}/" for srv in (body, head)] * 150
+        results = await asyncio.gather(*(run_probe(t, mod("http"), 0.5) for t in targets))
+    # Cut off by the deadline wherever it hit (a full listen backlog makes some connects wait too).
+    reasons = {r.failure.reason if r.failure else "ok" for r in results}
+    assert reasons <= {"connect_timeout", "http_timeout_first_byte", "probe_timeout"} and "probe_timeout" in reasons, reasons
+    poller = connection._poller_of(asyncio.get_running_loop())
+    assert (poller._readers, poller._writers, poller._masks) == ({}, {}, {})
+
+
 async def test_probe_timeout_writing_the_request():
     # A server that never reads: once the kernel buffers on both ends are full
     # (a few MB on loopback), writing the 32 MB request body blocks.
